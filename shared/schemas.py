@@ -1,0 +1,167 @@
+"""Marshmallow schemas of the HTTP contract (Lightcone Agent Tasks, ``../shared/API.md``) and Lodestar's extras.
+
+Start parameters follow the ``tzafon`` SDK 2.44 ``TaskStartParams`` field for field; the limits come from
+``Settings`` so an operator can raise them, hence the :func:`make_start_schema` factory. The same schemas generate
+the OpenAPI document (``api/openapi.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
+
+from shared.settings import Settings
+from shared.states import PRIORITIES, ExitCode, Status
+
+OFFLINE_AGENTS = ("scripted", "heuristic")
+"""``agent_type`` values that run with no model provider (implemented in ``worker/agents.py``)."""
+
+KINDS = ("browser", "desktop")
+
+IGNORED_PARAMS = ("computer_id", "on_missing_computer", "keep_alive", "terminate_on_completion", "harness_version",
+                  "stream_deltas", "agent_icon", "environment_id", "persistent", "save_session")
+"""Start parameters accepted for SDK compatibility that have no effect yet (stated in the OpenAPI description)."""
+
+
+class ContextTurnSchema(Schema):
+    """A prior conversation turn that seeds the agent's transcript."""
+
+    role = fields.Str(required=True, validate=validate.OneOf(["user", "assistant"]))
+    content = fields.Str(required=True, validate=validate.Length(max=20_000))
+
+
+def make_start_schema(settings: Settings) -> Schema:
+    """The schema of POST /agent/tasks bodies, with limits from ``settings``.
+
+    ``load`` returns the cleaned parameters with the documented defaults applied (kind: "browser" when
+    ``start_url`` is set, else ``settings.default_kind``; model "tzafon.northstar-cua-fast"; max_steps 100;
+    temperature 0.2; screenshot_mode "url"; viewport 1280x720; priority "normal").
+
+    Raises (from ``load``):
+        marshmallow.ValidationError: ``messages`` maps each bad field to its reasons.
+    """
+    s = settings
+
+    class TaskStartSchema(Schema):
+        class Meta:
+            unknown = EXCLUDE
+
+        instruction = fields.Str(required=True, validate=validate.Length(1, s.max_instruction_chars),
+                                 metadata={"description": "The task prompt. For agent_type=scripted, the script."})
+        kind = fields.Str(validate=validate.OneOf(KINDS),
+                          metadata={"description": "browser | desktop; default browser when start_url is set."})
+        model = fields.Str(load_default=s.default_model, validate=validate.Length(1, 200))
+        agent_type = fields.Str(validate=validate.OneOf(OFFLINE_AGENTS),
+                                metadata={"description": "Offline agent: scripted | heuristic."})
+        max_steps = fields.Int(load_default=s.default_max_steps, validate=validate.Range(1, s.max_steps_limit),
+                               strict=True)
+        max_duration_seconds = fields.Int(load_default=s.default_max_duration,
+                                          validate=validate.Range(1, s.max_duration_limit), strict=True)
+        temperature = fields.Float(load_default=0.2, validate=validate.Range(0, 2), allow_nan=False)
+        screenshot_mode = fields.Str(load_default="url", validate=validate.OneOf(["url", "base64"]))
+        viewport_width = fields.Int(load_default=1280, strict=True,
+                                    validate=validate.Range(s.viewport_min_width, s.viewport_max_width))
+        viewport_height = fields.Int(load_default=720, strict=True,
+                                     validate=validate.Range(s.viewport_min_height, s.viewport_max_height))
+        start_url = fields.Url(schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=4096))
+        system_prompt = fields.Str(validate=validate.Length(max=s.max_system_prompt_chars))
+        context = fields.List(fields.Nested(ContextTurnSchema), validate=validate.Length(max=s.max_context_turns))
+        metadata = fields.Dict(keys=fields.Str(validate=validate.Length(1, 64)),
+                               values=fields.Str(validate=validate.Length(max=512)),
+                               validate=validate.Length(max=s.max_metadata_keys))
+        idempotency_key = fields.Str(validate=validate.Length(1, 255))
+        priority = fields.Str(load_default="normal", validate=validate.OneOf(list(PRIORITIES)),
+                              metadata={"description": "Lodestar: high | normal | low."})
+        stream_mode = fields.Str(load_default="verbose", validate=validate.OneOf(["verbose", "concise"]))
+        thread_id = fields.Str(validate=validate.Length(max=255))
+        persistent = fields.Bool()
+        save_session = fields.Bool()
+        environment_id = fields.Str(validate=validate.Length(max=255))
+        computer_id = fields.Str(validate=validate.Length(max=255))
+        on_missing_computer = fields.Str(validate=validate.OneOf(["fail", "restore", "create_new"]))
+        keep_alive = fields.Bool()
+        terminate_on_completion = fields.Bool()
+        harness_version = fields.Str(validate=validate.OneOf(["v1", "v2"]))
+        stream_deltas = fields.Bool()
+        agent_icon = fields.Str(validate=validate.Length(max=2048))
+
+        @validates_schema
+        def _model_has_a_policy(self, data: dict[str, Any], **_: Any) -> None:
+            if not data.get("agent_type"):
+                raise ValidationError(
+                    f"model {data.get('model')!r} has no provider on this deployment; "
+                    f"set agent_type to one of {', '.join(OFFLINE_AGENTS)}", field_name="agent_type")
+
+        @post_load
+        def _defaults(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+            if "kind" not in data:
+                data["kind"] = "browser" if data.get("start_url") else s.default_kind
+            return data
+
+    return TaskStartSchema()
+
+
+class MessageSchema(Schema):
+    """Body of POST /agent/tasks/{id}/messages."""
+
+    message = fields.Str(required=True, validate=validate.Length(1, 10_000))
+
+
+class TaskStartResponseSchema(Schema):
+    task_id = fields.Str(required=True)
+    status = fields.Str(required=True)
+    idempotency_key = fields.Str(allow_none=True)
+    reused = fields.Bool()
+
+
+class StatusResponseSchema(Schema):
+    status = fields.Str(required=True, metadata={"enum": [str(s) for s in Status]})
+
+
+class TaskSchema(Schema):
+    """GET /agent/tasks/{id}: Lightcone's ``{task_id, status, exit_code}`` plus Lodestar's fields.
+
+    Times are ISO 8601 UTC strings; ``exit_code`` is null until the task ends (codes: ``shared.states.ExitCode``).
+    """
+
+    task_id = fields.Str(required=True)
+    status = fields.Str(required=True, metadata={"enum": [str(s) for s in Status]})
+    exit_code = fields.Int(allow_none=True, metadata={"description": "; ".join(
+        f"{c.value}: {c.name.lower()}" for c in ExitCode)})
+    kind = fields.Str()
+    model = fields.Str()
+    agent_type = fields.Str(allow_none=True)
+    priority = fields.Str()
+    instruction = fields.Str()
+    created_at = fields.Str()
+    started_at = fields.Str(allow_none=True)
+    finished_at = fields.Str(allow_none=True)
+    steps_taken = fields.Int()
+    max_steps = fields.Int()
+    progress = fields.Float(metadata={"description": "steps_taken / max_steps, 1.0 once ended"})
+    message = fields.Str(allow_none=True, metadata={"description": "One line on what the agent is doing now."})
+    result = fields.Str(allow_none=True, metadata={"description": "The agent's final answer."})
+    error = fields.Str(allow_none=True)
+    current_url = fields.Str(allow_none=True)
+    last_screenshot_url = fields.Str(allow_none=True)
+    metadata = fields.Dict(keys=fields.Str(), values=fields.Str())
+    idempotency_key = fields.Str(allow_none=True)
+
+
+class ErrorSchema(Schema):
+    """Every error body: ``{"error": {"type", "message", "fields"?}}``; ``fields`` maps a field to its reasons."""
+
+    error = fields.Dict(required=True)
+
+
+class EventSchema(Schema):
+    """One event in an SSE ``data:`` line (``id:`` is ``seq``). ``type``: status | step | message | end |
+    cancel_requested. Step events carry ``step``, ``actions``, ``results``, ``thought``, ``url``, ``messages`` and
+    ``screenshot_url`` (url mode) or ``screenshot`` (a base64 data URL); the end event carries ``status``,
+    ``exit_code``, ``result`` and ``error``."""
+
+    seq = fields.Int(required=True)
+    type = fields.Str(required=True)
+    task_id = fields.Str(required=True)
+    ts = fields.Float(required=True, metadata={"description": "epoch seconds"})

@@ -1,0 +1,146 @@
+"""Every tunable of Lodestar, read from ``LODESTAR_*`` environment variables in one place.
+
+Units: seconds unless the name ends in ``_ms``; sizes in pixels or characters as named.
+Both the API and the worker call :func:`load_settings`; tests pass overrides.
+
+Example::
+
+    LODESTAR_REDIS_URL=redis://10.0.0.5:6379/0 LODESTAR_API_KEYS=key1,key2 lodestar api
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+ENV_PREFIX = "LODESTAR_"
+
+
+def _default_chromium() -> str:
+    """Debian's Chromium when present, else "" (Playwright's own browser)."""
+    for candidate in ("/usr/bin/chromium", "/usr/bin/chromium-browser"):
+        if shutil.which(candidate):
+            return candidate
+    return ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Lodestar configuration. Each field maps to ``LODESTAR_<FIELD NAME IN CAPITALS>``.
+
+    Lists are comma-separated in the environment; booleans accept 1/0, true/false, yes/no.
+    """
+
+    # --- Redis and queues -------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis used for the Celery broker, task records, control channels and event logs."""
+    key_prefix: str = "lodestar"
+    """Prefix of every Redis key Lodestar writes, so several deployments can share a server."""
+    visibility_timeout: int = 7200
+    """Seconds before an unacknowledged Celery message is delivered again (Redis transport).
+    Must exceed the longest task; the per-task lease stops a redelivered message from running a
+    task twice while its first worker is alive."""
+    lease_ttl: int = 30
+    """Seconds a worker's claim on a task lives without a heartbeat (renewed every lease_ttl/3)."""
+    max_attempts: int = 2
+    """How many times a task may be started after worker losses before it fails with exit code 6."""
+
+    # --- API ---------------------------------------------------------------------------
+    api_keys: tuple[str, ...] = ()
+    """Bearer keys accepted by the API. Empty: every request gets 401 (no open mode)."""
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_threads: int = 64
+    """gunicorn gthread threads per API process; each open SSE/WebSocket stream holds one."""
+    public_base_url: str = ""
+    """Base URL clients use to reach the API (for absolute screenshot URLs). Empty: taken from each request."""
+    sse_keepalive: float = 15.0
+    """Seconds between SSE comment lines on an idle stream (keeps proxies from closing it)."""
+
+    # --- Task limits and defaults (the documented Lightcone defaults) -----------------
+    default_model: str = "tzafon.northstar-cua-fast"
+    default_kind: str = "browser"
+    """Kind used when a start request gives neither ``kind`` nor ``start_url``."""
+    default_max_steps: int = 100
+    max_steps_limit: int = 1000
+    default_max_duration: int = 1800
+    """Seconds of wall-clock time a task may run when the request does not say."""
+    max_duration_limit: int = 6 * 3600
+    max_instruction_chars: int = 20_000
+    max_system_prompt_chars: int = 20_000
+    max_context_turns: int = 100
+    max_message_chars: int = 10_000
+    max_metadata_keys: int = 50
+    viewport_min_width: int = 320
+    viewport_max_width: int = 3840
+    viewport_min_height: int = 240
+    viewport_max_height: int = 2160
+
+    # --- Retention ---------------------------------------------------------------------
+    task_retention: int = 7 * 24 * 3600
+    """Seconds an ended task's record, events and screenshots are kept."""
+    screenshot_ttl: int = 24 * 3600
+    """Seconds a screenshot is kept while its task is still running (refreshed at the end)."""
+    event_stream_maxlen: int = 10_000
+    """Most events kept per task (older ones are trimmed)."""
+
+    # --- Worker and browser -------------------------------------------------------------
+    chromium_path: str = dataclasses.field(default_factory=_default_chromium)
+    """Chromium executable; empty means Playwright's own downloaded browser."""
+    headless: bool = True
+    screenshot_quality: int = 80
+    """JPEG quality (1-100) of step screenshots."""
+    action_timeout: float = 5.0
+    """Seconds a single browser action (locating an element, navigating) may take."""
+    allow_private_networks: bool = False
+    """Let agents' browsers reach loopback, private, link-local and reserved addresses."""
+    browser_allowed_hosts: tuple[str, ...] = ()
+    """Hosts (or host:port) an agent's browser may reach even though they are private, e.g. 127.0.0.1:8765."""
+    worker_concurrency: int = 1
+    """Browser slots per worker machine (one Chromium per slot)."""
+
+
+def _coerce(raw: str, current: Any, name: str) -> Any:
+    if isinstance(current, bool):
+        value = raw.strip().lower()
+        if value in {"1", "true", "yes", "on"}:
+            return True
+        if value in {"0", "false", "no", "off", ""}:
+            return False
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected a boolean, got {raw!r}")
+    if isinstance(current, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected an integer, got {raw!r}") from None
+    if isinstance(current, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected a number, got {raw!r}") from None
+    if isinstance(current, tuple):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from ``LODESTAR_*`` variables in ``env`` (default ``os.environ``), then ``overrides``.
+
+    Raises:
+        ValueError: a variable cannot be parsed into its field's type (the message names the variable).
+        TypeError: an override names no field.
+    """
+    env = os.environ if env is None else env
+    base = Settings()
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is not None:
+            values[f.name] = _coerce(raw, getattr(base, f.name), f.name)
+    values.update(overrides)
+    return dataclasses.replace(base, **values)
+

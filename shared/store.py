@@ -1,0 +1,333 @@
+"""Task records, event logs, screenshots, inboxes and leases in Redis, shared by every API replica and worker.
+
+Keys (``P`` is ``settings.key_prefix``)::
+
+    P:task:{id}           hash    the task record (fields: RECORD_TYPES)
+    P:task:{id}:events    stream  the event log; entry ids are "0-<seq>", seq = 1, 2, 3 ...
+    P:task:{id}:inbox     list    injected messages, JSON {"content", "ts"}, oldest first
+    P:task:{id}:shots     hash    step number -> JPEG bytes
+    P:task:{id}:lease     string  id of the worker holding the task (PX = lease_ttl)
+    P:tasks               zset    every task id by created_at (listing)
+    P:control:{id}        pub/sub notices {"command", "task_id"} for the task's worker
+
+Status changes are Lua scripts that check :data:`shared.states.TRANSITIONS`, write the fields, append the event
+and publish the control notice in one atomic round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from shared.settings import Settings
+from shared.states import EXIT_STATUS, ExitCode, Status, sources
+
+INT_FIELDS = frozenset({
+    "exit_code", "max_steps", "steps_taken", "viewport_width", "viewport_height", "max_duration_seconds",
+    "attempts", "event_seq", "messages_delivered", "last_screenshot_step",
+})
+FLOAT_FIELDS = frozenset({"created_at", "started_at", "finished_at", "temperature"})
+JSON_FIELDS = frozenset({"params", "metadata", "context"})
+BOOL_FIELDS = frozenset({"cancel_requested", "persistent"})
+
+_APPLY = """
+-- KEYS: task, events, inbox, shots, lease
+-- ARGV: allowed_from (csv, '' = any), event json ('' = none), stream maxlen, expire seconds (0 = none),
+--       channel ('' = none), notice, then field/value pairs
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', 0} end
+local cur = redis.call('HGET', KEYS[1], 'status')
+if ARGV[1] ~= '' then
+  local ok = false
+  for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur then ok = true end end
+  if not ok then return {0, cur, 0} end
+end
+if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
+local seq = 0
+if ARGV[2] ~= '' then
+  seq = redis.call('HINCRBY', KEYS[1], 'event_seq', 1)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '0-' .. seq, 'data', ARGV[2])
+end
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then
+  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ttl) end
+  redis.call('DEL', KEYS[5])
+end
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+return {1, cur, seq}
+"""
+
+_INJECT = """
+-- KEYS: task, events, inbox; ARGV: allowed csv, message json, event json, maxlen, channel, notice
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', 0} end
+local cur = redis.call('HGET', KEYS[1], 'status')
+local ok = false
+for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur then ok = true end end
+if not ok then return {0, cur, 0} end
+redis.call('RPUSH', KEYS[3], ARGV[2])
+local seq = redis.call('HINCRBY', KEYS[1], 'event_seq', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '0-' .. seq, 'data', ARGV[3])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return {1, cur, seq}
+"""
+
+_CLAIM = """
+-- KEYS: task, events, lease; ARGV: worker id, lease ms, max attempts, now, maxlen
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing', '', 0} end
+local cur = redis.call('HGET', KEYS[1], 'status')
+if cur ~= 'queued' and cur ~= 'running' and cur ~= 'paused' then return {'ended', cur, 0} end
+local holder = redis.call('GET', KEYS[3])
+if holder and holder ~= ARGV[1] then return {'leased', cur, 0} end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if cur ~= 'queued' and attempts > tonumber(ARGV[3]) then return {'lost', cur, attempts} end
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+local fields = {'worker', ARGV[1]}
+local outcome = 'restarted'
+if cur == 'queued' then
+  cur = 'running'
+  outcome = 'started'
+  fields = {'worker', ARGV[1], 'status', 'running', 'started_at', ARGV[4]}
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+local ev = cjson.encode({type = 'status', status = cur, task_id = redis.call('HGET', KEYS[1], 'task_id'),
+  ts = tonumber(ARGV[4]), worker = ARGV[1], attempt = attempts})
+local seq = redis.call('HINCRBY', KEYS[1], 'event_seq', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'data', ev)
+return {outcome, cur, attempts}
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """Outcome of a guarded write. ``found`` False: no such task. ``ok`` False: its status (``status``) refused it."""
+
+    found: bool
+    ok: bool
+    status: str | None
+    seq: int = 0
+
+
+def new_task_id() -> str:
+    """A fresh task id: "task_" + 32 hex digits."""
+    return "task_" + uuid.uuid4().hex
+
+
+def now() -> float:
+    """Wall-clock time in epoch seconds (the unit of every stored timestamp)."""
+    return time.time()
+
+
+def _encode(value: Any, name: str) -> str | bytes:
+    if value is None:
+        return ""
+    if name in JSON_FIELDS:
+        return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, bytes):
+        return value
+    return str(value)
+
+
+def decode_record(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
+    """Turn a task hash as Redis returns it into typed values ("" becomes None)."""
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        name = k.decode()
+        text = v.decode()
+        if text == "":
+            out[name] = None
+        elif name in INT_FIELDS:
+            out[name] = int(text)
+        elif name in FLOAT_FIELDS:
+            out[name] = float(text)
+        elif name in JSON_FIELDS:
+            out[name] = json.loads(text)
+        elif name in BOOL_FIELDS:
+            out[name] = text == "1"
+        else:
+            out[name] = text
+    return out
+
+
+class TaskStore:
+    """All Redis access for tasks. Thread-safe (redis-py's pool); one instance per process is enough.
+
+    Args:
+        client: a redis-py client with ``decode_responses=False`` (screenshots are bytes).
+        settings: key prefix, TTLs and stream length.
+    """
+
+    def __init__(self, client: redis.Redis, settings: Settings):
+        self.redis = client
+        self.settings = settings
+        self.prefix = settings.key_prefix
+        self._apply = client.register_script(_APPLY)
+        self._inject = client.register_script(_INJECT)
+        self._claim = client.register_script(_CLAIM)
+        self._renew = client.register_script(_RENEW)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TaskStore:
+        """A store on ``settings.redis_url`` with its own connection pool."""
+        return cls(redis.Redis.from_url(settings.redis_url, health_check_interval=30), settings)
+
+    # -- keys --------------------------------------------------------------------------------------------------------
+    def key(self, task_id: str, part: str = "") -> str:
+        return f"{self.prefix}:task:{task_id}" + (f":{part}" if part else "")
+
+    def channel(self, task_id: str) -> str:
+        return f"{self.prefix}:control:{task_id}"
+
+    def _keys(self, task_id: str) -> list[str]:
+        return [self.key(task_id), self.key(task_id, "events"), self.key(task_id, "inbox"),
+                self.key(task_id, "shots"), self.key(task_id, "lease")]
+
+    # -- records ---------------------------------------------------------------------------------------------------
+    def create(self, record: Mapping[str, Any], event: Mapping[str, Any]) -> None:
+        """Write a new task record with ``status`` queued and its first event (seq 1), in one MULTI/EXEC.
+
+        ``record`` must hold ``task_id`` and ``created_at``.
+        """
+        task_id = record["task_id"]
+        fields = {k: _encode(v, k) for k, v in record.items()}
+        fields["event_seq"] = "1"
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.key(task_id), mapping=fields)  # type: ignore[arg-type]
+        pipe.xadd(self.key(task_id, "events"), {"data": json.dumps(event)}, id="0-1")
+        pipe.zadd(f"{self.prefix}:tasks", {task_id: record["created_at"]})
+        pipe.execute()
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        """The typed task record, or None when no such task exists (or it expired)."""
+        raw = self.redis.hgetall(self.key(task_id))
+        return decode_record(raw) if raw else None  # type: ignore[arg-type]
+
+    def apply(
+        self,
+        task_id: str,
+        *,
+        allowed_from: Iterable[Status | str] | None = None,
+        fields: Mapping[str, Any] | None = None,
+        event: Mapping[str, Any] | None = None,
+        expire: int = 0,
+        notice: str | None = None,
+    ) -> ApplyResult:
+        """Atomically: check the status is in ``allowed_from`` (None: any), set ``fields``, append ``event``,
+        expire the task's keys after ``expire`` seconds (0: keep), and publish control ``notice`` (a command name).
+        """
+        args: list[Any] = [
+            ",".join(str(s) for s in allowed_from) if allowed_from is not None else "",
+            json.dumps(event) if event else "",
+            self.settings.event_stream_maxlen,
+            expire,
+            self.channel(task_id) if notice else "",
+            json.dumps({"command": notice, "task_id": task_id}) if notice else "",
+        ]
+        for k, v in (fields or {}).items():
+            args += [k, _encode(v, k)]
+        found, status, seq = self._apply(keys=self._keys(task_id), args=args)
+        return ApplyResult(found != -1, found == 1, status.decode() if status else None, int(seq))
+
+    def transition(
+        self, task_id: str, to: Status, fields: Mapping[str, Any] | None = None, notice: str | None = None,
+        **event: Any,
+    ) -> ApplyResult:
+        """Move the task to ``to`` if the transition table allows it from its current status, with a status event."""
+        body = {"type": "status", "status": str(to), "task_id": task_id, "ts": now(), **event}
+        return self.apply(task_id, allowed_from=sources(to), fields={**(fields or {}), "status": str(to)},
+                          event=body, notice=notice)
+
+    def finish(
+        self, task_id: str, code: ExitCode, *, result: str | None = None, error: str | None = None,
+        fields: Mapping[str, Any] | None = None, notice: str | None = None,
+    ) -> ApplyResult:
+        """End the task: terminal status for ``code``, ``exit_code``, ``finished_at``, the ``end`` event, and the
+        retention TTL on all its keys. Refused (ok False) if the task already ended.
+        """
+        status = EXIT_STATUS[code]
+        ts = now()
+        event = {"type": "end", "task_id": task_id, "status": str(status), "exit_code": int(code),
+                 "result": result, "error": error, "ts": ts}
+        all_fields = {**(fields or {}), "status": str(status), "exit_code": int(code), "finished_at": ts,
+                      "result": result, "error": error}
+        return self.apply(task_id, allowed_from=sources(status), fields=all_fields, event=event,
+                          expire=self.settings.task_retention, notice=notice)
+
+    def inject(self, task_id: str, content: str) -> ApplyResult:
+        """Queue a user message for the agent (kept in the inbox until the worker delivers it), log a ``message``
+        event and notify the worker. Refused unless the task is queued, running or paused."""
+        ts = now()
+        event = {"type": "message", "task_id": task_id, "role": "user", "content": content, "ts": ts}
+        found, status, seq = self._inject(
+            keys=[self.key(task_id), self.key(task_id, "events"), self.key(task_id, "inbox")],
+            args=["queued,running,paused", json.dumps({"content": content, "ts": ts}), json.dumps(event),
+                  self.settings.event_stream_maxlen, self.channel(task_id),
+                  json.dumps({"command": "message", "task_id": task_id})],
+        )
+        return ApplyResult(found != -1, found == 1, status.decode() if status else None, int(seq))
+
+    # -- events ----------------------------------------------------------------------------------------------------
+    def append_event(self, task_id: str, event: Mapping[str, Any], fields: Mapping[str, Any] | None = None) -> int:
+        """Append ``event`` (and set ``fields``) whatever the status; returns its seq (0 if the task is gone)."""
+        return self.apply(task_id, fields=fields, event={"task_id": task_id, "ts": now(), **event}).seq
+
+    def read_events(self, task_id: str, after: int = 0, block_ms: int | None = None,
+                    count: int = 500) -> list[tuple[int, dict[str, Any]]]:
+        """Events with seq > ``after``, oldest first, as ``(seq, event)``; blocks up to ``block_ms`` for new ones."""
+        reply = self.redis.xread({self.key(task_id, "events"): f"0-{after}"}, count=count, block=block_ms)
+        out: list[tuple[int, dict[str, Any]]] = []
+        for _stream, entries in reply or []:  # type: ignore[union-attr]
+            for entry_id, data in entries:
+                seq = int(entry_id.split(b"-")[1])
+                out.append((seq, json.loads(data[b"data"])))
+        return out
+
+    # -- screenshots -------------------------------------------------------------------------------------------------
+    def put_screenshot(self, task_id: str, step: int, jpeg: bytes) -> None:
+        """Store a step's JPEG for ``settings.screenshot_ttl`` (the task's retention once it ends)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.key(task_id, "shots"), str(step), jpeg)
+        pipe.expire(self.key(task_id, "shots"), self.settings.screenshot_ttl)
+        pipe.execute()
+
+    def get_screenshot(self, task_id: str, step: int) -> bytes | None:
+        data = self.redis.hget(self.key(task_id, "shots"), str(step))
+        return data  # type: ignore[return-value]
+
+    # -- inbox -------------------------------------------------------------------------------------------------------
+    def inbox(self, task_id: str, start: int = 0) -> list[dict[str, Any]]:
+        """Injected messages from index ``start`` on, as ``{"content", "ts"}``."""
+        return [json.loads(m) for m in self.redis.lrange(self.key(task_id, "inbox"), start, -1)]  # type: ignore[union-attr]
+
+    # -- leases ------------------------------------------------------------------------------------------------------
+    def claim(self, task_id: str, worker_id: str) -> tuple[str, str, int]:
+        """Take the task for ``worker_id``: returns ``(outcome, status, attempts)``.
+
+        outcome: "started" (queued -> running), "restarted" (its previous worker's lease expired), "leased"
+        (another live worker holds it), "ended" (terminal already), "lost" (too many attempts), "missing".
+        """
+        outcome, status, attempts = self._claim(
+            keys=[self.key(task_id), self.key(task_id, "events"), self.key(task_id, "lease")],
+            args=[worker_id, self.settings.lease_ttl * 1000, self.settings.max_attempts, now(),
+                  self.settings.event_stream_maxlen],
+        )
+        return outcome.decode(), status.decode() if status else "", int(attempts)
+
+    def renew_lease(self, task_id: str, worker_id: str) -> bool:
+        """Extend ``worker_id``'s lease by ``lease_ttl``; False if it no longer holds it."""
+        return bool(self._renew(keys=[self.key(task_id, "lease")], args=[worker_id, self.settings.lease_ttl * 1000]))
+
+    def release_lease(self, task_id: str, worker_id: str) -> None:
+        if self.redis.get(self.key(task_id, "lease")) == worker_id.encode():
+            self.redis.delete(self.key(task_id, "lease"))

@@ -1,0 +1,105 @@
+"""The see-decide-act loop: observe the computer, ask the policy, act, record the step, repeat.
+
+Every way out is written in :func:`run_episode`: done, fail, max_steps, max_duration, cancel, policy error,
+too many failed steps. Events and storage are the injected ``on_step`` callback, so the loop knows nothing of
+Redis, and the control channel (pause, cancel, injected messages) is checked before each observation and again
+between the decision and the action, so a pause takes effect before the next action.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shared.control import ControlChannel
+from shared.states import ExitCode
+from worker.agents import Episode, Policy, PolicyError, StepRecord
+from worker.computer import Computer, Observation, execute
+
+MAX_FAILED_STEPS = 5
+"""Consecutive steps whose actions all failed before the task fails (exit code 1)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an episode ended: the exit code (which implies the status), the agent's result or the error."""
+
+    code: ExitCode
+    result: str | None = None
+    error: str | None = None
+
+
+StepCallback = Callable[[StepRecord, Observation], bool]
+"""Called after each step with the record and the observation the step acted on; returns False when the task was
+ended by someone else (e.g. cancelled) and the loop must stop."""
+
+
+def run_episode(
+    computer: Computer,
+    policy: Policy,
+    episode: Episode,
+    control: ControlChannel,
+    on_step: StepCallback,
+    deadline: float,
+    first_step: int = 1,
+    clock: Callable[[], float] = time.monotonic,
+) -> Outcome:
+    """Run ``episode`` until it ends; returns the ``Outcome`` (never raises for the agent's or a page's failure).
+
+    Args:
+        deadline: ``clock()`` time at which the task times out (from ``max_duration_seconds`` and its start).
+        first_step: number of the first step (a task restarted after a worker loss keeps counting).
+    """
+    step = first_step
+    failed_in_a_row = 0
+    while True:
+        state = control.poll()
+        if state.paused:
+            state = control.wait_while_paused(deadline)
+        if state.stop:
+            return Outcome(ExitCode.CANCELLED, error="cancelled by the user")
+        if clock() >= deadline:
+            return Outcome(ExitCode.TIMED_OUT, error="max_duration_seconds reached")
+        if step > episode.max_steps:
+            return Outcome(ExitCode.MAX_STEPS, error=f"max_steps ({episode.max_steps}) reached without finishing")
+
+        observation = computer.observe(accessibility=policy.needs_accessibility)
+        episode.new_messages = control.take_messages()
+        episode.messages.extend(episode.new_messages)
+        try:
+            decision = policy.decide(observation, episode)
+        except PolicyError as exc:
+            return Outcome(ExitCode.POLICY_ERROR, error=str(exc))
+
+        state = control.poll()  # the decision may have taken a while: honour a pause or cancel sent meanwhile
+        if state.paused:
+            state = control.wait_while_paused(deadline)
+        if state.stop:
+            return Outcome(ExitCode.CANCELLED, error="cancelled by the user")
+
+        results = []
+        terminal = None
+        for action in decision.actions:
+            if action.type in ("done", "fail"):
+                terminal = action
+                break
+            result = execute(computer, action)
+            results.append(result)
+            if not result.ok:
+                break
+        record = StepRecord(step, list(decision.actions), results, decision.thought, observation.url,
+                            episode.new_messages)
+        episode.history.append(record)
+        if not on_step(record, observation):
+            return Outcome(ExitCode.CANCELLED, error="the task was ended while its step ran")
+        step += 1
+
+        all_ok = all(r.ok for r in results)
+        if terminal is not None and all_ok:
+            if terminal.type == "done":
+                return Outcome(ExitCode.COMPLETED, result=terminal.text)
+            return Outcome(ExitCode.FAILED, error=terminal.text or "the agent gave up")
+        failed_in_a_row = 0 if all_ok or not results else failed_in_a_row + 1
+        if failed_in_a_row >= MAX_FAILED_STEPS:
+            return Outcome(ExitCode.FAILED, error=f"{MAX_FAILED_STEPS} steps in a row failed; last: {results[-1].error}")
