@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from marshmallow import ValidationError
@@ -49,7 +49,7 @@ class ApiError(Exception):
 
 
 def _store() -> TaskStore:
-    return current_app.extensions["lodestar.store"]  # type: ignore[no-any-return]
+    return cast(TaskStore, current_app.extensions["lodestar.store"])
 
 
 def tenant_of(key: str) -> str:
@@ -187,8 +187,8 @@ def _control_answer(task_id: str, result: ApplyResult, verb: str) -> Response:
         raise ApiError(404, "not_found", f"no task {task_id}")
     if not result.ok:
         retry = verb == "pause" and result.status == Status.QUEUED  # it will start soon: waiting can help
-        raise ApiError(409, "conflict", f"cannot {verb} a task that is {result.status}",
-                       headers={"x-should-retry": "true" if retry else "false", **({"retry-after": "1"} if retry else {})})
+        headers = {"x-should-retry": "true", "retry-after": "1"} if retry else {"x-should-retry": "false"}
+        raise ApiError(409, "conflict", f"cannot {verb} a task that is {result.status}", headers=headers)
     record = _store().get(task_id)
     return jsonify({"status": record["status"] if record else result.status})
 
@@ -282,7 +282,8 @@ def _last_event_id() -> int:
         raise ApiError(422, "invalid_request", "Last-Event-ID must be an event seq (an integer)",
                        fields={"Last-Event-ID": ["Not a valid integer."]}) from None
     if value < 0:
-        raise ApiError(422, "invalid_request", "Last-Event-ID must be >= 0", fields={"Last-Event-ID": ["Must be >= 0."]})
+        raise ApiError(422, "invalid_request", "Last-Event-ID must be >= 0",
+                       fields={"Last-Event-ID": ["Must be >= 0."]})
     return value
 
 
@@ -307,7 +308,8 @@ def register_websocket(sock: Any) -> None:
     def task_events_ws(ws: Any, task_id: str) -> None:
         record = _load_task(task_id)
         store, base_url = _store(), _base_url()
-        for frame in event_frames(store, record, _last_event_id(), base_url, current_app.config["LODESTAR"].sse_keepalive):
+        keepalive = current_app.config["LODESTAR"].sse_keepalive
+        for frame in event_frames(store, record, _last_event_id(), base_url, keepalive):
             if frame is not None:
                 ws.send(json.dumps(frame[1], separators=(",", ":")))
         ws.close()

@@ -201,7 +201,7 @@ def _follow(session: requests.Session, base_url: str, runs: list[EpisodeRun], ti
 
 
 def _report(runs: list[EpisodeRun], board: RewardBoard, elapsed: float, min_success: float) -> int:
-    rows = []
+    rows: list[tuple[str, int, float, float, float, float, dict[str, int]]] = []
     by_family: dict[str, list[EpisodeRun]] = defaultdict(list)
     for r in runs:
         by_family[r.family].append(r)
@@ -213,7 +213,7 @@ def _report(runs: list[EpisodeRun], board: RewardBoard, elapsed: float, min_succ
         total_ok += ok
         steps = [r.record.get("steps_taken") or 0 for r in group]
         secs = [_duration(r.record) for r in group if r.record.get("finished_at")]
-        statuses = defaultdict(int)
+        statuses: dict[str, int] = defaultdict(int)
         for r in group:
             statuses[r.record.get("status") or ("not submitted" if r.submit_error else "unfinished")] += 1
         rows.append((family, len(group), ok / len(group), statistics.mean(
@@ -221,9 +221,9 @@ def _report(runs: list[EpisodeRun], board: RewardBoard, elapsed: float, min_succ
             statistics.mean(secs) if secs else float("nan"), dict(statuses)))
     print()
     print(f"{'task family':<20} {'episodes':>8} {'success':>8} {'reward':>7} {'steps':>6} {'seconds':>8}  statuses")
-    for family, n, rate, reward, steps, secs, statuses in rows:
-        print(f"{family:<20} {n:>8} {rate:>7.0%} {reward:>7.2f} {steps:>6.1f} {secs:>8.2f}  "
-              + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
+    for family, n, rate, reward, mean_steps, mean_secs, by_status in rows:
+        print(f"{family:<20} {n:>8} {rate:>7.0%} {reward:>7.2f} {mean_steps:>6.1f} {mean_secs:>8.2f}  "
+              + ", ".join(f"{k} {v}" for k, v in sorted(by_status.items())))
     overall = total_ok / max(len(runs), 1)
     print(f"{'all':<20} {len(runs):>8} {overall:>7.0%}")
     print(f"throughput: {len(runs) / elapsed * 60:.1f} episodes/min ({len(runs)} episodes in {elapsed:.1f} s)")

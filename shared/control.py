@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from shared.states import TERMINAL, ExitCode, Status
 from shared.store import ApplyResult, TaskStore
@@ -82,7 +83,8 @@ class ControlChannel:
 
     def sync(self) -> ControlState:
         """Read status and undelivered messages from Redis (after subscribing: nothing is missed)."""
-        status, delivered = self.store.redis.hmget(self.store.key(self.task_id), ["status", "messages_delivered"])
+        status, delivered = cast(list[bytes | None], self.store.redis.hmget(
+            self.store.key(self.task_id), ["status", "messages_delivered"]))
         self.state.status = (status or b"").decode()
         self.state.delivered = int(delivered or 0)
         self.handle_message()
@@ -110,7 +112,7 @@ class ControlChannel:
 
     def poll(self) -> ControlState:
         """Apply every notice waiting on the channel, without blocking."""
-        while self._dispatch(self._pubsub.get_message(timeout=0)):  # type: ignore[arg-type]
+        while self._dispatch(self._pubsub.get_message(timeout=0)):
             pass
         return self.state
 
@@ -121,7 +123,7 @@ class ControlChannel:
         """
         while self.state.paused and not self.state.stop and time.monotonic() < deadline:
             timeout = max(0.0, min(1.0, deadline - time.monotonic()))
-            if not self._dispatch(self._pubsub.get_message(timeout=timeout)):  # type: ignore[arg-type]
+            if not self._dispatch(self._pubsub.get_message(timeout=timeout)):
                 self.sync()  # belt and braces: a notice lost with a dropped connection is caught within a second
             if on_tick:
                 on_tick()

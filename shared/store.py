@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -285,9 +285,10 @@ class TaskStore:
     def read_events(self, task_id: str, after: int = 0, block_ms: int | None = None,
                     count: int = 500) -> list[tuple[int, dict[str, Any]]]:
         """Events with seq > ``after``, oldest first, as ``(seq, event)``; blocks up to ``block_ms`` for new ones."""
-        reply = self.redis.xread({self.key(task_id, "events"): f"0-{after}"}, count=count, block=block_ms)
+        reply = cast(list[Any], self.redis.xread({self.key(task_id, "events"): f"0-{after}"}, count=count,
+                                                  block=block_ms))
         out: list[tuple[int, dict[str, Any]]] = []
-        for _stream, entries in reply or []:  # type: ignore[union-attr]
+        for _stream, entries in reply or []:
             for entry_id, data in entries:
                 seq = int(entry_id.split(b"-")[1])
                 out.append((seq, json.loads(data[b"data"])))
@@ -302,13 +303,13 @@ class TaskStore:
         pipe.execute()
 
     def get_screenshot(self, task_id: str, step: int) -> bytes | None:
-        data = self.redis.hget(self.key(task_id, "shots"), str(step))
-        return data  # type: ignore[return-value]
+        return cast(bytes | None, self.redis.hget(self.key(task_id, "shots"), str(step)))
 
     # -- inbox -------------------------------------------------------------------------------------------------------
     def inbox(self, task_id: str, start: int = 0) -> list[dict[str, Any]]:
         """Injected messages from index ``start`` on, as ``{"content", "ts"}``."""
-        return [json.loads(m) for m in self.redis.lrange(self.key(task_id, "inbox"), start, -1)]  # type: ignore[union-attr]
+        raw = cast(list[bytes], self.redis.lrange(self.key(task_id, "inbox"), start, -1))
+        return [json.loads(m) for m in raw]
 
     # -- leases ------------------------------------------------------------------------------------------------------
     def claim(self, task_id: str, worker_id: str) -> tuple[str, str, int]:

@@ -197,7 +197,8 @@ class ScriptedPolicy:
             if _normalize_text(wanted) not in page_text:
                 self._expect_polls += 1
                 if self._expect_polls > self._max_polls:
-                    return Decision([Action("fail", text=f'line {number}: expected text "{wanted}" is not on the page')])
+                    reason = f'line {number}: expected text "{wanted}" is not on the page'
+                    return Decision([Action("fail", text=reason)])
                 return Decision([Action("wait", seconds=self._poll)], thought=f'line {number}: waiting for "{wanted}"')
             self._expect_polls = 0
             self._next += 1

@@ -212,7 +212,7 @@ class NetworkGuard:
                 infos = socket.getaddrinfo(host, None)
             except OSError:
                 return False  # unresolvable: the browser will fail on its own
-            addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+            addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
         return any(
             a.is_private or a.is_loopback or a.is_link_local or a.is_multicast or a.is_reserved or a.is_unspecified
             for a in addresses

@@ -102,4 +102,5 @@ def run_episode(
             return Outcome(ExitCode.FAILED, error=terminal.text or "the agent gave up")
         failed_in_a_row = 0 if all_ok or not results else failed_in_a_row + 1
         if failed_in_a_row >= MAX_FAILED_STEPS:
-            return Outcome(ExitCode.FAILED, error=f"{MAX_FAILED_STEPS} steps in a row failed; last: {results[-1].error}")
+            last_error = results[-1].error
+            return Outcome(ExitCode.FAILED, error=f"{MAX_FAILED_STEPS} failed steps in a row; last: {last_error}")

