@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates,
+    validates_schema,
+)
 
 from shared.settings import Settings
 from shared.states import PRIORITIES, ExitCode, Status
@@ -51,6 +60,12 @@ def make_start_schema(settings: Settings) -> Schema:
                                  metadata={"description": "The task prompt. For agent_type=scripted, the script."})
         kind = fields.Str(validate=validate.OneOf(KINDS),
                           metadata={"description": "browser | desktop; default browser when start_url is set."})
+
+        @validates("kind")
+        def _kind_is_served(self, value: str, **_: Any) -> None:
+            if value in KINDS and value not in s.kinds:
+                raise ValidationError(f"no {value} workers on this deployment (LODESTAR_KINDS={','.join(s.kinds)})")
+
         model = fields.Str(load_default=s.default_model, validate=validate.Length(1, 200))
         agent_type = fields.Str(validate=validate.OneOf(OFFLINE_AGENTS),
                                 metadata={"description": "Offline agent: scripted | heuristic."})

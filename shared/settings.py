@@ -63,6 +63,9 @@ class Settings:
 
     # --- Task limits and defaults (the documented Lightcone defaults) -----------------
     default_model: str = "tzafon.northstar-cua-fast"
+    kinds: tuple[str, ...] = ("browser",)
+    """Kinds of environment this deployment has workers for; a task of another kind is refused with 422
+    instead of waiting forever on a queue nobody serves."""
     default_kind: str = "browser"
     """Kind used when a start request gives neither ``kind`` nor ``start_url``."""
     default_max_steps: int = 100
