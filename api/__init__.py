@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, g, jsonify, request
+from flask_limiter import Limiter
 from flask_sock import Sock
 from werkzeug.exceptions import HTTPException
 
@@ -22,7 +23,9 @@ from shared.store import TaskStore
 def create_app(test_config: Settings | None = None) -> Flask:
     """Build the API app. ``test_config`` replaces the environment's settings (tests, embedding)."""
     from api import openapi
-    from api.routes import bp, register_websocket
+    from api.routes import ApiError, authenticate, bp, register_websocket
+    from api.waits import EndWatcher
+    from shared.tenants import Tenants
 
     settings = test_config or load_settings()
     app = Flask(__name__)
@@ -32,6 +35,22 @@ def create_app(test_config: Settings | None = None) -> Flask:
     app.extensions["lodestar.store"] = store
     app.extensions["lodestar.celery"] = make_celery(settings)
     app.extensions["lodestar.start_schema"] = make_start_schema(settings)
+
+    tenants = Tenants(store)
+    app.extensions["lodestar.tenants"] = tenants
+    app.extensions["lodestar.waits"] = EndWatcher(store.redis, f"{store.prefix}:ended")
+
+    app.before_request(authenticate)  # before the limiter, which keys on the tenant
+    limiter = Limiter(
+        key_func=lambda: g.get("tenant") or request.remote_addr or "anonymous",
+        storage_uri=settings.redis_url, key_prefix=f"{settings.key_prefix}:ratelimit", headers_enabled=True,
+        default_limits=[lambda: g.principal.rate_limit if g.get("principal") and g.principal.rate_limit
+                        else "1000000/second"],
+        default_limits_exempt_when=lambda: request.blueprint != bp.name or not g.get("principal")
+        or not g.principal.rate_limit,
+        strategy="moving-window",
+    )
+    limiter.init_app(app)
 
     sock = Sock()
     register_websocket(sock)
@@ -51,8 +70,16 @@ def create_app(test_config: Settings | None = None) -> Flask:
         return jsonify(openapi.build_spec(settings))
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    def _http_error(exc: HTTPException) -> Response:
         body: dict[str, Any] = {"type": (exc.name or "error").lower().replace(" ", "_"), "message": exc.description}
-        return jsonify({"error": body}), exc.code or 500
+        resp = jsonify({"error": body})
+        resp.status_code = exc.code or 500
+        if exc.code == 429:
+            resp.headers["x-should-retry"] = "true"
+        return resp
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:  # raised by authenticate(), outside the blueprint's handlers
+        return exc.response()
 
     return app

@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import json
 import logging
+import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
+from celery import Celery
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from marshmallow import ValidationError
 from redis.exceptions import RedisError
 
-from shared import control
-from shared.queue import enqueue
-from shared.schemas import MessageSchema
+from api.waits import EndWatcher
+from shared import control, webhooks
+from shared.queue import enqueue, task_ended
+from shared.schemas import MessageSchema, task_json
+from shared.settings import Settings
 from shared.states import TERMINAL, ExitCode, Status
-from shared.store import ApplyResult, TaskStore, new_task_id, now
+from shared.store import ApplyResult, TaskFilter, TaskStore, new_task_id, now
+from shared.tenants import Tenants
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +56,39 @@ def _store() -> TaskStore:
     return cast(TaskStore, current_app.extensions["lodestar.store"])
 
 
-def tenant_of(key: str) -> str:
-    """The tenant id of an API key: "t_" + the first 16 hex digits of its SHA-256."""
-    return "t_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+def _celery() -> Celery:
+    return cast(Celery, current_app.extensions["lodestar.celery"])
 
 
-@bp.before_request
-def _authenticate() -> None:
+def _settings() -> Settings:
+    return cast(Settings, current_app.config["LODESTAR"])
+
+
+def authenticate() -> None:
+    """Resolve the bearer key to a principal (``g.principal``, ``g.tenant``); 401 without a valid one.
+    Registered on the app before the rate limiter, which keys on ``g.tenant``."""
+    if request.blueprint != bp.name:
+        return
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key:
+    if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(401, "unauthorized", "missing bearer API key (Authorization: Bearer <key>)")
-    keys: tuple[str, ...] = current_app.config["LODESTAR"].api_keys
-    if not any(hmac.compare_digest(key.strip().encode(), k.encode()) for k in keys):
-        raise ApiError(401, "unauthorized", "invalid API key")
-    g.tenant = tenant_of(key.strip())
+    principal = cast(Tenants, current_app.extensions["lodestar.tenants"]).resolve(key.strip())
+    if principal is None:
+        raise ApiError(401, "unauthorized", "invalid or revoked API key")
+    g.principal = principal
+    g.tenant = principal.tenant
 
 
-def _json_body() -> dict[str, Any]:
+def _json_body() -> Any:
     data = request.get_json(silent=True, force=True)
     if data is None:
-        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+        raise ApiError(400, "invalid_json", "the request body must be JSON")
+    return data
+
+
+def _json_object() -> dict[str, Any]:
+    data = _json_body()
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", f"the request body must be a JSON object, not {type(data).__name__}")
     return data
@@ -85,72 +101,13 @@ def _load_task(task_id: str) -> dict[str, Any]:
     return record
 
 
-def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") if ts else None
-
-
 def _base_url() -> str:
-    return current_app.config["LODESTAR"].public_base_url.rstrip("/") or request.host_url.rstrip("/")
+    return _settings().public_base_url.rstrip("/") or request.host_url.rstrip("/")
 
 
-def render_task(record: dict[str, Any], base_url: str) -> dict[str, Any]:
-    """The public JSON of a task record (shape: ``TaskSchema``)."""
-    steps = record.get("steps_taken") or 0
-    ended = record["status"] in TERMINAL
-    shot = record.get("last_screenshot_step")
-    return {
-        "task_id": record["task_id"], "status": record["status"], "exit_code": record.get("exit_code"),
-        "kind": record.get("kind"), "model": record.get("model"), "agent_type": record.get("agent_type"),
-        "priority": record.get("priority"), "instruction": record.get("instruction"),
-        "created_at": _iso(record.get("created_at")), "started_at": _iso(record.get("started_at")),
-        "finished_at": _iso(record.get("finished_at")), "steps_taken": steps, "max_steps": record.get("max_steps"),
-        "progress": 1.0 if ended else round(min(steps / max(record.get("max_steps") or 1, 1), 1.0), 4),
-        "message": record.get("message"), "result": record.get("result"), "error": record.get("error"),
-        "current_url": record.get("current_url"),
-        "last_screenshot_url": f"{base_url}/agent/tasks/{record['task_id']}/screenshots/{shot}" if shot else None,
-        "metadata": record.get("metadata") or {}, "idempotency_key": record.get("idempotency_key"),
-    }
-
-
-# --- start -----------------------------------------------------------------------------------------------------------
-def _start() -> tuple[dict[str, Any], bool]:
-    """Validate, store and enqueue a task; returns ``(record, reused)``."""
-    body = _json_body()
-    try:
-        params = current_app.extensions["lodestar.start_schema"].load(body)
-    except ValidationError as exc:
-        raise ApiError(422, "invalid_request", _summarise(exc.messages), fields=exc.messages) from None  # type: ignore[arg-type]
-    store = _store()
-    settings = current_app.config["LODESTAR"]
-    task_id = new_task_id()
-    idem_key = params.get("idempotency_key")
-    if idem_key:
-        slot = f"{store.prefix}:idempotency:{g.tenant}:{hashlib.sha256(idem_key.encode()).hexdigest()}"
-        if not store.redis.set(slot, task_id, nx=True, ex=settings.task_retention):
-            existing = store.redis.get(slot)
-            record = store.get(existing.decode()) if existing else None  # type: ignore[union-attr]
-            if record is not None:
-                return record, True
-            store.redis.set(slot, task_id, ex=settings.task_retention)
-    record = {
-        "task_id": task_id, "tenant": g.tenant, "status": str(Status.QUEUED), "kind": params["kind"],
-        "model": params["model"], "agent_type": params.get("agent_type"), "instruction": params["instruction"],
-        "priority": params["priority"], "max_steps": params["max_steps"],
-        "max_duration_seconds": params["max_duration_seconds"], "temperature": params["temperature"],
-        "screenshot_mode": params["screenshot_mode"], "stream_mode": params["stream_mode"],
-        "viewport_width": params["viewport_width"], "viewport_height": params["viewport_height"],
-        "metadata": params.get("metadata") or {}, "idempotency_key": idem_key, "created_at": now(),
-        "steps_taken": 0, "params": {k: v for k, v in params.items() if k in ("start_url", "system_prompt", "context")},
-    }
-    store.create(record, {"type": "status", "status": "queued", "task_id": task_id, "ts": record["created_at"]})
-    try:
-        enqueue(current_app.extensions["lodestar.celery"], task_id, params["kind"], params["priority"])
-    except Exception as exc:  # the broker refused: the task was never queued, so it must not linger as "queued"
-        log.exception("enqueue of %s failed", task_id)
-        store.finish(task_id, ExitCode.FAILED, error=f"could not be queued: {exc}")
-        raise ApiError(503, "queue_unavailable", "the task queue is unavailable; retry later",
-                       headers={"retry-after": "1"}) from None
-    return record, False
+def _invalid(exc: ValidationError) -> ApiError:
+    messages = cast(dict[str, Any], exc.messages)
+    return ApiError(422, "invalid_request", _summarise(messages), fields=messages)
 
 
 def _summarise(messages: dict[str, Any]) -> str:
@@ -159,6 +116,89 @@ def _summarise(messages: dict[str, Any]) -> str:
         text = reasons[0] if isinstance(reasons, list) and reasons and isinstance(reasons[0], str) else reasons
         parts.append(f"{name}: {text}")
     return "invalid request: " + "; ".join(parts)
+
+
+# --- start and batch ---------------------------------------------------------------------------------------------
+def _new_record(params: dict[str, Any], batch_id: str | None = None) -> dict[str, Any]:
+    principal = g.principal
+    return {
+        "task_id": new_task_id(), "tenant": principal.tenant, "status": str(Status.QUEUED), "kind": params["kind"],
+        "model": params["model"], "agent_type": params.get("agent_type"), "instruction": params["instruction"],
+        "priority": params["priority"], "max_steps": params["max_steps"],
+        "max_duration_seconds": params["max_duration_seconds"], "temperature": params["temperature"],
+        "screenshot_mode": params["screenshot_mode"], "stream_mode": params["stream_mode"],
+        "viewport_width": params["viewport_width"], "viewport_height": params["viewport_height"],
+        "persistent": bool(params.get("persistent") or params.get("save_session")),
+        "metadata": params.get("metadata") or {}, "idempotency_key": params.get("idempotency_key"),
+        "webhook_url": params.get("webhook_url") or principal.webhook_url,
+        "webhook_events": params.get("webhook_events") or "terminal", "batch_id": batch_id,
+        "created_at": now(), "steps_taken": 0,
+        "params": {k: v for k, v in params.items() if k in ("start_url", "system_prompt", "context")},
+    }
+
+
+def _idempotent(records: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    """For each record with an idempotency key, the task that key already created (within the window), else None.
+    Claims the keys of the new ones, all in two pipelined round trips."""
+    store, window = _store(), _settings().idempotency_window
+    slots = {i: f"{store.prefix}:idempotency:{r['tenant']}:{hashlib.sha256(r['idempotency_key'].encode()).hexdigest()}"
+             for i, r in enumerate(records) if r.get("idempotency_key")}
+    found: list[dict[str, Any] | None] = [None] * len(records)
+    if not slots:
+        return found
+    pipe = store.redis.pipeline(transaction=False)
+    for i, slot in slots.items():
+        pipe.set(slot, records[i]["task_id"], nx=True, ex=window)
+    taken = [i for i, ok in zip(slots, pipe.execute()) if not ok]
+    for i in taken:
+        existing = cast(bytes | None, store.redis.get(slots[i]))
+        record = store.get(existing.decode()) if existing else None
+        if record is not None:
+            found[i] = record
+        else:  # the task it named expired: the key is free again
+            store.redis.set(slots[i], records[i]["task_id"], ex=window)
+    return found
+
+
+def _check_room(new: int) -> None:
+    limit = g.principal.max_queued
+    if limit and _store().count(g.tenant, Status.QUEUED) + new > limit:
+        raise ApiError(429, "queue_full", f"at most {limit} queued tasks per tenant; wait for some to start",
+                       headers={"retry-after": "5"})
+
+
+def _submit(records: list[dict[str, Any]]) -> None:
+    """Store and enqueue new tasks: records and indexes in one pipeline, Celery messages in one batch."""
+    store, celery = _store(), _celery()
+    pipe = store.redis.pipeline(transaction=False)
+    for r in records:
+        store.create(r, {"type": "status", "status": "queued", "task_id": r["task_id"], "ts": r["created_at"]}, pipe)
+    pipe.execute()
+    try:
+        with celery.producer_or_acquire() as producer, producer.batch(max_size=1000):
+            for r in records:
+                enqueue(celery, r["task_id"], r["kind"], r["priority"], producer=producer)
+    except Exception as exc:  # the broker refused: the tasks were never queued, so none may linger as "queued"
+        log.exception("enqueue of %d tasks failed", len(records))
+        for r in records:
+            store.finish(r["task_id"], ExitCode.FAILED, error=f"could not be queued: {exc}")
+        raise ApiError(503, "queue_unavailable", "the task queue is unavailable; retry later",
+                       headers={"retry-after": "1"}) from None
+
+
+def _start() -> tuple[dict[str, Any], bool]:
+    """Validate, store and enqueue one task; returns ``(record, reused)``."""
+    try:
+        params = current_app.extensions["lodestar.start_schema"].load(_json_object())
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    record = _new_record(params)
+    existing = _idempotent([record])[0]
+    if existing is not None:
+        return existing, True
+    _check_room(1)
+    _submit([record])
+    return record, False
 
 
 @bp.post("/agent/tasks")
@@ -176,12 +216,163 @@ def start_task_stream() -> Response:
     return _sse(record, after=0)
 
 
+def _batch_items() -> list[Any]:
+    if request.mimetype in ("application/x-ndjson", "application/jsonl", "application/x-jsonlines"):
+        items = []
+        for number, line in enumerate(request.get_data(as_text=True).splitlines(), start=1):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except ValueError:
+                    raise ApiError(400, "invalid_json", f"NDJSON line {number} is not JSON") from None
+        return items
+    data = _json_body()
+    if isinstance(data, dict) and isinstance(data.get("tasks"), list):
+        return cast(list[Any], data["tasks"])
+    if isinstance(data, list):
+        return data
+    raise ApiError(400, "invalid_json", 'the body must be a JSON array of tasks, {"tasks": [...]}, or NDJSON')
+
+
+@bp.post("/agent/tasks/batch")
+def start_batch() -> tuple[Response, int]:
+    """Submit up to ``batch_max_items`` tasks; each is validated on its own and the valid ones are accepted."""
+    items = _batch_items()
+    limit = _settings().batch_max_items
+    if not items:
+        raise ApiError(422, "invalid_request", "the batch is empty")
+    if len(items) > limit:
+        raise ApiError(413, "batch_too_large", f"at most {limit} tasks per batch, got {len(items)}")
+    schema = current_app.extensions["lodestar.start_schema"]
+    batch_id = "batch_" + uuid.uuid4().hex
+    results: list[dict[str, Any]] = [{} for _ in items]
+    errors: list[dict[str, Any]] = []
+    records: list[tuple[int, dict[str, Any]]] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            errors.append({"index": i, "error": {"type": "invalid_request", "message": "not a JSON object"}})
+            continue
+        try:
+            records.append((i, _new_record(schema.load(item), batch_id)))
+        except ValidationError as exc:
+            messages = cast(dict[str, Any], exc.messages)
+            errors.append({"index": i, "error": {"type": "invalid_request", "message": _summarise(messages),
+                                                 "fields": messages}})
+    existing = _idempotent([r for _, r in records])
+    fresh = [(i, r) for (i, r), e in zip(records, existing) if e is None]
+    for (i, _r), e in zip(records, existing):
+        if e is not None:
+            results[i] = {"index": i, "task_id": e["task_id"], "status": e["status"], "reused": True}
+    _check_room(len(fresh))
+    if fresh:
+        _submit([r for _, r in fresh])
+    for i, r in fresh:
+        results[i] = {"index": i, "task_id": r["task_id"], "status": r["status"]}
+    accepted = [r for r in results if r]
+    body = {"batch_id": batch_id, "accepted": len(accepted), "rejected": len(errors), "tasks": accepted,
+            "errors": errors}
+    return jsonify(body), 200 if accepted else 422
+
+
+@bp.get("/agent/batches/<batch_id>")
+def batch_summary(batch_id: str) -> Response:
+    """Counts of a batch's tasks by status (for following a batch to its end)."""
+    store = _store()
+    ids = cast(list[bytes], store.redis.zrange(store.index(g.tenant, "batch", batch_id), 0, -1))
+    if not ids:
+        raise ApiError(404, "not_found", f"no batch {batch_id}")
+    pipe = store.redis.pipeline(transaction=False)
+    for task_id in ids:
+        pipe.hget(store.key(task_id.decode()), "status")
+    counts: dict[str, int] = {str(s): 0 for s in Status}
+    expired = 0
+    for status in pipe.execute():
+        if status is None:
+            expired += 1
+        else:
+            counts[status.decode()] += 1
+    ended = sum(counts[str(s)] for s in TERMINAL) + expired
+    return jsonify({"batch_id": batch_id, "total": len(ids), "counts": counts, "expired": expired,
+                    "ended": ended, "done": ended == len(ids)})
+
+
+# --- read, list, wait --------------------------------------------------------------------------------------------
 @bp.get("/agent/tasks/<task_id>")
 def retrieve_status(task_id: str) -> Response:
-    return jsonify(render_task(_load_task(task_id), _base_url()))
+    return jsonify(task_json(_load_task(task_id), _base_url()))
 
 
-# --- control ---------------------------------------------------------------------------------------------------------
+def _time_arg(name: str) -> float | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise ApiError(422, "invalid_request", f"{name} must be epoch seconds or an ISO 8601 time",
+                       fields={name: ["Not a valid time."]}) from None
+
+
+def _filter_from_args() -> TaskFilter:
+    args = request.args
+    statuses = tuple(s for raw in args.getlist("status") for s in raw.split(",") if s)
+    unknown = [s for s in statuses if s not in {str(x) for x in Status}]
+    if unknown:
+        raise ApiError(422, "invalid_request", f"unknown status {unknown[0]!r}",
+                       fields={"status": [f"Must be one of: {', '.join(str(s) for s in Status)}."]})
+    metadata = tuple((k[len("metadata."):], v) for k, v in args.items(multi=True) if k.startswith("metadata."))
+    metadata += tuple((k[len("metadata["):-1], v) for k, v in args.items(multi=True)
+                      if k.startswith("metadata[") and k.endswith("]"))
+    return TaskFilter(statuses=statuses, kind=args.get("kind") or None, model=args.get("model") or None,
+                      metadata=metadata, batch_id=args.get("batch_id") or None,
+                      created_after=_time_arg("created_after"), created_before=_time_arg("created_before"))
+
+
+@bp.get("/agent/tasks")
+def list_tasks() -> Response:
+    """The tenant's tasks, newest first, filtered; ``next_cursor`` pages on (null at the end)."""
+    limit_raw = request.args.get("limit", "50")
+    max_limit = _settings().list_max_limit
+    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= max_limit:
+        raise ApiError(422, "invalid_request", f"limit must be an integer from 1 to {max_limit}",
+                       fields={"limit": [f"Must be between 1 and {max_limit}."]})
+    try:
+        page, cursor = _store().list_tasks(g.tenant, _filter_from_args(), int(limit_raw), request.args.get("cursor"))
+    except ValueError:
+        raise ApiError(422, "invalid_request", "malformed cursor", fields={"cursor": ["Not a valid cursor."]}) from None
+    base = _base_url()
+    return jsonify({"data": [task_json(r, base) for r in page], "next_cursor": cursor, "has_more": cursor is not None})
+
+
+@bp.get("/agent/tasks/<task_id>/wait")
+def wait_task(task_id: str) -> Response:
+    """Hold the request until the task ends or ``timeout`` seconds (default 30, at most ``wait_max_timeout``) pass,
+    then answer with the task (check ``exit_code``: null means it has not ended)."""
+    _load_task(task_id)
+    raw = request.args.get("timeout", "30")
+    max_timeout = _settings().wait_max_timeout
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = -1
+    if not 0 <= timeout <= max_timeout:
+        raise ApiError(422, "invalid_request", f"timeout must be between 0 and {max_timeout:g} seconds",
+                       fields={"timeout": [f"Must be between 0 and {max_timeout:g}."]})
+    store = _store()
+
+    def ended() -> bool:
+        status = cast(bytes | None, store.redis.hget(store.key(task_id), "status"))
+        return status is None or status.decode() in TERMINAL
+
+    cast(EndWatcher, current_app.extensions["lodestar.waits"]).wait(task_id, ended, timeout)
+    return jsonify(task_json(_load_task(task_id), _base_url()))
+
+
+# --- control -----------------------------------------------------------------------------------------------------
 def _control_answer(task_id: str, result: ApplyResult, verb: str) -> Response:
     if not result.found:
         raise ApiError(404, "not_found", f"no task {task_id}")
@@ -196,29 +387,107 @@ def _control_answer(task_id: str, result: ApplyResult, verb: str) -> Response:
 @bp.post("/agent/tasks/<task_id>/pause")
 def pause_task(task_id: str) -> Response:
     _load_task(task_id)
-    return _control_answer(task_id, control.send_pause(_store(), task_id), "pause")
+    answer = _control_answer(task_id, control.send_pause(_store(), task_id), "pause")
+    webhooks.schedule(_celery(), _store(), task_id, "task.paused")
+    return answer
 
 
 @bp.post("/agent/tasks/<task_id>/resume")
 def resume_task(task_id: str) -> Response:
     _load_task(task_id)
-    return _control_answer(task_id, control.send_resume(_store(), task_id), "resume")
+    answer = _control_answer(task_id, control.send_resume(_store(), task_id), "resume")
+    webhooks.schedule(_celery(), _store(), task_id, "task.running")
+    return answer
+
+
+def _cancel(task_id: str) -> ApplyResult:
+    result = control.send_cancel(_store(), task_id)
+    if result.ok:
+        task_ended(_celery(), _store(), task_id, g.tenant)
+    return result
 
 
 @bp.post("/agent/tasks/<task_id>/cancel")
 def cancel_task(task_id: str) -> Response:
     _load_task(task_id)
-    return _control_answer(task_id, control.send_cancel(_store(), task_id), "cancel")
+    return _control_answer(task_id, _cancel(task_id), "cancel")
+
+
+@bp.post("/agent/tasks/cancel")
+def cancel_many() -> Response:
+    """Cancel by ``{"task_ids": [...]}`` (at most 10 000) or by ``{"filter": {status, kind, model, metadata,
+    batch_id}}`` (active tasks only). Answers which were cancelled and why the others were not."""
+    body = _json_object()
+    store = _store()
+    if isinstance(body.get("task_ids"), list):
+        ids = [str(i) for i in body["task_ids"]][: _settings().batch_max_items]
+    elif isinstance(body.get("filter"), dict):
+        f = body["filter"]
+        statuses = tuple(s for s in (f.get("status") or ["queued", "running", "paused"])
+                         if s in {"queued", "running", "paused"})
+        flt = TaskFilter(statuses=statuses, kind=f.get("kind"), model=f.get("model"), batch_id=f.get("batch_id"),
+                         metadata=tuple((str(k), str(v)) for k, v in (f.get("metadata") or {}).items()))
+        ids, cursor = [], None
+        while len(ids) < _settings().batch_max_items:
+            page, cursor = store.list_tasks(g.tenant, flt, 500, cursor)
+            ids += [r["task_id"] for r in page]
+            if cursor is None:
+                break
+    else:
+        raise ApiError(422, "invalid_request", 'give "task_ids" (a list) or "filter" (an object)',
+                       fields={"task_ids": ["Missing data for required field."]})
+    cancelled, skipped = [], []
+    for task_id in ids:
+        record = store.get(task_id)
+        if record is None or record.get("tenant") != g.tenant:
+            skipped.append({"task_id": task_id, "reason": "not_found"})
+            continue
+        result = _cancel(task_id)
+        if result.ok:
+            cancelled.append(task_id)
+        else:
+            skipped.append({"task_id": task_id, "reason": f"already {result.status}"})
+    return jsonify({"cancelled": cancelled, "skipped": skipped})
 
 
 @bp.post("/agent/tasks/<task_id>/messages")
 def inject_message(task_id: str) -> Response:
     try:
-        body = MessageSchema().load(_json_body())
+        body = MessageSchema().load(_json_object())
     except ValidationError as exc:
-        raise ApiError(422, "invalid_request", _summarise(exc.messages), fields=exc.messages) from None  # type: ignore[arg-type]
+        raise _invalid(exc) from None
     _load_task(task_id)
     return _control_answer(task_id, control.send_message(_store(), task_id, body["message"]), "message")
+
+
+# --- webhooks and tenant -----------------------------------------------------------------------------------------
+@bp.get("/agent/tasks/<task_id>/webhooks")
+def webhook_attempts(task_id: str) -> Response:
+    """Every delivery attempt of the task's webhooks, oldest first."""
+    _load_task(task_id)
+    return jsonify({"data": webhooks.attempts(_store(), task_id)})
+
+
+@bp.post("/agent/tasks/<task_id>/webhooks/redeliver")
+def webhook_redeliver(task_id: str) -> tuple[Response, int]:
+    """Send the task's current state to its webhook again (a new delivery id)."""
+    record = _load_task(task_id)
+    if not record.get("webhook_url"):
+        raise ApiError(409, "conflict", "the task has no webhook_url", headers={"x-should-retry": "false"})
+    delivery = webhooks.schedule(_celery(), _store(), task_id)
+    if delivery is None:
+        raise ApiError(503, "queue_unavailable", "could not queue the delivery", headers={"retry-after": "1"})
+    return jsonify({"delivery_id": delivery}), 202
+
+
+@bp.get("/agent/tenant")
+def tenant_info() -> Response:
+    """The caller's tenant: id, limits, current counts and the webhook signing secret."""
+    tenants = cast(Tenants, current_app.extensions["lodestar.tenants"])
+    info = tenants.tenant(g.tenant)
+    info["webhook_secret"] = tenants.webhook_secret(g.tenant)
+    info["counts"] = {s: _store().count(g.tenant, s) for s in ("queued", "running", "paused")}
+    return jsonify(info)
 
 
 # --- events and screenshots -----------------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ def _api(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from worker.tasks import app
 
-    argv = ["worker", "--queues", args.kind, "--concurrency", str(args.concurrency), "--prefetch-multiplier", "1",
+    argv = ["worker", "--queues", f"{args.kind},webhooks", "--concurrency", str(args.concurrency),
+            "--prefetch-multiplier", "1",
             "--task-events", "--hostname", f"{args.kind}@%h-{os.getpid()}", "--loglevel", args.loglevel,
             "--without-gossip", "--without-mingle"]
     if args.pool:

@@ -8,6 +8,7 @@ keeps a busy worker from hoarding low-priority messages.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
@@ -15,10 +16,14 @@ from kombu import Queue
 
 from shared.settings import Settings
 from shared.states import PRIORITIES
+from shared.store import TaskStore
+
+log = logging.getLogger(__name__)
 
 RUN_TASK = "lodestar.run_task"
-QUEUES = ("browser", "desktop")
-"""One Celery queue per task ``kind``, so worker pools can specialise (``lodestar worker --kind desktop``)."""
+QUEUES = ("browser", "desktop", "webhooks")
+"""One Celery queue per task ``kind``, so worker pools can specialise (``lodestar worker --kind desktop``), and one
+for webhook deliveries, which every worker also serves."""
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -61,3 +66,32 @@ def enqueue(app: Celery, task_id: str, kind: str, priority: str, producer: Any =
     """
     app.send_task(RUN_TASK, args=[task_id], task_id=task_id, queue=kind, priority=PRIORITIES[priority],
                   producer=producer)
+
+
+def release_deferred(app: Celery, store: TaskStore, tenant: str) -> int:
+    """Enqueue the tenant's deferred tasks that now fit under its running limit; returns how many.
+
+    Each id leaves the deferred list only after its message is sent, so a crash in between loses nothing (a
+    duplicate message is harmless: the claim lets one run).
+    """
+    released = 0
+    for task_id in store.next_deferred(tenant):
+        record = store.get(task_id)
+        if record is not None and record["status"] == "queued":
+            enqueue(app, task_id, record["kind"], record.get("priority") or "normal")
+            released += 1
+        store.drop_deferred(tenant, task_id)
+    return released
+
+
+def task_ended(app: Celery, store: TaskStore, task_id: str, tenant: str | None) -> None:
+    """Everything that follows a task's end wherever it ended (worker or API): its webhook, and the start of a
+    task its tenant's running limit held back. Errors are logged, never raised."""
+    from shared import webhooks
+
+    webhooks.schedule(app, store, task_id)
+    if tenant:
+        try:
+            release_deferred(app, store, tenant)
+        except Exception as exc:  # the broker is down: the ids stay deferred until the next end or claim
+            log.error("releasing deferred tasks of %s failed: %s", tenant, exc)

@@ -7,6 +7,7 @@ the OpenAPI document (``api/openapi.py``).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import (
@@ -21,7 +22,7 @@ from marshmallow import (
 )
 
 from shared.settings import Settings
-from shared.states import PRIORITIES, ExitCode, Status
+from shared.states import PRIORITIES, TERMINAL, ExitCode, Status
 
 OFFLINE_AGENTS = ("scripted", "heuristic")
 """``agent_type`` values that run with no model provider (implemented in ``worker/agents.py``)."""
@@ -90,6 +91,10 @@ def make_start_schema(settings: Settings) -> Schema:
                               metadata={"description": "Lodestar: high | normal | low."})
         stream_mode = fields.Str(load_default="verbose", validate=validate.OneOf(["verbose", "concise"]))
         thread_id = fields.Str(validate=validate.Length(max=255))
+        webhook_url = fields.Url(schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=2048),
+                                 metadata={"description": "Lodestar: POSTed the signed task JSON when it ends."})
+        webhook_events = fields.Str(load_default="terminal", validate=validate.OneOf(["terminal", "all"]),
+                                    metadata={"description": "Lodestar: terminal (default) or all status changes."})
         persistent = fields.Bool()
         save_session = fields.Bool()
         environment_id = fields.Str(validate=validate.Length(max=255))
@@ -180,3 +185,26 @@ class EventSchema(Schema):
     type = fields.Str(required=True)
     task_id = fields.Str(required=True)
     ts = fields.Float(required=True, metadata={"description": "epoch seconds"})
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") if ts else None
+
+
+def task_json(record: dict[str, Any], base_url: str = "") -> dict[str, Any]:
+    """The public JSON of a task record (shape: :class:`TaskSchema`); screenshot URLs start with ``base_url``."""
+    steps = record.get("steps_taken") or 0
+    ended = record["status"] in TERMINAL
+    shot = record.get("last_screenshot_step")
+    return {
+        "task_id": record["task_id"], "status": record["status"], "exit_code": record.get("exit_code"),
+        "kind": record.get("kind"), "model": record.get("model"), "agent_type": record.get("agent_type"),
+        "priority": record.get("priority"), "instruction": record.get("instruction"),
+        "created_at": _iso(record.get("created_at")), "started_at": _iso(record.get("started_at")),
+        "finished_at": _iso(record.get("finished_at")), "steps_taken": steps, "max_steps": record.get("max_steps"),
+        "progress": 1.0 if ended else round(min(steps / max(record.get("max_steps") or 1, 1), 1.0), 4),
+        "message": record.get("message"), "result": record.get("result"), "error": record.get("error"),
+        "current_url": record.get("current_url"),
+        "last_screenshot_url": f"{base_url}/agent/tasks/{record['task_id']}/screenshots/{shot}" if shot else None,
+        "metadata": record.get("metadata") or {}, "idempotency_key": record.get("idempotency_key"),
+    }

@@ -83,6 +83,28 @@ class Settings:
     viewport_min_height: int = 240
     viewport_max_height: int = 2160
 
+    # --- Tenants, limits, batches, webhooks --------------------------------------------------
+    default_max_queued: int = 0
+    """Most queued tasks per tenant (0: no limit); past it, submits get 429. A tenant's own setting wins."""
+    default_max_running: int = 0
+    """Most running or paused tasks per tenant (0: no limit), enforced by the workers; the rest wait queued."""
+    default_rate_limit: str = ""
+    """Requests a tenant may make to the API, in flask-limiter notation ("20/second;1000/minute"); empty: none."""
+    idempotency_window: int = 24 * 3600
+    """Seconds an ``idempotency_key`` returns the task it first created."""
+    batch_max_items: int = 10_000
+    """Most tasks in one POST /agent/tasks/batch."""
+    wait_max_timeout: float = 300.0
+    """Longest ``timeout`` a GET /agent/tasks/{id}/wait may hold the request, in seconds."""
+    list_max_limit: int = 500
+    """Largest page of GET /agent/tasks."""
+    webhook_max_attempts: int = 8
+    """Deliveries tried per webhook event before giving up (backoff 2, 4, 8 ... seconds, capped at 10 minutes)."""
+    webhook_timeout: float = 10.0
+    """Seconds a webhook receiver has to answer one delivery."""
+    webhook_allowed_hosts: tuple[str, ...] = ()
+    """Private hosts (or host:port) webhooks may be sent to; others on private addresses are refused."""
+
     # --- Retention ---------------------------------------------------------------------
     task_retention: int = 7 * 24 * 3600
     """Seconds an ended task's record, events and screenshots are kept."""

@@ -7,8 +7,13 @@ Keys (``P`` is ``settings.key_prefix``)::
     P:task:{id}:inbox     list    injected messages, JSON {"content", "ts"}, oldest first
     P:task:{id}:shots     hash    step number -> JPEG bytes
     P:task:{id}:lease     string  id of the worker holding the task (PX = lease_ttl)
-    P:tasks               zset    every task id by created_at (listing)
+    P:task:{id}:webhooks  list    webhook delivery attempts, JSON, oldest first
+    P:t:{tenant}:all      zset    the tenant's task ids by created_at; also :status:{s}, :kind:{k}, :model:{m},
+                                  :meta:{key}={value}, :batch:{id} (list indexes; expired ids pruned lazily)
+    P:t:{tenant}:deferred list    queued task ids waiting for the tenant's running limit
+    P:tenant:{tenant}     hash    tenant settings (name, max_queued, max_running, rate_limit, webhook_secret...)
     P:control:{id}        pub/sub notices {"command", "task_id"} for the task's worker
+    P:ended               pub/sub the id of every task that ends (long-poll waiters)
 
 Status changes are Lua scripts that check :data:`shared.states.TRANSITIONS`, write the fields, append the event
 and publish the control notice in one atomic round trip.
@@ -16,10 +21,12 @@ and publish the control notice in one atomic round trip.
 
 from __future__ import annotations
 
+import base64
+import heapq
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -36,10 +43,28 @@ FLOAT_FIELDS = frozenset({"created_at", "started_at", "finished_at", "temperatur
 JSON_FIELDS = frozenset({"params", "metadata", "context"})
 BOOL_FIELDS = frozenset({"cancel_requested", "persistent"})
 
-_APPLY = """
+_LUA_COMMON = """
+local function move_status(task_key, prefix, from, to)
+  local meta = redis.call('HMGET', task_key, 'tenant', 'created_at', 'task_id')
+  local base = prefix .. ':t:' .. meta[1] .. ':status:'
+  redis.call('ZREM', base .. from, meta[3])
+  redis.call('ZADD', base .. to, meta[2], meta[3])
+end
+local function running_count(prefix, tenant)
+  local base = prefix .. ':t:' .. tenant .. ':status:'
+  return redis.call('ZCARD', base .. 'running') + redis.call('ZCARD', base .. 'paused')
+end
+local function running_limit(prefix, tenant, default)
+  local limit = redis.call('HGET', prefix .. ':tenant:' .. tenant, 'max_running')
+  if limit == false or limit == '' then return tonumber(default) end
+  return tonumber(limit)
+end
+"""
+
+_APPLY = _LUA_COMMON + """
 -- KEYS: task, events, inbox, shots, lease
 -- ARGV: allowed_from (csv, '' = any), event json ('' = none), stream maxlen, expire seconds (0 = none),
---       channel ('' = none), notice, then field/value pairs
+--       channel ('' = none), notice, key prefix, then field/value pairs
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', 0} end
 local cur = redis.call('HGET', KEYS[1], 'status')
 if ARGV[1] ~= '' then
@@ -47,7 +72,10 @@ if ARGV[1] ~= '' then
   for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur then ok = true end end
   if not ok then return {0, cur, 0} end
 end
-if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
+local new = nil
+for i = 8, #ARGV, 2 do if ARGV[i] == 'status' then new = ARGV[i + 1] end end
+if #ARGV > 7 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
+if new and new ~= cur then move_status(KEYS[1], ARGV[7], cur, new) end
 local seq = 0
 if ARGV[2] ~= '' then
   seq = redis.call('HINCRBY', KEYS[1], 'event_seq', 1)
@@ -56,7 +84,9 @@ end
 local ttl = tonumber(ARGV[4])
 if ttl > 0 then
   for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ttl) end
+  redis.call('EXPIRE', KEYS[1] .. ':webhooks', ttl)
   redis.call('DEL', KEYS[5])
+  redis.call('PUBLISH', ARGV[7] .. ':ended', redis.call('HGET', KEYS[1], 'task_id'))
 end
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return {1, cur, seq}
@@ -76,35 +106,108 @@ redis.call('PUBLISH', ARGV[5], ARGV[6])
 return {1, cur, seq}
 """
 
-_CLAIM = """
--- KEYS: task, events, lease; ARGV: worker id, lease ms, max attempts, now, maxlen
+_CLAIM = _LUA_COMMON + """
+-- KEYS: task, events, lease
+-- ARGV: worker id, lease ms, max attempts, now, maxlen, key prefix, default max running per tenant (0 = none)
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing', '', 0} end
 local cur = redis.call('HGET', KEYS[1], 'status')
 if cur ~= 'queued' and cur ~= 'running' and cur ~= 'paused' then return {'ended', cur, 0} end
 local holder = redis.call('GET', KEYS[3])
 if holder and holder ~= ARGV[1] then return {'leased', cur, 0} end
+local task_id = redis.call('HGET', KEYS[1], 'task_id')
+if cur == 'queued' then
+  local tenant = redis.call('HGET', KEYS[1], 'tenant')
+  local limit = running_limit(ARGV[6], tenant, ARGV[7])
+  if limit > 0 and running_count(ARGV[6], tenant) >= limit then
+    local deferred = ARGV[6] .. ':t:' .. tenant .. ':deferred'
+    if not redis.call('LPOS', deferred, task_id) then redis.call('RPUSH', deferred, task_id) end
+    return {'deferred', cur, 0}
+  end
+end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if cur ~= 'queued' and attempts > tonumber(ARGV[3]) then return {'lost', cur, attempts} end
 redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
 local fields = {'worker', ARGV[1]}
 local outcome = 'restarted'
 if cur == 'queued' then
+  move_status(KEYS[1], ARGV[6], 'queued', 'running')
   cur = 'running'
   outcome = 'started'
   fields = {'worker', ARGV[1], 'status', 'running', 'started_at', ARGV[4]}
 end
 redis.call('HSET', KEYS[1], unpack(fields))
-local ev = cjson.encode({type = 'status', status = cur, task_id = redis.call('HGET', KEYS[1], 'task_id'),
+local ev = cjson.encode({type = 'status', status = cur, task_id = task_id,
   ts = tonumber(ARGV[4]), worker = ARGV[1], attempt = attempts})
 local seq = redis.call('HINCRBY', KEYS[1], 'event_seq', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'data', ev)
 return {outcome, cur, attempts}
 """
 
+_NEXT_DEFERRED = _LUA_COMMON + """
+-- ARGV: key prefix, tenant, default max running; returns up to (free slots) deferred task ids, oldest first
+local limit = running_limit(ARGV[1], ARGV[2], ARGV[3])
+local deferred = ARGV[1] .. ':t:' .. ARGV[2] .. ':deferred'
+local free = redis.call('LLEN', deferred)
+if limit > 0 then free = math.min(free, limit - running_count(ARGV[1], ARGV[2])) end
+if free <= 0 then return {} end
+return redis.call('LRANGE', deferred, 0, free - 1)
+"""
+
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """Filters of GET /agent/tasks. Each given field must match; ``statuses`` matches any of them.
+    Times are epoch seconds (``created_after`` exclusive, ``created_before`` inclusive)."""
+
+    statuses: tuple[str, ...] = ()
+    kind: str | None = None
+    model: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+    batch_id: str | None = None
+    created_after: float | None = None
+    created_before: float | None = None
+
+    def driver_indexes(self, store: TaskStore, tenant: str) -> list[str]:
+        if self.statuses:
+            return [store.index(tenant, "status", s) for s in self.statuses]
+        if self.batch_id:
+            return [store.index(tenant, "batch", self.batch_id)]
+        if self.metadata:
+            return [store.index(tenant, "meta", f"{self.metadata[0][0]}={self.metadata[0][1]}")]
+        if self.kind:
+            return [store.index(tenant, "kind", self.kind)]
+        if self.model:
+            return [store.index(tenant, "model", self.model)]
+        return [store.index(tenant, "all")]
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        meta = record.get("metadata") or {}
+        return ((not self.statuses or record.get("status") in self.statuses)
+                and (self.kind is None or record.get("kind") == self.kind)
+                and (self.model is None or record.get("model") == self.model)
+                and (self.batch_id is None or record.get("batch_id") == self.batch_id)
+                and all(meta.get(k) == v for k, v in self.metadata))
+
+
+def _neg(task_id: str) -> tuple[int, ...]:
+    return tuple(-ord(c) for c in task_id)
+
+
+def _encode_cursor(position: tuple[float, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps([position[0], position[1]]).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        score, task_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return float(score), str(task_id)
+    except (ValueError, TypeError) as exc:
+        raise ValueError("malformed cursor") from exc
 
 
 @dataclass(frozen=True)
@@ -175,6 +278,7 @@ class TaskStore:
         self._apply = client.register_script(_APPLY)
         self._inject = client.register_script(_INJECT)
         self._claim = client.register_script(_CLAIM)
+        self._next_deferred = client.register_script(_NEXT_DEFERRED)
         self._renew = client.register_script(_RENEW)
 
     @classmethod
@@ -194,19 +298,134 @@ class TaskStore:
                 self.key(task_id, "shots"), self.key(task_id, "lease")]
 
     # -- records ---------------------------------------------------------------------------------------------------
-    def create(self, record: Mapping[str, Any], event: Mapping[str, Any]) -> None:
-        """Write a new task record with ``status`` queued and its first event (seq 1), in one MULTI/EXEC.
+    def create(self, record: Mapping[str, Any], event: Mapping[str, Any], pipe: Any = None) -> None:
+        """Write a new task record (``status`` queued), its first event (seq 1) and its list indexes.
 
-        ``record`` must hold ``task_id`` and ``created_at``.
+        ``record`` must hold ``task_id``, ``tenant``, ``created_at``, ``kind`` and ``model``. With ``pipe`` (a
+        redis-py pipeline) the commands are only buffered (batches); otherwise they run in one MULTI/EXEC.
         """
+        own = pipe is None
+        pipe = self.redis.pipeline(transaction=True) if own else pipe
         task_id = record["task_id"]
         fields = {k: _encode(v, k) for k, v in record.items()}
         fields["event_seq"] = "1"
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.key(task_id), mapping=fields)  # type: ignore[arg-type]
+        pipe.hset(self.key(task_id), mapping=fields)
         pipe.xadd(self.key(task_id, "events"), {"data": json.dumps(event)}, id="0-1")
-        pipe.zadd(f"{self.prefix}:tasks", {task_id: record["created_at"]})
-        pipe.execute()
+        for index in self.indexes_of(record):
+            pipe.zadd(index, {task_id: record["created_at"]})
+        if own:
+            pipe.execute()
+
+    # -- list indexes ------------------------------------------------------------------------------------------------
+    def index(self, tenant: str, name: str, value: str | None = None) -> str:
+        """A tenant's sorted set of task ids by ``created_at``: name "all", "status", "kind", "model", "batch"
+        or "meta" (value "key=value")."""
+        base = f"{self.prefix}:t:{tenant}:{name}"
+        return base if value is None else f"{base}:{value}"
+
+    def indexes_of(self, record: Mapping[str, Any]) -> list[str]:
+        """Every index a new (queued) task belongs to."""
+        tenant = record["tenant"]
+        keys = [self.index(tenant, "all"), self.index(tenant, "status", record.get("status") or "queued"),
+                self.index(tenant, "kind", record["kind"]), self.index(tenant, "model", record["model"])]
+        keys += [self.index(tenant, "meta", f"{k}={v}") for k, v in (record.get("metadata") or {}).items()]
+        if record.get("batch_id"):
+            keys.append(self.index(tenant, "batch", record["batch_id"]))
+        return keys
+
+    def list_tasks(self, tenant: str, filters: TaskFilter, limit: int, cursor: str | None = None,
+                   scan_budget: int = 5000) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of the tenant's tasks matching ``filters``, newest first, and the cursor of the next page.
+
+        The most selective index (status, batch, metadata, kind, model, else all) drives the walk, newest first;
+        other filters are checked on the records, fetched in pipelined chunks. A page costs O(limit) when one
+        index answers the query, and at most ``scan_budget`` index entries otherwise (the page may then be
+        short, with a cursor to go on). Ids whose records expired are pruned from the index as they are met.
+
+        Raises:
+            ValueError: a malformed cursor.
+        """
+        after = _decode_cursor(cursor) if cursor else None
+        drivers = filters.driver_indexes(self, tenant)
+        high = filters.created_before if filters.created_before is not None else float("inf")
+        low = filters.created_after if filters.created_after is not None else float("-inf")
+        streams = [self._walk(index, high, low, after) for index in drivers]
+        merged = heapq.merge(*streams, key=lambda e: (-e[0], _neg(e[1])))
+        page: list[dict[str, Any]] = []
+        last: tuple[float, str] | None = None
+        scanned = 0
+        chunk: list[tuple[float, str, str]] = []
+        for entry in merged:
+            chunk.append(entry)
+            if len(chunk) >= min(max(limit - len(page), 1) * 2, 200):
+                last = self._take(chunk, filters, page, limit) or last
+                scanned += len(chunk)
+                chunk = []
+                if len(page) >= limit or scanned >= scan_budget:
+                    break
+        else:
+            if chunk:
+                last = self._take(chunk, filters, page, limit) or last
+            if len(page) < limit:
+                return page, None
+        if len(page) >= limit:
+            last = (page[-1]["created_at"], page[-1]["task_id"])
+        return page, _encode_cursor(last) if last else None
+
+    def _walk(self, index: str, high: float, low: float, after: tuple[float, str] | None,
+              ) -> Iterator[tuple[float, str, str]]:
+        """Entries of one index as ``(score, task id, index)``, newest first, strictly after the cursor."""
+        top: float | str = high if after is None else min(high, after[0])
+        offset = 0
+        while True:
+            rows = cast(list[tuple[bytes, float]], self.redis.zrevrangebyscore(
+                index, top if top != float("inf") else "+inf", low if low != float("-inf") else "-inf",
+                start=offset, num=200, withscores=True))
+            if not rows:
+                return
+            for member, score in rows:
+                task_id = member.decode()
+                if after is not None and (score, task_id) >= after:
+                    continue  # at or before the cursor: equal scores are ordered by id, descending
+                yield score, task_id, index
+            offset += len(rows)
+
+    def _take(self, chunk: list[tuple[float, str, str]], filters: TaskFilter, page: list[dict[str, Any]],
+              limit: int) -> tuple[float, str] | None:
+        pipe = self.redis.pipeline(transaction=False)
+        for _score, task_id, _index in chunk:
+            pipe.hgetall(self.key(task_id))
+        last = None
+        gone: list[tuple[str, str]] = []
+        for (score, task_id, index), raw in zip(chunk, pipe.execute()):
+            if not raw:
+                gone.append((index, task_id))
+                continue
+            if len(page) >= limit:
+                break
+            last = (score, task_id)
+            record = decode_record(raw)
+            if filters.matches(record):
+                page.append(record)
+        if gone:
+            prune = self.redis.pipeline(transaction=False)
+            for index, task_id in gone:
+                prune.zrem(index, task_id)
+            prune.execute()
+        return last
+
+    def count(self, tenant: str, status: Status | str) -> int:
+        """How many of ``tenant``'s tasks have ``status`` (O(1))."""
+        return int(cast(int, self.redis.zcard(self.index(tenant, "status", str(status)))))
+
+    def next_deferred(self, tenant: str) -> list[str]:
+        """Deferred task ids of ``tenant`` that now fit under its running limit (oldest first); the caller
+        enqueues each and then calls :meth:`drop_deferred`, so a crash in between loses nothing."""
+        ids = self._next_deferred(args=[self.prefix, tenant, self.settings.default_max_running])
+        return [i.decode() for i in ids]
+
+    def drop_deferred(self, tenant: str, task_id: str) -> None:
+        self.redis.lrem(self.index(tenant, "deferred"), 1, task_id)
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         """The typed task record, or None when no such task exists (or it expired)."""
@@ -233,6 +452,7 @@ class TaskStore:
             expire,
             self.channel(task_id) if notice else "",
             json.dumps({"command": notice, "task_id": task_id}) if notice else "",
+            self.prefix,
         ]
         for k, v in (fields or {}).items():
             args += [k, _encode(v, k)]
@@ -316,12 +536,14 @@ class TaskStore:
         """Take the task for ``worker_id``: returns ``(outcome, status, attempts)``.
 
         outcome: "started" (queued -> running), "restarted" (its previous worker's lease expired), "leased"
-        (another live worker holds it), "ended" (terminal already), "lost" (too many attempts), "missing".
+        (another live worker holds it), "ended" (terminal already), "lost" (too many attempts), "missing",
+        "deferred" (its tenant is at its running limit: the id waits in the tenant's deferred list until one of
+        the tenant's tasks ends, see :meth:`next_deferred`).
         """
         outcome, status, attempts = self._claim(
             keys=[self.key(task_id), self.key(task_id, "events"), self.key(task_id, "lease")],
             args=[worker_id, self.settings.lease_ttl * 1000, self.settings.max_attempts, now(),
-                  self.settings.event_stream_maxlen],
+                  self.settings.event_stream_maxlen, self.prefix, self.settings.default_max_running],
         )
         return outcome.decode(), status.decode() if status else "", int(attempts)
 

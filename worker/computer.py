@@ -11,16 +11,18 @@ Coordinates are CSS pixels of the viewport, origin top-left. Screenshots are JPE
 from __future__ import annotations
 
 import base64
-import ipaddress
 import logging
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
-from urllib.parse import urlsplit
+
+from shared.netguard import NetworkGuard
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ACTIONS", "Action", "ActionError", "ActionResult", "Computer", "NetworkGuard", "Observation", "Target",
+           "execute", "normalize_key"]
 
 ActionType = Literal[
     "click", "double_click", "right_click", "scroll", "type", "key", "move", "drag", "wait", "navigate",
@@ -173,50 +175,6 @@ def normalize_key(chord: str) -> str:
         else:
             out.append(part if len(part) == 1 else part[0].upper() + part[1:])
     return "+".join(out)
-
-
-# --- the network guard -----------------------------------------------------------------------------------------
-class NetworkGuard:
-    """Decides whether an agent's browser may reach a URL: http(s) only, and no private addresses unless allowed.
-
-    A host is private when any address it resolves to is loopback, private (RFC 1918, fc00::/7), link-local,
-    multicast, reserved or unspecified. ``allowed_hosts`` entries are "host" or "host:port".
-    Resolution results are cached per host for the life of the guard (one task).
-    """
-
-    def __init__(self, allow_private: bool, allowed_hosts: tuple[str, ...] = ()):
-        self.allow_private = allow_private
-        self.allowed_hosts = {h.lower() for h in allowed_hosts}
-        self._cache: dict[str, bool] = {}
-
-    def check(self, url: str) -> str | None:
-        """Return None when ``url`` may be fetched, else the reason it may not."""
-        parts = urlsplit(url)
-        if parts.scheme in ("data", "blob", "about"):
-            return None
-        if parts.scheme not in ("http", "https", "ws", "wss"):
-            return f"scheme {parts.scheme!r} is not allowed"
-        host = (parts.hostname or "").lower()
-        if self.allow_private or host in self.allowed_hosts or f"{host}:{parts.port}" in self.allowed_hosts:
-            return None
-        if host not in self._cache:
-            self._cache[host] = self._is_private(host)
-        return f"host {host!r} is a private address (set LODESTAR_BROWSER_ALLOWED_HOSTS)" if self._cache[host] else None
-
-    @staticmethod
-    def _is_private(host: str) -> bool:
-        try:
-            addresses = [ipaddress.ip_address(host)]
-        except ValueError:
-            try:
-                infos = socket.getaddrinfo(host, None)
-            except OSError:
-                return False  # unresolvable: the browser will fail on its own
-            addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-        return any(
-            a.is_private or a.is_loopback or a.is_link_local or a.is_multicast or a.is_reserved or a.is_unspecified
-            for a in addresses
-        )
 
 
 # --- dispatch ----------------------------------------------------------------------------------------------------
