@@ -21,11 +21,13 @@ from typing import Any
 
 from celery.signals import worker_process_shutdown
 
+from shared import webhooks
 from shared.control import ControlChannel
-from shared.queue import RUN_TASK, make_celery
+from shared.queue import RUN_TASK, make_celery, task_ended
 from shared.settings import Settings, load_settings
 from shared.states import ExitCode, Status
 from shared.store import TaskStore, now
+from shared.tenants import Tenants
 from worker.agents import Episode, PolicyError, StepRecord, make_policy
 from worker.browser import BrowserHost
 from worker.computer import Computer, Observation
@@ -94,11 +96,16 @@ def run_task(self: Any, task_id: str) -> str:
     if outcome in ("ended", "missing"):
         log.info("task %s is %s; nothing to do", task_id, status or "missing")
         return outcome
+    if outcome == "deferred":
+        log.info("task %s waits: its tenant is at its running limit", task_id)
+        return outcome
     if outcome == "leased":
         raise self.retry(countdown=rt.settings.lease_ttl)
     if outcome == "lost":
-        rt.store.finish(task_id, ExitCode.WORKER_LOST, error=f"its worker was lost {attempts - 1} times")
+        _end(rt.store, task_id, Outcome(ExitCode.WORKER_LOST, error=f"its worker was lost {attempts - 1} times"))
         return outcome
+    if outcome == "started":
+        webhooks.schedule(app, rt.store, task_id, "task.running")
     keeper = LeaseKeeper(rt.store, task_id, rt.worker_id)
     keeper.start()
     try:
@@ -185,4 +192,21 @@ def _end(store: TaskStore, task_id: str, outcome: Outcome) -> Outcome:
     result = store.finish(task_id, outcome.code, result=outcome.result, error=outcome.error)
     if not result.ok:
         log.info("task %s already ended as %s", task_id, result.status)
+        return outcome
+    tenant = store.redis.hget(store.key(task_id), "tenant")
+    task_ended(app, store, task_id, tenant.decode() if isinstance(tenant, bytes) else None)
     return outcome
+
+
+@app.task(name=webhooks.DELIVER_WEBHOOK, bind=True, max_retries=None, acks_late=True)
+def deliver_webhook(self: Any, task_id: str, delivery_id: str, event: str, attempt: int = 1) -> bool:
+    """Deliver one webhook event; retried with backoff until a 2xx or ``webhook_max_attempts``."""
+    rt = runtime()
+    tenant = rt.store.redis.hget(rt.store.key(task_id), "tenant")
+    if tenant is None:
+        return False
+    secret = Tenants(rt.store).webhook_secret(tenant.decode())  # type: ignore[union-attr]
+    result = webhooks.deliver(rt.store, secret, task_id, delivery_id, event, attempt)
+    if not result.ok and not (result.error or "").startswith("refused") and attempt < settings.webhook_max_attempts:
+        raise self.retry(args=[task_id, delivery_id, event, attempt + 1], countdown=webhooks.backoff(attempt))
+    return result.ok
