@@ -40,11 +40,70 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): {"description": text[c], **_JSON_ERR} for c in codes}
 
 
+_Q = [
+    {"name": "status", "in": "query", "schema": {"type": "string"}, "description": "comma-separated statuses"},
+    {"name": "kind", "in": "query", "schema": {"type": "string"}},
+    {"name": "model", "in": "query", "schema": {"type": "string"}},
+    {"name": "batch_id", "in": "query", "schema": {"type": "string"}},
+    {"name": "metadata.<key>", "in": "query", "schema": {"type": "string"},
+     "description": "metadata key=value filter, e.g. metadata.customer=acme (repeatable)"},
+    {"name": "created_after", "in": "query", "schema": {"type": "string"}, "description": "epoch s or ISO 8601"},
+    {"name": "created_before", "in": "query", "schema": {"type": "string"}, "description": "epoch s or ISO 8601"},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+    {"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "next_cursor of the last page"},
+]
+_OBJ = {"application/json": {"schema": {"type": "object"}}}
+
+
+def _obj(description: str) -> dict[str, Any]:
+    return {"200": {"description": description, "content": _OBJ}}
+
+
 OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
-    "/agent/tasks": {"post": {
-        "operationId": "start", "summary": "Start a task (Lightcone: agent.tasks.start)",
-        "requestBody": {"required": True, "content": {"application/json": {"schema": "TaskStart"}}},
-        "responses": {**_ok("TaskStartResponse"), **_errors(400, 401, 422, 503)}}},
+    "/agent/tasks": {
+        "post": {
+            "operationId": "start", "summary": "Start a task (Lightcone: agent.tasks.start)",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": "TaskStart"}}},
+            "responses": {**_ok("TaskStartResponse"), **_errors(400, 401, 422, 503),
+                          "429": {"description": "Rate limit, or the tenant's max queued tasks", **_JSON_ERR}}},
+        "get": {
+            "operationId": "list", "summary": "List the tenant's tasks, newest first (Lodestar)", "parameters": _Q,
+            "responses": {"200": {"description": "{data: [Task], next_cursor, has_more}", "content": _OBJ},
+                          **_errors(401, 422)}}},
+    "/agent/tasks/batch": {"post": {
+        "operationId": "start_batch",
+        "summary": "Submit up to 10 000 tasks: a JSON array, {tasks: [...]} or NDJSON (application/x-ndjson)",
+        "description": "Each item is validated on its own; valid items are accepted. Answer: {batch_id, accepted, "
+                       "rejected, tasks: [{index, task_id, status, reused?}], errors: [{index, error}]}; 422 when "
+                       "no item is valid.",
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/TaskStart"}}},
+            "application/x-ndjson": {"schema": {"type": "string"}}}},
+        "responses": {**_obj("The batch's outcome"), **_errors(400, 401, 422, 503),
+                      "413": {"description": "More items than allowed", **_JSON_ERR},
+                      "429": {"description": "The tenant's max queued tasks", **_JSON_ERR}}}},
+    "/agent/batches/{id}": {"get": {
+        "operationId": "batch_summary", "summary": "Counts of a batch's tasks by status", "parameters": [_ID],
+        "responses": {**_obj("{batch_id, total, counts, ended, done}"), **_errors(401, 404)}}},
+    "/agent/tasks/cancel": {"post": {
+        "operationId": "cancel_many", "summary": "Cancel by {task_ids: [...]} or by {filter: {...}}",
+        "requestBody": {"required": True, "content": _OBJ},
+        "responses": {**_obj("{cancelled: [ids], skipped: [{task_id, reason}]}"), **_errors(400, 401, 422)}}},
+    "/agent/tasks/{id}/wait": {"get": {
+        "operationId": "wait", "summary": "Long-poll: answer when the task ends or after timeout seconds",
+        "parameters": [_ID, {"name": "timeout", "in": "query", "schema": {"type": "number", "default": 30}}],
+        "responses": {**_ok("Task", "The task (exit_code null: not ended yet)"), **_errors(401, 404, 422)}}},
+    "/agent/tasks/{id}/webhooks": {"get": {
+        "operationId": "webhook_attempts", "summary": "The task's webhook delivery attempts", "parameters": [_ID],
+        "responses": {**_obj("{data: [{delivery_id, event, url, attempt, ok, status_code, error, ts}]}"),
+                      **_errors(401, 404)}}},
+    "/agent/tasks/{id}/webhooks/redeliver": {"post": {
+        "operationId": "webhook_redeliver", "summary": "Deliver the task's webhook again", "parameters": [_ID],
+        "responses": {"202": {"description": "{delivery_id}", "content": _OBJ}, **_errors(401, 404, 409, 503)}}},
+    "/agent/tenant": {"get": {
+        "operationId": "tenant", "summary": "The caller's tenant: limits, counts, webhook signing secret",
+        "responses": {**_obj("{tenant, name, max_queued, max_running, rate_limit, webhook_secret, counts}"),
+                      **_errors(401)}}},
     "/agent/tasks/stream": {"post": {
         "operationId": "start_stream", "summary": "Start a task and stream its events (Lightcone: start_stream)",
         "requestBody": {"required": True, "content": {"application/json": {"schema": "TaskStart"}}},
@@ -92,7 +151,9 @@ def build_spec(settings: Settings) -> dict[str, Any]:
         title="Lodestar Agent Tasks API", version="0.1.0", openapi_version="3.0.3", plugins=[MarshmallowPlugin()],
         info={"description": (
             "Wire-compatible with Lightcone's Agent Tasks API (point the tzafon SDK's base_url here), plus task "
-            f"management. Offline agents (agent_type): {', '.join(OFFLINE_AGENTS)}. Accepted but without effect "
+            "management. Webhooks: see shared/webhooks.py for the signature (Lodestar-Signature: v1=HMAC-SHA256 "
+            "of '<Lodestar-Timestamp>.' + body, keyed by GET /agent/tenant's webhook_secret). "
+            f"Offline agents (agent_type): {', '.join(OFFLINE_AGENTS)}. Accepted but without effect "
             f"in this release: {', '.join(IGNORED_PARAMS)}. Unknown fields are ignored.")},
         security=[{"bearer": []}],
     )

@@ -4,6 +4,8 @@
 - ``lodestar api``      the HTTP API under gunicorn (gthread)
 - ``lodestar worker``   a Celery worker for one kind of task
 - ``lodestar flower``   Flower, Celery's monitoring UI, on the same broker
+- ``lodestar submit``   submit a file of tasks in batches and follow them to the end
+- ``lodestar keys``     create, list and revoke API keys; set tenant limits
 - ``lodestar bench miniwob``  run MiniWoB++ episodes through the API and print the success table
 """
 
@@ -55,6 +57,18 @@ def _up(args: argparse.Namespace) -> int:
     return up(args.port, args.concurrency, Path(args.data_dir))
 
 
+def _submit(args: argparse.Namespace) -> int:
+    from lodestar.client import submit
+
+    return submit(args)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from lodestar.client import keys
+
+    return keys(args)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from bench.miniwob import main as miniwob_main
 
@@ -92,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5555)
     p.add_argument("--address", default="127.0.0.1")
     p.set_defaults(func=_flower)
+
+    from lodestar.client import add_keys_arguments, add_submit_arguments
+
+    p = sub.add_parser("submit", help="submit a file of tasks (NDJSON or JSON array) and follow them to the end")
+    add_submit_arguments(p)
+    p.set_defaults(func=_submit)
+
+    p = sub.add_parser("keys", help="create, list and revoke API keys; set tenant limits (needs LODESTAR_REDIS_URL)")
+    add_keys_arguments(p)
+    p.set_defaults(func=_keys)
 
     p = sub.add_parser("bench", help="benchmarks")
     bench_sub = p.add_subparsers(dest="bench", required=True)

@@ -1,0 +1,164 @@
+"""``lodestar submit`` and ``lodestar keys``: the command-line side of task management.
+
+``submit`` is an HTTP client (it needs only the API's URL and a key); ``keys`` administers API keys directly in
+Redis (it needs ``LODESTAR_REDIS_URL``), as an operator on a trusted machine would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+from tqdm import tqdm
+
+
+def read_tasks(path: str) -> list[dict[str, Any]]:
+    """Tasks from a JSON array file or an NDJSON file (one task object per line; "-" reads standard input).
+
+    Raises:
+        ValueError: a line (NDJSON) or the file (JSON) is not valid JSON; the message names the line.
+    """
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        return list(json.loads(stripped))
+    tasks = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                tasks.append(json.loads(line))
+            except ValueError as exc:
+                raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
+    return tasks
+
+
+def submit(args: argparse.Namespace) -> int:
+    """Submit a file of tasks in batches (progress bar), then follow them to the end with a live summary."""
+    base = args.url.rstrip("/")
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {args.key}"
+    try:
+        tasks = read_tasks(args.file)
+    except (OSError, ValueError) as exc:
+        print(f"lodestar submit: {exc}", file=sys.stderr)
+        return 2
+    batch_ids: list[str] = []
+    accepted = rejected = 0
+    shown_errors = 0
+    with tqdm(total=len(tasks), unit="task", desc="submitting") as bar:
+        for start in range(0, len(tasks), args.chunk):
+            chunk = tasks[start:start + args.chunk]
+            body = "\n".join(json.dumps(t) for t in chunk)
+            resp = session.post(f"{base}/agent/tasks/batch", data=body, timeout=300,
+                                headers={"Content-Type": "application/x-ndjson"})
+            if resp.status_code not in (200, 422):
+                bar.close()
+                print(f"lodestar submit: HTTP {resp.status_code}: {resp.text[:500]}", file=sys.stderr)
+                return 1
+            result = resp.json()
+            if "batch_id" in result:
+                batch_ids.append(result["batch_id"])
+            accepted += result.get("accepted", 0)
+            rejected += result.get("rejected", 0)
+            for error in result.get("errors", []):
+                if shown_errors < 10:
+                    tqdm.write(f"  task {start + error['index'] + 1}: {error['error']['message']}")
+                shown_errors += 1
+            bar.update(len(chunk))
+    print(f"accepted {accepted}, rejected {rejected}; batches: {', '.join(batch_ids) or '-'}")
+    if args.no_follow or not accepted:
+        return 0 if not rejected else 1
+    return follow(session, base, batch_ids, accepted, rejected)
+
+
+def follow(session: requests.Session, base: str, batch_ids: list[str], total: int, rejected: int) -> int:
+    """Poll the batches' summaries once a second until every task ended; prints a live status line."""
+    counts: Counter[str] = Counter()
+    with tqdm(total=total, unit="task", desc="running") as bar:
+        while True:
+            counts = Counter()
+            ended = 0
+            for batch_id in batch_ids:
+                summary = session.get(f"{base}/agent/batches/{batch_id}", timeout=60).json()
+                counts.update(summary["counts"])
+                counts["expired"] += summary.get("expired", 0)
+                ended += summary["ended"]
+            bar.update(ended - bar.n)
+            bar.set_postfix(queued=counts["queued"], running=counts["running"] + counts["paused"],
+                            done=counts["completed"], failed=counts["failed"] + counts["timed_out"],
+                            cancelled=counts["cancelled"], refresh=True)
+            if ended >= total:
+                break
+            time.sleep(1)
+    print("finished: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v))
+    return 0 if counts["completed"] == total and not rejected else 1
+
+
+def keys(args: argparse.Namespace) -> int:
+    """``lodestar keys create|list|revoke|limits`` against the Redis of ``LODESTAR_REDIS_URL``."""
+    from shared.settings import load_settings
+    from shared.store import TaskStore
+    from shared.tenants import Tenants
+
+    tenants = Tenants(TaskStore.from_settings(load_settings()))
+    if args.keys_command == "create":
+        key, principal = tenants.create_key(args.name, args.tenant, max_queued=args.max_queued,
+                                            max_running=args.max_running, rate_limit=args.rate_limit,
+                                            webhook_url=args.webhook_url)
+        print(f"key:    {key}\nkey id: {principal.key_id}\ntenant: {principal.tenant}\n"
+              "Store the key now: it is not shown again (Redis keeps only its SHA-256).")
+        return 0
+    if args.keys_command == "list":
+        rows = tenants.list_keys()
+        print(f"{'key id':<14} {'tenant':<20} {'name':<24} {'created':<20} revoked")
+        for r in rows:
+            created = datetime.fromtimestamp(r["created_at"], UTC).strftime("%Y-%m-%d %H:%M")
+            print(f"{r['key_id']:<14} {r['tenant']:<20} {r['name']:<24} {created:<20} {'yes' if r['revoked'] else ''}")
+        return 0
+    if args.keys_command == "revoke":
+        if tenants.revoke(args.key_id):
+            print(f"revoked {args.key_id}")
+            return 0
+        print(f"no single key matches {args.key_id!r} (give the 12-character key id)", file=sys.stderr)
+        return 1
+    tenants.set_limits(args.tenant, max_queued=args.max_queued, max_running=args.max_running,
+                       rate_limit=args.rate_limit, webhook_url=args.webhook_url)
+    print(json.dumps(tenants.tenant(args.tenant)))
+    return 0
+
+
+def add_submit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="tasks as NDJSON (one JSON object per line) or a JSON array; - for stdin")
+    p.add_argument("--url", default=os.environ.get("LODESTAR_URL", "http://127.0.0.1:8000"))
+    p.add_argument("--key", default=os.environ.get("LODESTAR_API_KEY", ""))
+    p.add_argument("--chunk", type=int, default=10_000, help="tasks per batch request (at most 10 000)")
+    p.add_argument("--no-follow", action="store_true", help="return once submitted")
+
+
+def add_keys_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="keys_command", required=True)
+
+    def limits(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--max-queued", type=int, help="most queued tasks (0: no limit)")
+        q.add_argument("--max-running", type=int, help="most running tasks (0: no limit)")
+        q.add_argument("--rate-limit", help='API requests, e.g. "20/second;1000/minute"')
+        q.add_argument("--webhook-url", help="default webhook for the tenant's tasks")
+
+    q = sub.add_parser("create", help="create an API key (for a new tenant unless --tenant)")
+    q.add_argument("--name", required=True)
+    q.add_argument("--tenant", help="add the key to this existing tenant")
+    limits(q)
+    sub.add_parser("list", help="list keys (ids, tenants, names; never the keys)")
+    q = sub.add_parser("revoke", help="revoke a key by its key id")
+    q.add_argument("key_id")
+    q = sub.add_parser("limits", help="set a tenant's limits")
+    q.add_argument("tenant")
+    limits(q)
