@@ -11,7 +11,6 @@ from typing import Any
 import redis
 from flask import Flask, Response, g, jsonify, request
 from flask_limiter import Limiter
-from flask_sock import Sock
 from werkzeug.exceptions import HTTPException
 
 from shared.queue import make_celery
@@ -23,7 +22,7 @@ from shared.store import TaskStore
 def create_app(test_config: Settings | None = None) -> Flask:
     """Build the API app. ``test_config`` replaces the environment's settings (tests, embedding)."""
     from api import openapi
-    from api.routes import ApiError, authenticate, bp, register_websocket
+    from api.routes import ApiError, authenticate, bp, sock
     from api.waits import EndWatcher
     from shared.tenants import Tenants
 
@@ -52,8 +51,6 @@ def create_app(test_config: Settings | None = None) -> Flask:
     )
     limiter.init_app(app)
 
-    sock = Sock()
-    register_websocket(sock)
     app.register_blueprint(bp)
     sock.init_app(app)
 

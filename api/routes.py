@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from celery import Celery
 from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask_sock import Sock
 from marshmallow import ValidationError
 from redis.exceptions import RedisError
 
@@ -32,6 +33,7 @@ from shared.tenants import Tenants
 log = logging.getLogger(__name__)
 
 bp = Blueprint("tasks", __name__)
+sock = Sock()  # WebSocket routes live on the blueprint; create_app calls sock.init_app
 
 
 class ApiError(Exception):
@@ -474,7 +476,7 @@ def webhook_redeliver(task_id: str) -> tuple[Response, int]:
     record = _load_task(task_id)
     if not record.get("webhook_url"):
         raise ApiError(409, "conflict", "the task has no webhook_url", headers={"x-should-retry": "false"})
-    delivery = webhooks.schedule(_celery(), _store(), task_id)
+    delivery = webhooks.schedule(_celery(), _store(), task_id, force=True)
     if delivery is None:
         raise ApiError(503, "queue_unavailable", "could not queue the delivery", headers={"retry-after": "1"})
     return jsonify({"delivery_id": delivery}), 202
@@ -570,18 +572,16 @@ def task_screenshot(task_id: str, step: int) -> Response:
     return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "private, max-age=86400, immutable"})
 
 
-def register_websocket(sock: Any) -> None:
-    """Add ``GET /agent/tasks/{id}/ws``: the same events as the SSE stream, one JSON text message each."""
-
-    @sock.route("/agent/tasks/<task_id>/ws", bp=bp)
-    def task_events_ws(ws: Any, task_id: str) -> None:
-        record = _load_task(task_id)
-        store, base_url = _store(), _base_url()
-        keepalive = current_app.config["LODESTAR"].sse_keepalive
-        for frame in event_frames(store, record, _last_event_id(), base_url, keepalive):
-            if frame is not None:
-                ws.send(json.dumps(frame[1], separators=(",", ":")))
-        ws.close()
+@sock.route("/agent/tasks/<task_id>/ws", bp=bp)
+def task_events_ws(ws: Any, task_id: str) -> None:
+    """GET /agent/tasks/{id}/ws: the same events as the SSE stream, one JSON text message each."""
+    record = _load_task(task_id)
+    store, base_url = _store(), _base_url()
+    keepalive = _settings().sse_keepalive
+    for frame in event_frames(store, record, _last_event_id(), base_url, keepalive):
+        if frame is not None:
+            ws.send(json.dumps(frame[1], separators=(",", ":")))
+    ws.close()
 
 
 @bp.errorhandler(ApiError)

@@ -39,6 +39,7 @@ from celery import Celery
 
 from shared.netguard import NetworkGuard
 from shared.schemas import task_json
+from shared.states import TERMINAL
 from shared.store import TaskStore, now
 
 log = logging.getLogger(__name__)
@@ -76,18 +77,20 @@ class Attempt:
     duration_ms: float = 0.0
 
 
-def schedule(app: Celery, store: TaskStore, task_id: str, event: str | None = None) -> str | None:
+def schedule(app: Celery, store: TaskStore, task_id: str, event: str | None = None,
+             force: bool = False) -> str | None:
     """Queue a delivery of the task's current JSON if it has a webhook URL; returns the delivery id or None.
 
-    ``event`` defaults to "task.<current status>". Never raises for a broker error (logged): a webhook must not
-    fail the task it reports on.
+    ``event`` defaults to "task.<current status>". Non-terminal events are sent only to tasks started with
+    ``webhook_events: "all"``, unless ``force`` (a redelivery). Never raises for a broker error (logged): a
+    webhook must not fail the task it reports on.
     """
     record = store.get(task_id)
     if record is None or not record.get("webhook_url"):
         return None
-    if event is None:
-        event = f"task.{record['status']}"
-    elif event != f"task.{record['status']}" and record.get("webhook_events") != "all":
+    event = event or f"task.{record['status']}"
+    terminal = event in {f"task.{s}" for s in TERMINAL}
+    if not (terminal or force or record.get("webhook_events") == "all"):
         return None
     delivery_id = "dlv_" + secrets.token_hex(12)
     try:

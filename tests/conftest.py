@@ -143,6 +143,42 @@ def site() -> Iterator[Site]:
     server.shutdown()
 
 
+# --- a webhook receiver -------------------------------------------------------------------------------------------
+@dataclass
+class Receiver:
+    """Records every POST (headers, body); answers 500 to the first ``fail_next`` of them, then 204."""
+
+    url: str
+    received: list[tuple[dict[str, str], bytes, int]]
+    fail_next: int = 0
+
+    def for_path(self, path: str) -> list[tuple[dict[str, str], bytes, int]]:
+        return [r for r in self.received if r[0].get("X-Path") == path]
+
+
+@pytest.fixture(scope="session")
+def receiver() -> Iterator[Receiver]:
+    state = Receiver("", [])
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            code = 500 if state.fail_next > 0 else 204
+            state.fail_next = max(0, state.fail_next - 1)
+            state.received.append(({**dict(self.headers.items()), "X-Path": self.path}, body, code))
+            self.send_response(code)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield state
+    server.shutdown()
+
+
 # --- the running stack --------------------------------------------------------------------------------------------
 @dataclass
 class LiveStack:
@@ -158,11 +194,11 @@ class LiveStack:
         return session
 
     def wait_until(self, task_id: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60,
-                   ) -> dict[str, Any]:
+                   key: str = KEY) -> dict[str, Any]:
         """Poll GET /agent/tasks/{id} until ``predicate(task)``; returns the task. Raises AssertionError on timeout."""
         deadline = time.monotonic() + timeout
         task: dict[str, Any] = {}
-        session = self.http()
+        session = self.http(key)
         while time.monotonic() < deadline:
             task = session.get(f"{self.base_url}/agent/tasks/{task_id}", timeout=10).json()
             if predicate(task):
@@ -170,8 +206,8 @@ class LiveStack:
             time.sleep(0.1)
         raise AssertionError(f"task {task_id} never reached the expected state; last: {task}")
 
-    def wait_ended(self, task_id: str, timeout: float = 60) -> dict[str, Any]:
-        return self.wait_until(task_id, lambda t: t.get("exit_code") is not None, timeout)
+    def wait_ended(self, task_id: str, timeout: float = 60, key: str = KEY) -> dict[str, Any]:
+        return self.wait_until(task_id, lambda t: t.get("exit_code") is not None, timeout, key)
 
 
 def start_stack(redis_url: str, site: Site, concurrency: int, extra_env: dict[str, str] | None = None,
@@ -209,9 +245,10 @@ def _wait_for_worker(redis_url: str, timeout: float = 60) -> None:
 
 
 @pytest.fixture(scope="session")
-def live(redis_base: str, site: Site) -> Iterator[LiveStack]:
+def live(redis_base: str, site: Site, receiver: Receiver) -> Iterator[LiveStack]:
     """API (gunicorn) + a browser worker with 2 slots, on database 14, for the whole session."""
-    stack, info = start_stack(f"{redis_base}/14", site, concurrency=2)
+    stack, info = start_stack(f"{redis_base}/14", site, concurrency=2,
+                              extra_env={"LODESTAR_WEBHOOK_ALLOWED_HOSTS": urllib.parse.urlsplit(receiver.url).netloc})
     yield info
     stack.stop()
 

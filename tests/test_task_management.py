@@ -1,0 +1,279 @@
+"""Task management for job-queue users: list, wait, cancel, batch, webhooks, tenants, limits (issue 5).
+
+Tests without a worker use the app's test client on a real Redis (tasks stay queued); the others use the live
+stack (gunicorn API + Celery worker + Chromium) from conftest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from api import create_app
+from shared.settings import Settings
+from shared.store import TaskStore
+from shared.tenants import Tenants, env_tenant
+from shared.webhooks import verify
+from tests.conftest import KEY, OTHER_KEY, LiveStack, Receiver
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+OTHER = {"Authorization": f"Bearer {OTHER_KEY}"}
+
+
+def task(i: int = 0, **extra: Any) -> dict[str, Any]:
+    return {"agent_type": "scripted", "instruction": f'done "{i}"', **extra}
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[FlaskClient]:
+    yield create_app(test_config=settings).test_client()
+
+
+# --- batch and list (no worker: everything stays queued) ---------------------------------------------------------
+@pytest.mark.redis
+def test_batch_of_2000_with_10_invalid_items_accepts_the_rest(client: FlaskClient, settings: Settings) -> None:
+    bad = {7: {"max_steps": 0}, 100: {"kind": "spaceship"}, 250: {"temperature": 9}, 999: {"instruction": ""},
+           1200: {"viewport_width": 5}, 1300: {"priority": "urgent"}, 1500: {"start_url": "ftp://x"},
+           1700: {"metadata": {"a": 1}}, 1800: {"screenshot_mode": "png"}, 1999: {"max_duration_seconds": -1}}
+    items = [task(i, **{"metadata": {"customer": f"c{i % 4}"}, **bad.get(i, {})}) for i in range(2000)]
+    body = "\n".join(json.dumps(i) for i in items)
+    resp = client.post("/agent/tasks/batch", data=body, headers={**AUTH, "Content-Type": "application/x-ndjson"})
+    assert resp.status_code == 200
+    result = resp.get_json()
+    assert result["accepted"] == 1990 and result["rejected"] == 10
+    assert sorted(e["index"] for e in result["errors"]) == sorted(bad)
+    error_fields = {e["index"]: set(e["error"]["fields"]) for e in result["errors"]}
+    assert error_fields[7] == {"max_steps"} and error_fields[1700] == {"metadata"}
+    # every accepted task is stored, indexed, and has exactly one Celery message on the broker
+    store = TaskStore.from_settings(settings)
+    assert store.count(env_tenant(KEY), "queued") == 1990
+    assert store.redis.llen("browser:4") == 1990
+    summary = client.get(f"/agent/batches/{result['batch_id']}", headers=AUTH).get_json()
+    assert summary["total"] == 1990 and summary["counts"]["queued"] == 1990 and not summary["done"]
+    assert client.get(f"/agent/batches/{result['batch_id']}", headers=OTHER).status_code == 404
+
+
+@pytest.mark.redis
+def test_list_filters_and_paginates_thousands_of_tasks(client: FlaskClient) -> None:
+    items = [task(i, kind="browser", model="m-even" if i % 2 == 0 else "m-odd",
+                  metadata={"customer": f"c{i % 3}", "run": "r1"}) for i in range(3000)]
+    first = client.post("/agent/tasks/batch", json=items[:1500], headers=AUTH).get_json()
+    second = client.post("/agent/tasks/batch", json={"tasks": items[1500:]}, headers=AUTH).get_json()
+    assert first["accepted"] == second["accepted"] == 1500
+    created = [t["task_id"] for t in first["tasks"] + second["tasks"]]
+    client.post("/agent/tasks", json=task(), headers=OTHER)  # another tenant's task never shows up
+
+    def all_pages(query: str, limit: int) -> list[dict[str, Any]]:
+        out, cursor = [], None
+        while True:
+            url = f"/agent/tasks?limit={limit}{query}" + (f"&cursor={cursor}" if cursor else "")
+            page = client.get(url, headers=AUTH).get_json()
+            out += page["data"]
+            cursor = page["next_cursor"]
+            assert page["has_more"] == (cursor is not None)
+            if cursor is None:
+                return out
+
+    everything = all_pages("", 500)
+    assert len(everything) == 3000 and {t["task_id"] for t in everything} == set(created)
+    stamps = [t["created_at"] for t in everything]  # ISO 8601 at ms: ties within a ms may come in any order
+    assert stamps == sorted(stamps, reverse=True)  # newest first; the set check above rules out duplicates
+    c1 = all_pages("&metadata.customer=c1", 97)
+    assert len(c1) == 1000 and all(t["metadata"]["customer"] == "c1" for t in c1)
+    combo = all_pages("&metadata.customer=c1&model=m-even", 100)
+    assert len(combo) == sum(1 for i in range(3000) if i % 3 == 1 and i % 2 == 0)
+    # bulk cancel by filter, then the status filter finds exactly those
+    cancelled = client.post("/agent/tasks/cancel", json={"filter": {"metadata": {"customer": "c2"}}},
+                            headers=AUTH).get_json()
+    assert len(cancelled["cancelled"]) == 1000 and cancelled["skipped"] == []
+    by_status = all_pages("&status=cancelled", 250)
+    assert {t["task_id"] for t in by_status} == set(cancelled["cancelled"])
+    assert all(t["exit_code"] == 4 for t in by_status)
+    assert len(all_pages("&status=queued,cancelled", 500)) == 3000
+    cutoff = everything[1000]["created_at"]
+    newer = all_pages(f"&created_after={cutoff}", 500)
+    assert all(t["created_at"] >= cutoff for t in newer) and 999 <= len(newer) < 3000
+    assert client.get("/agent/tasks?status=sleeping", headers=AUTH).status_code == 422
+    assert client.get("/agent/tasks?limit=0", headers=AUTH).status_code == 422
+    assert client.get("/agent/tasks?cursor=%%%", headers=AUTH).status_code == 422
+
+
+@pytest.mark.redis
+def test_cancel_a_queued_task_and_bulk_cancel_by_ids(client: FlaskClient) -> None:
+    ids = [client.post("/agent/tasks", json=task(i), headers=AUTH).get_json()["task_id"] for i in range(3)]
+    other = client.post("/agent/tasks", json=task(), headers=OTHER).get_json()["task_id"]
+    single = client.post(f"/agent/tasks/{ids[0]}/cancel", headers=AUTH)
+    assert single.status_code == 200 and single.get_json()["status"] == "cancelled"
+    result = client.post("/agent/tasks/cancel", json={"task_ids": [*ids, other, "task_nope"]}, headers=AUTH).get_json()
+    assert result["cancelled"] == ids[1:]
+    assert {s["task_id"]: s["reason"] for s in result["skipped"]} == {
+        ids[0]: "already cancelled", other: "not_found", "task_nope": "not_found"}
+    assert client.get(f"/agent/tasks/{other}", headers=OTHER).get_json()["status"] == "queued"
+
+
+@pytest.mark.redis
+def test_max_queued_limit_answers_429_with_retry_after(client: FlaskClient, settings: Settings) -> None:
+    tenants = Tenants(TaskStore.from_settings(settings))
+    key, principal = tenants.create_key("limited", max_queued=3)
+    auth = {"Authorization": f"Bearer {key}"}
+    assert [client.post("/agent/tasks", json=task(), headers=auth).status_code for _ in range(3)] == [200] * 3
+    refused = client.post("/agent/tasks", json=task(), headers=auth)
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "5"
+    assert client.post("/agent/tasks/batch", json=[task(), task()], headers=auth).status_code == 429
+    assert client.post("/agent/tasks", json=task(), headers=AUTH).status_code == 200  # other tenants unaffected
+    info = client.get("/agent/tenant", headers=auth).get_json()
+    assert info["tenant"] == principal.tenant and info["counts"]["queued"] == 3
+    assert info["webhook_secret"].startswith("whsec_")
+
+
+@pytest.mark.redis
+def test_rate_limit_per_tenant(client: FlaskClient, settings: Settings) -> None:
+    key, _ = Tenants(TaskStore.from_settings(settings)).create_key("chatty", rate_limit="5/minute")
+    auth = {"Authorization": f"Bearer {key}"}
+    codes = [client.get("/agent/tasks?limit=1", headers=auth).status_code for _ in range(6)]
+    assert codes == [200] * 5 + [429]
+    limited = client.get("/agent/tasks?limit=1", headers=auth)
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 0
+    assert limited.get_json()["error"]["type"] == "too_many_requests"
+    assert client.get("/agent/tasks?limit=1", headers=AUTH).status_code == 200
+
+
+@pytest.mark.redis
+def test_stored_keys_are_hashed_and_revocable(client: FlaskClient, settings: Settings) -> None:
+    store = TaskStore.from_settings(settings)
+    tenants = Tenants(store, cache_seconds=0)
+    key, principal = tenants.create_key("ci")
+    assert not any(key.encode() in store.redis.dump(k) or b"" for k in store.redis.keys("*apikey*"))
+    app = create_app(test_config=settings)
+    app.extensions["lodestar.tenants"] = tenants
+    c = app.test_client()
+    auth = {"Authorization": f"Bearer {key}"}
+    task_id = c.post("/agent/tasks", json=task(), headers=auth).get_json()["task_id"]
+    assert c.get(f"/agent/tasks/{task_id}", headers=auth).status_code == 200
+    assert c.get(f"/agent/tasks/{task_id}", headers=AUTH).status_code == 404
+    assert tenants.revoke(principal.key_id)
+    assert c.get(f"/agent/tasks/{task_id}", headers=auth).status_code == 401
+    assert [k["revoked"] for k in tenants.list_keys()] == [True]
+
+
+# --- with the live worker -----------------------------------------------------------------------------------------
+@pytest.mark.worker
+@pytest.mark.browser
+def test_wait_returns_at_the_end_and_at_the_timeout(live: LiveStack) -> None:
+    http = live.http()
+    quick = http.post(f"{live.base_url}/agent/tasks", json=task(instruction='wait 1\ndone "w"')).json()["task_id"]
+    began = time.monotonic()
+    ended = http.get(f"{live.base_url}/agent/tasks/{quick}/wait?timeout=60", timeout=90).json()
+    assert ended["status"] == "completed" and ended["result"] == "w" and time.monotonic() - began < 30
+    slow = http.post(f"{live.base_url}/agent/tasks", json=task(instruction="wait 5\ndone")).json()["task_id"]
+    began = time.monotonic()
+    pending = http.get(f"{live.base_url}/agent/tasks/{slow}/wait?timeout=0.5", timeout=30).json()
+    assert pending["exit_code"] is None and 0.4 < time.monotonic() - began < 5
+    assert http.get(f"{live.base_url}/agent/tasks/{slow}/wait?timeout=1000").status_code == 422
+    assert live.http(live.other_key).get(f"{live.base_url}/agent/tasks/{slow}/wait").status_code == 404
+    http.post(f"{live.base_url}/agent/tasks/{slow}/cancel")
+
+
+@pytest.mark.worker
+@pytest.mark.browser
+def test_cancel_a_paused_task(live: LiveStack) -> None:
+    http = live.http()
+    task_id = http.post(f"{live.base_url}/agent/tasks",
+                        json=task(instruction="\n".join(["wait 0.2"] * 30))).json()["task_id"]
+    live.wait_until(task_id, lambda t: t["steps_taken"] >= 1)
+    assert http.post(f"{live.base_url}/agent/tasks/{task_id}/pause").json()["status"] == "paused"
+    assert http.post(f"{live.base_url}/agent/tasks/{task_id}/cancel").json()["status"] == "cancelled"
+    done = live.wait_ended(task_id)
+    assert (done["status"], done["exit_code"]) == ("cancelled", 4)
+
+
+@pytest.mark.worker
+@pytest.mark.browser
+def test_webhook_is_signed_retried_after_two_failures_and_recorded(live: LiveStack, receiver: Receiver) -> None:
+    http = live.http()
+    receiver.fail_next = 2
+    url = f"{receiver.url}/hooks/{time.time_ns()}"
+    task_id = http.post(f"{live.base_url}/agent/tasks",
+                        json=task(instruction='done "hooked"', webhook_url=url)).json()["task_id"]
+    live.wait_ended(task_id)
+    path = url.split(receiver.url)[1]
+    deadline = time.monotonic() + 40
+    while len(receiver.for_path(path)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    calls = receiver.for_path(path)
+    assert [c[2] for c in calls] == [500, 500, 204]
+    headers, body, _ = calls[-1]
+    secret = http.get(f"{live.base_url}/agent/tenant").json()["webhook_secret"]
+    assert verify(secret, body, headers["Lodestar-Timestamp"], headers["Lodestar-Signature"])
+    assert not verify("whsec_wrong", body, headers["Lodestar-Timestamp"], headers["Lodestar-Signature"])
+    payload = json.loads(body)
+    assert payload["event"] == "task.completed" and payload["task"]["result"] == "hooked"
+    assert len({c[0]["Lodestar-Delivery"] for c in calls}) == 1
+    attempts = http.get(f"{live.base_url}/agent/tasks/{task_id}/webhooks").json()["data"]
+    assert [(a["attempt"], a["ok"], a["status_code"]) for a in attempts] == [(1, False, 500), (2, False, 500),
+                                                                           (3, True, 204)]
+    # a redelivery is a new delivery of the same state
+    assert http.post(f"{live.base_url}/agent/tasks/{task_id}/webhooks/redeliver").status_code == 202
+    deadline = time.monotonic() + 20
+    while len(receiver.for_path(path)) < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert receiver.for_path(path)[-1][0]["Lodestar-Delivery"] != headers["Lodestar-Delivery"]
+    assert live.http(live.other_key).get(f"{live.base_url}/agent/tasks/{task_id}/webhooks").status_code == 404
+
+
+@pytest.mark.worker
+@pytest.mark.browser
+def test_webhook_to_a_private_address_is_refused(live: LiveStack) -> None:
+    from lodestar.stack import free_port
+
+    http = live.http()
+    task_id = http.post(f"{live.base_url}/agent/tasks", json=task(
+        webhook_url=f"http://127.0.0.1:{free_port()}/internal")).json()["task_id"]
+    live.wait_ended(task_id)
+    deadline = time.monotonic() + 20
+    attempts: list[dict[str, Any]] = []
+    while not attempts and time.monotonic() < deadline:
+        attempts = http.get(f"{live.base_url}/agent/tasks/{task_id}/webhooks").json()["data"]
+        time.sleep(0.2)
+    assert len(attempts) == 1 and attempts[0]["error"].startswith("refused") and attempts[0]["ok"] is False
+
+
+@pytest.mark.worker
+@pytest.mark.browser
+def test_running_limit_holds_under_a_flood_without_starving_others(live: LiveStack) -> None:
+    tenants = Tenants(TaskStore.from_settings(Settings(redis_url=live.redis_url)))
+    key, _ = tenants.create_key("flood", max_running=1)
+    flood = live.http(key)
+    ids = [flood.post(f"{live.base_url}/agent/tasks", json=task(instruction="wait 0.4\ndone")).json()["task_id"]
+           for _ in range(6)]
+    time.sleep(0.5)
+    other = live.http().post(f"{live.base_url}/agent/tasks", json=task()).json()["task_id"]
+    done_other = live.wait_ended(other, timeout=60)
+    flood_tasks = [live.wait_ended(i, timeout=120, key=key) for i in ids]
+    assert all(t["status"] == "completed" for t in flood_tasks) and done_other["status"] == "completed"
+    spans = sorted((t["started_at"], t["finished_at"]) for t in flood_tasks)
+    assert all(spans[i][1] <= spans[i + 1][0] for i in range(len(spans) - 1)), spans  # never two at once
+    assert done_other["finished_at"] < spans[-1][0]  # the other tenant did not wait for the flood
+
+
+@pytest.mark.worker
+@pytest.mark.browser
+def test_lodestar_submit_follows_a_batch_to_the_end(live: LiveStack, tmp_path: Path) -> None:
+    tasks_file = tmp_path / "tasks.jsonl"
+    tasks_file.write_text("\n".join(json.dumps(task(i)) for i in range(5)) + "\n" + json.dumps({"kind": "x"}) + "\n")
+    result = subprocess.run([sys.executable, "-m", "lodestar.cli", "submit", str(tasks_file), "--url", live.base_url,
+                             "--key", live.key], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert "accepted 5, rejected 1" in result.stdout, result.stdout + result.stderr
+    assert "finished: completed 5" in result.stdout
+    assert "task 6:" in result.stdout + result.stderr  # the invalid line is reported
+    assert result.returncode == 1  # one task was rejected
