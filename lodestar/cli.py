@@ -5,6 +5,7 @@
 - ``lodestar worker``   a Celery worker for one kind of task
 - ``lodestar flower``   Flower, Celery's monitoring UI, on the same broker
 - ``lodestar submit``   submit a file of tasks in batches and follow them to the end
+- ``lodestar tasks``    list, get, wait for and cancel tasks, stream their events
 - ``lodestar keys``     create, list and revoke API keys; set tenant limits
 - ``lodestar bench miniwob``  run MiniWoB++ episodes through the API and print the success table
 """
@@ -63,6 +64,12 @@ def _submit(args: argparse.Namespace) -> int:
     return submit(args)
 
 
+def _tasks(args: argparse.Namespace) -> int:
+    from lodestar.client import tasks
+
+    return tasks(args)
+
+
 def _keys(args: argparse.Namespace) -> int:
     from lodestar.client import keys
 
@@ -107,11 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default="127.0.0.1")
     p.set_defaults(func=_flower)
 
-    from lodestar.client import add_keys_arguments, add_submit_arguments
+    from lodestar.client import add_keys_arguments, add_submit_arguments, add_tasks_arguments
 
     p = sub.add_parser("submit", help="submit a file of tasks (NDJSON or JSON array) and follow them to the end")
     add_submit_arguments(p)
     p.set_defaults(func=_submit)
+
+    p = sub.add_parser("tasks", help="list, get, wait for, cancel tasks, or stream their events (HTTP client)")
+    add_tasks_arguments(p)
+    p.set_defaults(func=_tasks)
 
     p = sub.add_parser("keys", help="create, list and revoke API keys; set tenant limits (needs LODESTAR_REDIS_URL)")
     add_keys_arguments(p)

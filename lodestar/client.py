@@ -162,3 +162,55 @@ def add_keys_arguments(p: argparse.ArgumentParser) -> None:
     q = sub.add_parser("limits", help="set a tenant's limits")
     q.add_argument("tenant")
     limits(q)
+
+
+def tasks(args: argparse.Namespace) -> int:
+    """``lodestar tasks list|get|wait|cancel|events``: the task-management calls from a shell (JSON output)."""
+    base = args.url.rstrip("/")
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {args.key}"
+    command = args.tasks_command
+    if command == "list":
+        params = {k: v for k, v in {"status": args.status, "kind": args.kind, "model": args.model,
+                                    "batch_id": args.batch_id, "limit": args.limit}.items() if v}
+        for pair in args.metadata or []:
+            key, _, value = pair.partition("=")
+            params[f"metadata.{key}"] = value
+        resp = session.get(f"{base}/agent/tasks", params=params, timeout=60)
+    elif command == "get":
+        resp = session.get(f"{base}/agent/tasks/{args.task_id}", timeout=60)
+    elif command == "wait":
+        resp = session.get(f"{base}/agent/tasks/{args.task_id}/wait", params={"timeout": args.timeout},
+                           timeout=args.timeout + 30)
+    elif command == "cancel":
+        resp = session.post(f"{base}/agent/tasks/cancel", json={"task_ids": args.task_ids}, timeout=60)
+    else:
+        with session.get(f"{base}/agent/tasks/{args.task_id}/events", stream=True, timeout=None) as stream:
+            if not stream.ok:
+                print(stream.text, file=sys.stderr)
+                return 1
+            for line in stream.iter_lines(decode_unicode=True):
+                if line.startswith("data: "):
+                    print(line[6:], flush=True)
+        return 0
+    print(json.dumps(resp.json(), indent=2))
+    return 0 if resp.ok else 1
+
+
+def add_tasks_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=os.environ.get("LODESTAR_URL", "http://127.0.0.1:8000"))
+    p.add_argument("--key", default=os.environ.get("LODESTAR_API_KEY", ""))
+    sub = p.add_subparsers(dest="tasks_command", required=True)
+    q = sub.add_parser("list", help="the newest tasks, filtered")
+    q.add_argument("--status", help="comma-separated statuses")
+    q.add_argument("--kind")
+    q.add_argument("--model")
+    q.add_argument("--batch-id")
+    q.add_argument("--metadata", action="append", help="key=value (repeatable)")
+    q.add_argument("--limit", type=int, default=50)
+    sub.add_parser("get", help="one task").add_argument("task_id")
+    q = sub.add_parser("wait", help="wait until a task ends (or the timeout)")
+    q.add_argument("task_id")
+    q.add_argument("--timeout", type=float, default=300)
+    sub.add_parser("cancel", help="cancel tasks").add_argument("task_ids", nargs="+")
+    sub.add_parser("events", help="stream a task's events (one JSON per line)").add_argument("task_id")

@@ -29,7 +29,7 @@ def send_pause(store: TaskStore, task_id: str) -> ApplyResult:
 
 def send_resume(store: TaskStore, task_id: str) -> ApplyResult:
     """paused -> running; the worker continues where it stopped."""
-    return store.transition(task_id, Status.RUNNING, notice="resume", source="api")
+    return store.transition(task_id, Status.RUNNING, notice="resume", only_from=(Status.PAUSED,), source="api")
 
 
 def send_message(store: TaskStore, task_id: str, content: str) -> ApplyResult:
@@ -114,6 +114,12 @@ class ControlChannel:
         """Apply every notice waiting on the channel, without blocking."""
         while self._dispatch(self._pubsub.get_message(timeout=0)):
             pass
+        return self.state
+
+    def refresh(self) -> ControlState:
+        """Like :meth:`poll`, then re-read the status from Redis (authoritative even if a notice is still in flight)."""
+        self.poll()
+        self.handle_status()
         return self.state
 
     def wait_while_paused(self, deadline: float, on_tick: Callable[[], None] | None = None) -> ControlState:

@@ -11,7 +11,7 @@ class NetworkGuard:
     """Decides whether an agent's browser may reach a URL: http(s) only, and no private addresses unless allowed.
 
     A host is private when any address it resolves to is loopback, private (RFC 1918, fc00::/7), link-local,
-    multicast, reserved or unspecified. ``allowed_hosts`` entries are "host" or "host:port".
+    multicast, reserved or unspecified. ``allowed_hosts`` entries are "host" or "host:port" ("[::1]:8080" for IPv6).
     Resolution results are cached per host for the life of the guard (one task).
     """
 
@@ -30,7 +30,12 @@ class NetworkGuard:
         if parts.scheme not in ("http", "https", "ws", "wss"):
             return f"scheme {parts.scheme!r} is not allowed"
         host = (parts.hostname or "").lower()
-        if self.allow_private or host in self.allowed_hosts or f"{host}:{parts.port}" in self.allowed_hosts:
+        try:
+            port = parts.port
+        except ValueError:
+            return f"bad port in {url!r}"
+        host_port = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if self.allow_private or host in self.allowed_hosts or host_port in self.allowed_hosts:
             return None
         if host not in self._cache:
             self._cache[host] = self._is_private(host)

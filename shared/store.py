@@ -446,7 +446,8 @@ class TaskStore:
         expire the task's keys after ``expire`` seconds (0: keep), and publish control ``notice`` (a command name).
         """
         args: list[Any] = [
-            ",".join(str(s) for s in allowed_from) if allowed_from is not None else "",
+            # None: any status; an empty set: none ("-" matches no status)
+            (",".join(str(s) for s in allowed_from) or "-") if allowed_from is not None else "",
             json.dumps(event) if event else "",
             self.settings.event_stream_maxlen,
             expire,
@@ -461,11 +462,13 @@ class TaskStore:
 
     def transition(
         self, task_id: str, to: Status, fields: Mapping[str, Any] | None = None, notice: str | None = None,
-        **event: Any,
+        only_from: Iterable[Status] | None = None, **event: Any,
     ) -> ApplyResult:
-        """Move the task to ``to`` if the transition table allows it from its current status, with a status event."""
+        """Move the task to ``to`` if the transition table allows it from its current status (and, with
+        ``only_from``, if that status is one of them), with a status event."""
+        allowed = sources(to) if only_from is None else sources(to) & frozenset(only_from)
         body = {"type": "status", "status": str(to), "task_id": task_id, "ts": now(), **event}
-        return self.apply(task_id, allowed_from=sources(to), fields={**(fields or {}), "status": str(to)},
+        return self.apply(task_id, allowed_from=allowed, fields={**(fields or {}), "status": str(to)},
                           event=body, notice=notice)
 
     def finish(

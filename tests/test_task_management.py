@@ -277,3 +277,24 @@ def test_lodestar_submit_follows_a_batch_to_the_end(live: LiveStack, tmp_path: P
     assert "finished: completed 5" in result.stdout
     assert "task 6:" in result.stdout + result.stderr  # the invalid line is reported
     assert result.returncode == 1  # one task was rejected
+
+
+@pytest.mark.worker
+@pytest.mark.browser
+def test_lodestar_tasks_cli_gets_waits_lists_and_cancels(live: LiveStack) -> None:
+    def cli(*args: str) -> Any:
+        out = subprocess.run([sys.executable, "-m", "lodestar.cli", "tasks", "--url", live.base_url, "--key", live.key,
+                              *args], capture_output=True, text=True, timeout=90)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+    http = live.http()
+    done_id = http.post(f"{live.base_url}/agent/tasks", json=task(metadata={"cli": "yes"})).json()["task_id"]
+    assert json.loads(cli("wait", done_id, "--timeout", "60"))["status"] == "completed"
+    assert json.loads(cli("get", done_id))["task_id"] == done_id
+    listed = json.loads(cli("list", "--metadata", "cli=yes"))["data"]
+    assert [t["task_id"] for t in listed] == [done_id]
+    events = [json.loads(line) for line in cli("events", done_id).splitlines()]
+    assert events[-1]["type"] == "end" and events[-1]["exit_code"] == 0
+    slow = http.post(f"{live.base_url}/agent/tasks", json=task(instruction="wait 10\ndone")).json()["task_id"]
+    assert json.loads(cli("cancel", slow))["cancelled"] == [slow]

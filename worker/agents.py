@@ -19,7 +19,8 @@ from worker.computer import Action, ActionResult, Observation, Target
 
 
 class PolicyError(Exception):
-    """The policy cannot run this task at all (a bad script line, an unknown agent). Fails the task with exit code 1."""
+    """The policy cannot go on. Raised while building the policy (a bad script line, an unknown agent), the task
+    fails with exit code 1; raised by ``decide`` (a model error after retries), with exit code 7."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,10 @@ def parse_script(script: str) -> list[tuple[int, str, Action]]:
         for pattern, command in _GRAMMAR:
             m = pattern.fullmatch(line)
             if m:
-                steps.append((number, command, _to_action(command, m)))
+                try:
+                    steps.append((number, command, _to_action(command, m)))
+                except ValueError as exc:  # a bad backslash escape in a quoted string
+                    raise PolicyError(f"script line {number} has a bad quoted string: {line!r} ({exc})") from None
                 break
         else:
             raise PolicyError(

@@ -54,13 +54,9 @@ def run_episode(
     step = first_step
     failed_in_a_row = 0
     while True:
-        state = control.poll()
-        if state.paused:
-            state = control.wait_while_paused(deadline)
-        if state.stop:
-            return Outcome(ExitCode.CANCELLED, error="cancelled by the user")
-        if clock() >= deadline:
-            return Outcome(ExitCode.TIMED_OUT, error="max_duration_seconds reached")
+        stopped = _checkpoint(control, deadline, clock, fresh=False)
+        if stopped:
+            return stopped
         if step > episode.max_steps:
             return Outcome(ExitCode.MAX_STEPS, error=f"max_steps ({episode.max_steps}) reached without finishing")
 
@@ -72,11 +68,9 @@ def run_episode(
         except PolicyError as exc:
             return Outcome(ExitCode.POLICY_ERROR, error=str(exc))
 
-        state = control.poll()  # the decision may have taken a while: honour a pause or cancel sent meanwhile
-        if state.paused:
-            state = control.wait_while_paused(deadline)
-        if state.stop:
-            return Outcome(ExitCode.CANCELLED, error="cancelled by the user")
+        stopped = _checkpoint(control, deadline, clock, fresh=True)  # a pause or cancel sent while it decided
+        if stopped:
+            return stopped
 
         results = []
         terminal = None
@@ -104,3 +98,17 @@ def run_episode(
         if failed_in_a_row >= MAX_FAILED_STEPS:
             last_error = results[-1].error
             return Outcome(ExitCode.FAILED, error=f"{MAX_FAILED_STEPS} failed steps in a row; last: {last_error}")
+
+
+def _checkpoint(control: ControlChannel, deadline: float, clock: Callable[[], float], fresh: bool) -> Outcome | None:
+    """Honour the user's wishes before going on: hold while paused; return the outcome that ends the episode
+    (cancelled, or timed out, also while paused), else None. ``fresh`` reads the status from Redis instead of
+    trusting that every pub/sub notice has arrived (one round trip: used right before acting)."""
+    state = control.refresh() if fresh else control.poll()
+    if state.paused:
+        state = control.wait_while_paused(deadline)
+    if state.stop:
+        return Outcome(ExitCode.CANCELLED, error="cancelled by the user")
+    if state.paused or clock() >= deadline:
+        return Outcome(ExitCode.TIMED_OUT, error="max_duration_seconds reached")
+    return None

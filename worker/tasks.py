@@ -135,6 +135,9 @@ def run_claimed(rt: Runtime, task_id: str) -> Outcome:
         policy = make_policy(record.get("agent_type"), episode)
     except PolicyError as exc:
         return _end(store, task_id, Outcome(ExitCode.FAILED, error=str(exc)))
+    except Exception as exc:  # a bug in an agent must end the task, not leave it running
+        log.exception("policy for %s failed to start", task_id)
+        return _end(store, task_id, Outcome(ExitCode.POLICY_ERROR, error=f"{type(exc).__name__}: {exc}"))
 
     computer: Computer | None = None
     control = ControlChannel(store, task_id)
