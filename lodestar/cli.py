@@ -77,9 +77,15 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from bench.miniwob import main as miniwob_main
+    if args.bench == "miniwob":
+        from bench.miniwob import main as miniwob_main
 
-    return miniwob_main(args)
+        return miniwob_main(args)
+    from bench.suite import main as suite_main
+
+    if args.bench != "all":
+        args.rows = [args.bench, *args.rows]
+    return suite_main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.miniwob import add_arguments
 
     add_arguments(bench_sub.add_parser("miniwob", help="MiniWoB++ episodes through the API: success table"))
+    from bench.suite import ROWS
+    from bench.suite import add_arguments as add_suite_arguments
+
+    for row in ["all", *ROWS]:
+        q = bench_sub.add_parser(row, help="every overhead row" if row == "all" else f"the {row} row")
+        add_suite_arguments(q)
     p.set_defaults(func=_bench)
     return parser
 

@@ -56,10 +56,12 @@ class Stack:
         self.procs.append(subprocess.Popen([sys.executable, "-m", "lodestar.cli", *args], env=self.env,
                                            stdout=out, stderr=out, start_new_session=True))
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Start the API and a browser worker; returns once /healthz answers. Raises RuntimeError if it never does."""
+    def start(self, timeout: float = 60.0, workers: bool = True) -> None:
+        """Start the API and (unless ``workers`` is False) a browser worker; returns once /healthz answers.
+        Raises RuntimeError if it never does."""
         self._spawn("api", "--host", "127.0.0.1", "--port", str(self.port))
-        self._spawn("worker", "--kind", "browser", "--concurrency", str(self.concurrency))
+        if workers:
+            self._spawn("worker", "--kind", "browser", "--concurrency", str(self.concurrency))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if any(p.poll() is not None for p in self.procs):
