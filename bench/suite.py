@@ -261,6 +261,7 @@ def bench_pickup(args: argparse.Namespace) -> Row:
             if i >= 2:  # the first tasks start Chromium
                 latencies.append((first_step_ts - started) * 1000)
             http.get(f"{base}/agent/tasks/{task_id}/wait?timeout=30", timeout=60)
+            time.sleep(1.0)  # an idle worker: it has finished its between-task work (the spare context)
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
     return Row("pickup", f"submit -> first step, idle worker, {n} tasks", f"p50 {p50:.0f} / p99 {p99:.0f} ms", "-",
                None, "p50 <= 50 ms", p50 <= 50)
