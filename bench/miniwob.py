@@ -46,8 +46,11 @@ _REPORTER = b"""
     var live = core.EP_TIMER !== null;
     original.apply(this, arguments);
     if (live && episode) {
-      navigator.sendBeacon('/__reward', JSON.stringify({episode: episode, reward: WOB_REWARD_GLOBAL,
-        raw: WOB_RAW_REWARD_GLOBAL, reason: WOB_REWARD_REASON}));
+      // synchronous, inside the user's click: a beacon could be dropped when the context closes right after
+      var xhr = new XMLHttpRequest();
+      xhr.open('POST', '/__reward', false);
+      xhr.send(JSON.stringify({episode: episode, reward: WOB_REWARD_GLOBAL, raw: WOB_RAW_REWARD_GLOBAL,
+                               reason: WOB_REWARD_REASON}));
     }
   };
 })();
@@ -173,7 +176,6 @@ def run_bench(base_url: str, key: str, args: argparse.Namespace) -> int:
               f"({len(runs) / max(submitted, 1e-9):.0f} tasks/s); following them...", flush=True)
         _follow(session, base_url, [r for r in runs if r.task_id], args.timeout)
         elapsed = time.monotonic() - started
-        time.sleep(0.3)  # a beacon sent at the very end may still be in flight
         return _report(runs, board, elapsed, args.min_success)
 
 
