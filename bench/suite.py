@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import multiprocessing as mp
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -227,7 +229,7 @@ def bench_control(args: argparse.Namespace) -> Row:
         store = TaskStore.from_settings(load_settings(redis_url=url))
         task_id = new_task_id()
         store.create({"task_id": task_id, "tenant": "t_bench", "status": "running", "kind": "browser",
-                      "model": "m", "created_at": now()}, {"type": "status", "status": "running"})
+                      "model": "m", "created_at": now()})
         ready, out = ctx.Event(), ctx.Queue()
         proc = ctx.Process(target=_control_listener, args=(url, task_id, ready, out, n))
         proc.start()
@@ -294,7 +296,7 @@ def bench_events(args: argparse.Namespace) -> Row:
             from shared.tenants import env_tenant
 
             store.create({"task_id": task_id, "tenant": env_tenant(KEY), "status": "running", "kind": "browser",
-                          "model": "m", "created_at": now()}, {"type": "status", "status": "running"})
+                          "model": "m", "created_at": now()})
             latencies: list[float] = []
             errors = 0
             connected = 0
@@ -375,6 +377,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", type=int, default=50, help="events: events per stream")
     p.add_argument("--pickups", type=int, default=30, help="pickup: tasks")
     p.add_argument("--queued", type=int, default=100_000, help="memory: queued tasks")
+    p.add_argument("--steps", type=int, default=100, help="step: steps per round")
+    p.add_argument("--scale-episodes", type=int, default=4, help="scale: episodes per task family per run")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -400,3 +404,79 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     sys.exit(main(parser.parse_args()))
+
+
+def bench_step(args: argparse.Namespace) -> Row:
+    """Per-step cost of the loop (scripted `click x,y`, control checks, Redis step record) vs a bare Playwright loop
+    doing the same screenshot (CDP JPEG) and click, in one browser, alternating rounds to share the noise."""
+    from bench.miniwob import serve_miniwob
+    from shared.control import ControlChannel
+    from shared.store import TaskStore, new_task_id, now
+    from worker.agents import Episode, ScriptedPolicy
+    from worker.browser import BrowserHost
+    from worker.loop import run_episode
+    from worker.tasks import _record_step
+
+    n, rounds = args.steps, 3
+    with bench_redis() as url, serve_miniwob() as (pages, _board):
+        settings = load_settings(redis_url=url, allow_private_networks=True)
+        store = TaskStore.from_settings(settings)
+        host = BrowserHost(settings)
+        page_url = f"{pages}/miniwob/click-test.html"
+        bare_ms: list[float] = []
+        ours_ms: list[float] = []
+        for _ in range(rounds):
+            computer = host.open(640, 480)
+            computer.navigate(page_url)
+            started = time.perf_counter()
+            for _ in range(n):
+                computer.screenshot()
+                computer.click(80, 120)
+            bare_ms.append((time.perf_counter() - started) * 1000 / n)
+            computer.close()
+
+            computer = host.open(640, 480)
+            computer.navigate(page_url)
+            task_id = new_task_id()
+            store.create({"task_id": task_id, "tenant": "t_bench", "status": "queued", "kind": "browser",
+                          "model": "m", "created_at": now(), "max_steps": n + 1})
+            store.claim(task_id, "bench")
+            control = ControlChannel(store, task_id)
+            episode = Episode(task_id=task_id, instruction="\n".join(["click 80,120"] * n), max_steps=n + 1)
+            policy = ScriptedPolicy(episode.instruction)
+            on_step = functools.partial(_record_step, store, task_id)
+            started = time.perf_counter()
+            outcome = run_episode(computer, policy, episode, control, on_step, deadline=time.monotonic() + 600)
+            ours_ms.append((time.perf_counter() - started) * 1000 / (n + 1))
+            assert outcome.code == ExitCode.COMPLETED, outcome
+            control.close()
+            computer.close()
+        host.close()
+    bare, ours = statistics.median(bare_ms), statistics.median(ours_ms)
+    return Row("step", f"loop overhead per step (screenshot + click), {n} steps x {rounds} rounds",
+               f"{ours:.1f} ms/step", f"{bare:.1f} ms/step (bare Playwright)", ours / bare, "<= 1.15x",
+               ours / bare <= 1.15)
+
+
+def bench_scale(args: argparse.Namespace) -> Row:
+    """MiniWoB++ episodes/min through the whole stack with 1, 2 and 4 browser slots."""
+    from bench.miniwob import DEFAULT_TASKS, run_bench
+    from lodestar.stack import running_stack
+
+    rates = {}
+    for slots in (1, 2, 4):
+        ns = argparse.Namespace(tasks=",".join(DEFAULT_TASKS), episodes=args.scale_episodes, agent="heuristic",
+                                max_steps=15, seed=2000, serve_host="127.0.0.1", serve_port=free_port(),
+                                timeout=900, min_success=0.0, quiet=True)
+        extra = {"LODESTAR_BROWSER_ALLOWED_HOSTS": f"127.0.0.1:{ns.serve_port}"}
+        with contextlib.redirect_stdout(open(os.devnull, "w")), \
+                running_stack(free_port(), slots, Path(tempfile.mkdtemp()), extra_env=extra, quiet=True) as (b, k):
+            started = time.monotonic()
+            run_bench(b, k, ns)
+            rates[slots] = len(DEFAULT_TASKS) * args.scale_episodes / (time.monotonic() - started) * 60
+    curve = " / ".join(f"{s} slot{'s' if s > 1 else ''}: {r:.0f}" for s, r in rates.items())
+    return Row("scale", f"MiniWoB++ batch, {len(DEFAULT_TASKS) * args.scale_episodes} episodes per run",
+               f"{curve} episodes/min", f"1 slot: {rates[1]:.0f}", rates[4] / rates[1], "report the curve", None)
+
+
+ROWS.update({"step": bench_step, "scale": bench_scale})
