@@ -153,6 +153,8 @@ def build_spec(settings: Settings) -> dict[str, Any]:
             "Wire-compatible with Lightcone's Agent Tasks API (point the tzafon SDK's base_url here), plus task "
             "management. Webhooks: see shared/webhooks.py for the signature (Lodestar-Signature: v1=HMAC-SHA256 "
             "of '<Lodestar-Timestamp>.' + body, keyed by GET /agent/tenant's webhook_secret). "
+            "Without agent_type a task runs the model named by `model` (default tzafon.northstar-cua-fast), picked "
+            "from the model registry (shared/models.py, extended with LODESTAR_MODELS); an unknown model is a 422. "
             f"Offline agents (agent_type): {', '.join(OFFLINE_AGENTS)}. Accepted but without effect "
             f"in this release: {', '.join(IGNORED_PARAMS)}. Unknown fields are ignored.")},
         security=[{"bearer": []}],

@@ -92,10 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lodestar", description="Self-hosted backend for computer-use agent tasks.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("up", help="run Redis (embedded), the API and a browser worker until Ctrl-C")
+    p = sub.add_parser("up", help="run Redis (embedded), the API, a browser worker and (with Xvfb) a desktop worker "
+                                  "until Ctrl-C")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--concurrency", type=int, default=int(os.environ.get("LODESTAR_WORKER_CONCURRENCY", "1")),
-                   help="browser slots (one Chromium each)")
+                   help="slots per worker (one Chromium, or one Xvfb display, each)")
     p.add_argument("--data-dir", default="var", help="where the embedded Redis keeps its files")
     p.set_defaults(func=_up)
 

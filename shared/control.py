@@ -135,6 +135,25 @@ class ControlChannel:
                 on_tick()
         return self.state
 
+    def ask(self, question: str, deadline: float) -> ControlState:
+        """Pause the task with a question for the user (a ``status`` event carrying ``question``, and the task's
+        ``message``) and hold until the user resumes it, answers with a message (the task is then resumed here;
+        the message reaches the policy at its next step), cancels it, or ``deadline`` (``time.monotonic()``)
+        passes. The caller's next checkpoint turns a cancel or a still-paused task into the episode's outcome."""
+        store, task_id = self.store, self.task_id
+        asked = store.transition(task_id, Status.PAUSED, fields={"message": f"question for the user: {question}"[:500]},
+                                 reason="ask_user", question=question)
+        if not asked.ok and asked.status == Status.PAUSED:  # already paused by the user: still show the question
+            store.append_event(task_id, {"type": "status", "status": str(Status.PAUSED), "reason": "ask_user",
+                                         "question": question})
+        self.refresh()
+        while self.state.paused and not self.state.pending and time.monotonic() < deadline:
+            self.wait_while_paused(min(deadline, time.monotonic() + 1.0))
+        if self.state.paused and self.state.pending:
+            store.transition(task_id, Status.RUNNING, reason="answered")
+            self.refresh()
+        return self.state
+
     def take_messages(self) -> list[str]:
         """Hand the pending messages to the policy and record them as delivered (survives a worker restart)."""
         messages, self.state.pending = self.state.pending, []

@@ -21,6 +21,7 @@ from marshmallow import (
     validates_schema,
 )
 
+from shared.models import registry as model_registry
 from shared.settings import Settings
 from shared.states import PRIORITIES, TERMINAL, ExitCode, Status
 
@@ -30,8 +31,10 @@ OFFLINE_AGENTS = ("scripted", "heuristic")
 KINDS = ("browser", "desktop")
 
 IGNORED_PARAMS = ("computer_id", "on_missing_computer", "keep_alive", "terminate_on_completion", "harness_version",
-                  "stream_deltas", "agent_icon", "environment_id", "persistent", "save_session")
-"""Start parameters accepted for SDK compatibility that have no effect yet (stated in the OpenAPI description)."""
+                  "stream_deltas", "agent_icon", "environment_id")
+"""Start parameters accepted for SDK compatibility that have no effect yet (stated in the OpenAPI description).
+``persistent`` / ``save_session`` keep a desktop task's session for the next task on its slot; browser contexts
+are never kept."""
 
 
 class ContextTurnSchema(Schema):
@@ -52,6 +55,7 @@ def make_start_schema(settings: Settings) -> Schema:
         marshmallow.ValidationError: ``messages`` maps each bad field to its reasons.
     """
     s = settings
+    known_models = model_registry(s)  # parsed here: a malformed LODESTAR_MODELS stops the API at startup
 
     class TaskStartSchema(Schema):
         class Meta:
@@ -108,10 +112,12 @@ def make_start_schema(settings: Settings) -> Schema:
 
         @validates_schema
         def _model_has_a_policy(self, data: dict[str, Any], **_: Any) -> None:
-            if not data.get("agent_type"):
+            """A task needs an offline ``agent_type`` or a ``model`` the registry knows (``shared/models.py``)."""
+            if not data.get("agent_type") and not known_models.known(data.get("model") or ""):
                 raise ValidationError(
-                    f"model {data.get('model')!r} has no provider on this deployment; "
-                    f"set agent_type to one of {', '.join(OFFLINE_AGENTS)}", field_name="agent_type")
+                    f"model {data.get('model')!r} has no provider on this deployment (known: "
+                    f"{known_models.describe()}); or set agent_type to one of {', '.join(OFFLINE_AGENTS)}",
+                    field_name="model")
 
         @post_load
         def _defaults(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
@@ -167,6 +173,10 @@ class TaskSchema(Schema):
     last_screenshot_url = fields.Str(allow_none=True)
     metadata = fields.Dict(keys=fields.Str(), values=fields.Str())
     idempotency_key = fields.Str(allow_none=True)
+    usage = fields.Dict(allow_none=True, metadata={"description": "Model tokens so far: input_tokens, "
+                        "output_tokens, total_tokens, calls (null for offline agents)."})
+    cost = fields.Float(allow_none=True, metadata={"description": "USD spent on the model so far, from the "
+                        "deployment's price table (null when the model has no price)."})
 
 
 class ErrorSchema(Schema):
@@ -176,10 +186,11 @@ class ErrorSchema(Schema):
 
 
 class EventSchema(Schema):
-    """One event in an SSE ``data:`` line (``id:`` is ``seq``). ``type``: status | step | message | end |
-    cancel_requested. Step events carry ``step``, ``actions``, ``results``, ``thought``, ``url``, ``messages`` and
-    ``screenshot_url`` (url mode) or ``screenshot`` (a base64 data URL); the end event carries ``status``,
-    ``exit_code``, ``result`` and ``error``."""
+    """One event in an SSE ``data:`` line (``id:`` is ``seq``). ``type``: status | step | message | end.
+    Step events carry ``step``, ``actions``, ``results``, ``thought``, ``url``, ``messages``, ``usage`` (model
+    tasks: this step's tokens and cost) and ``screenshot_url`` (url mode) or ``screenshot`` (a base64 data URL);
+    a status event for a model's question carries ``reason: "ask_user"`` and ``question``; the end event carries
+    ``status``, ``exit_code``, ``result`` and ``error``."""
 
     seq = fields.Int(required=True)
     type = fields.Str(required=True)
@@ -207,4 +218,5 @@ def task_json(record: dict[str, Any], base_url: str = "") -> dict[str, Any]:
         "current_url": record.get("current_url"),
         "last_screenshot_url": f"{base_url}/agent/tasks/{record['task_id']}/screenshots/{shot}" if shot else None,
         "metadata": record.get("metadata") or {}, "idempotency_key": record.get("idempotency_key"),
+        "usage": record.get("usage"), "cost": record.get("cost_usd"),
     }

@@ -128,6 +128,45 @@ class Settings:
     worker_concurrency: int = 1
     """Browser slots per worker machine (one Chromium per slot)."""
 
+    # --- Desktop (kind "desktop": one Xvfb display per worker process, driven by pyautogui) ---
+    xvfb_path: str = "Xvfb"
+    """Xvfb executable (a name on PATH or a path). ``lodestar up`` starts a desktop worker only when it exists."""
+    desktop_window_manager: str = "openbox"
+    """Window manager command, started once per display so new windows get the keyboard focus (split like a shell
+    command line). Empty: none (focus then follows the pointer)."""
+    desktop_startup: str = "xterm"
+    """Program started in every fresh desktop session, with the keyboard focus (split like a shell command line).
+    Empty: the session starts with an empty screen."""
+    desktop_display_min: int = 100
+    """Lowest X display number a desktop worker process tries (``:100``); each process takes the first free one."""
+    desktop_display_max: int = 199
+    """Highest X display number tried; with none free the task fails with exit code 5."""
+    desktop_start_timeout: float = 15.0
+    """Seconds Xvfb, the window manager, the start-up program's first window and a desktop Chromium's window may
+    each take to appear."""
+    desktop_kill_grace: float = 1.0
+    """Seconds a session's processes get between SIGTERM and SIGKILL when the session is reset after its task."""
+
+    # --- Model providers (shared/models.py, worker/providers/) ---------------------------
+    models: str = ""
+    """Model registry entries on top of the built-in ones: a JSON object ``{"<model name or glob>": {entry}}``,
+    or the path of a file holding one. Entry keys: provider, model, base_url, api_key, api_key_env, coordinates,
+    dialect, tool, max_pixels, min_pixels, max_long_edge, max_tokens, send_temperature (``shared/models.py``).
+    The API and every worker must see the same value."""
+    model_prices: str = ""
+    """Per-model prices as JSON ``{"<model name or glob>": {"input": USD, "output": USD}}`` per million tokens;
+    a task's ``cost`` is null for a model with no price."""
+    model_timeout: float = 120.0
+    """Seconds one model call may take (per attempt; the SDK's own timeout)."""
+    model_max_retries: int = 2
+    """Retries of a model call on 408/409/429/5xx and connection errors, with the SDK's backoff honouring
+    ``retry-after``; after the last one the task fails with exit code 7."""
+    model_screenshots_kept: int = 3
+    """Screenshots kept in a client-side conversation history (Anthropic, OpenAI-compatible servers); older
+    ones are replaced by a text placeholder."""
+    auto_approve_safety_checks: bool = False
+    """Acknowledge a model's pending safety checks without pausing the task for the user."""
+
 
 def _coerce(raw: str, current: Any, name: str) -> Any:
     if isinstance(current, bool):

@@ -39,8 +39,8 @@ INT_FIELDS = frozenset({
     "exit_code", "max_steps", "steps_taken", "viewport_width", "viewport_height", "max_duration_seconds",
     "attempts", "event_seq", "messages_delivered", "last_screenshot_step",
 })
-FLOAT_FIELDS = frozenset({"created_at", "started_at", "finished_at", "temperature"})
-JSON_FIELDS = frozenset({"params", "metadata", "context"})
+FLOAT_FIELDS = frozenset({"created_at", "started_at", "finished_at", "temperature", "cost_usd"})
+JSON_FIELDS = frozenset({"params", "metadata", "context", "usage"})
 BOOL_FIELDS = frozenset({"cancel_requested", "persistent"})
 
 _LUA_COMMON = """
@@ -298,19 +298,25 @@ class TaskStore:
                 self.key(task_id, "shots"), self.key(task_id, "lease")]
 
     # -- records ---------------------------------------------------------------------------------------------------
-    def create(self, record: Mapping[str, Any], event: Mapping[str, Any], pipe: Any = None) -> None:
-        """Write a new task record (``status`` queued), its first event (seq 1) and its list indexes.
+    def create(self, record: Mapping[str, Any], pipe: Any = None) -> None:
+        """Write a new task record and its list indexes; its first event (seq 1) is the status event of its
+        initial ``status`` at ``created_at``.
 
-        ``record`` must hold ``task_id``, ``tenant``, ``created_at``, ``kind`` and ``model``. With ``pipe`` (a
-        redis-py pipeline) the commands are only buffered (batches); otherwise they run in one MULTI/EXEC.
+        ``record`` must hold ``task_id``, ``tenant``, ``status``, ``created_at``, ``kind`` and ``model``; None values
+        are not stored. The first event is derived from the record by :meth:`read_events` and the event stream is
+        created by the second event: a Redis Stream costs ~4.7 KB even with one entry, more than the rest of a
+        queued task.
+        With ``pipe`` (a redis-py pipeline) the commands are only buffered (batches); otherwise they run in one
+        MULTI/EXEC.
         """
         own = pipe is None
         pipe = self.redis.pipeline(transaction=True) if own else pipe
         task_id = record["task_id"]
-        fields = {k: _encode(v, k) for k, v in record.items()}
+        fields = {k: _encode(v, k) for k, v in record.items() if v is not None}
         fields["event_seq"] = "1"
+        if record["status"] != Status.QUEUED:
+            fields["first_status"] = str(record["status"])
         pipe.hset(self.key(task_id), mapping=fields)
-        pipe.xadd(self.key(task_id, "events"), {"data": json.dumps(event)}, id="0-1")
         for index in self.indexes_of(record):
             pipe.zadd(index, {task_id: record["created_at"]})
         if own:
@@ -445,6 +451,25 @@ class TaskStore:
         """Atomically: check the status is in ``allowed_from`` (None: any), set ``fields``, append ``event``,
         expire the task's keys after ``expire`` seconds (0: keep), and publish control ``notice`` (a command name).
         """
+        args = self._apply_args(task_id, allowed_from, fields, event, expire, notice)
+        found, status, seq = self._apply(keys=self._keys(task_id), args=args)
+        return ApplyResult(found != -1, found == 1, status.decode() if status else None, int(seq))
+
+    def record_step(self, task_id: str, step: int, jpeg: bytes, fields: Mapping[str, Any],
+                    event: Mapping[str, Any]) -> ApplyResult:
+        """A worker's step in one round trip: store the screenshot, then (if the task is still running or paused)
+        set ``fields`` and append ``event``. ``ok`` False: the task ended under the worker."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.key(task_id, "shots"), str(step), jpeg)
+        pipe.expire(self.key(task_id, "shots"), self.settings.screenshot_ttl)
+        args = self._apply_args(task_id, (Status.RUNNING, Status.PAUSED), fields, event, 0, None)
+        self._apply(keys=self._keys(task_id), args=args, client=pipe)
+        found, status, seq = pipe.execute()[-1]
+        return ApplyResult(found != -1, found == 1, status.decode() if status else None, int(seq))
+
+    def _apply_args(self, task_id: str, allowed_from: Iterable[Status | str] | None,
+                    fields: Mapping[str, Any] | None, event: Mapping[str, Any] | None, expire: int,
+                    notice: str | None) -> list[Any]:
         args: list[Any] = [
             # None: any status; an empty set: none ("-" matches no status)
             (",".join(str(s) for s in allowed_from) or "-") if allowed_from is not None else "",
@@ -457,8 +482,7 @@ class TaskStore:
         ]
         for k, v in (fields or {}).items():
             args += [k, _encode(v, k)]
-        found, status, seq = self._apply(keys=self._keys(task_id), args=args)
-        return ApplyResult(found != -1, found == 1, status.decode() if status else None, int(seq))
+        return args
 
     def transition(
         self, task_id: str, to: Status, fields: Mapping[str, Any] | None = None, notice: str | None = None,
@@ -508,9 +532,16 @@ class TaskStore:
     def read_events(self, task_id: str, after: int = 0, block_ms: int | None = None,
                     count: int = 500) -> list[tuple[int, dict[str, Any]]]:
         """Events with seq > ``after``, oldest first, as ``(seq, event)``; blocks up to ``block_ms`` for new ones."""
+        out: list[tuple[int, dict[str, Any]]] = []
+        if after < 1:
+            first_status, created_at = cast(list[bytes | None], self.redis.hmget(
+                self.key(task_id), ["first_status", "created_at"]))
+            if created_at is not None:
+                status = (first_status or b"queued").decode()
+                out.append((1, {"type": "status", "status": status, "task_id": task_id, "ts": float(created_at)}))
+                after, block_ms = 1, None  # we have something to return: do not block for more
         reply = cast(list[Any], self.redis.xread({self.key(task_id, "events"): f"0-{after}"}, count=count,
                                                   block=block_ms))
-        out: list[tuple[int, dict[str, Any]]] = []
         for _stream, entries in reply or []:
             for entry_id, data in entries:
                 seq = int(entry_id.split(b"-")[1])

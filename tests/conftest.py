@@ -211,8 +211,12 @@ class LiveStack:
 
 
 def start_stack(redis_url: str, site: Site, concurrency: int, extra_env: dict[str, str] | None = None,
-                ) -> tuple[Stack, LiveStack]:
-    need(chromium_available(), "Chromium is not installed (apt-get install chromium)")
+                kinds: tuple[str, ...] = ("browser",)) -> tuple[Stack, LiveStack]:
+    """API + one worker per kind in ``kinds`` (``LODESTAR_KINDS`` defaults to them; ``extra_env`` may override)."""
+    if "browser" in kinds:
+        need(chromium_available(), "Chromium is not installed (apt-get install chromium)")
+    if "desktop" in kinds:
+        need(shutil.which(load_settings().xvfb_path) is not None, "Xvfb is not installed (apt-get install xvfb)")
     client = redis_lib.Redis.from_url(redis_url)
     try:
         client.flushdb()
@@ -221,25 +225,25 @@ def start_stack(redis_url: str, site: Site, concurrency: int, extra_env: dict[st
     port = free_port()
     env = {**os.environ, "LODESTAR_REDIS_URL": redis_url, "LODESTAR_API_KEYS": f"{KEY},{OTHER_KEY}",
            "LODESTAR_BROWSER_ALLOWED_HOSTS": urllib.parse.urlsplit(site.base).netloc, "LODESTAR_LEASE_TTL": "3",
-           **(extra_env or {})}
-    stack = Stack(env, port, concurrency, quiet=not os.environ.get("LODESTAR_TEST_VERBOSE"))
+           "LODESTAR_KINDS": ",".join(kinds), **(extra_env or {})}
+    stack = Stack(env, port, concurrency, quiet=not os.environ.get("LODESTAR_TEST_VERBOSE"), kinds=kinds)
     try:
         stack.start()
     except RuntimeError:
         stack.stop()
         raise
-    _wait_for_worker(redis_url)
+    _wait_for_worker(redis_url, workers=len(kinds))
     return stack, LiveStack(f"http://127.0.0.1:{port}", redis_url)
 
 
-def _wait_for_worker(redis_url: str, timeout: float = 60) -> None:
-    """Block until a Celery worker answers a ping on this broker (its browser starts lazily, on the first task)."""
+def _wait_for_worker(redis_url: str, timeout: float = 60, workers: int = 1) -> None:
+    """Block until ``workers`` Celery workers answer a ping on this broker (browsers and displays start lazily)."""
     from shared.queue import make_celery
 
     app = make_celery(load_settings(redis_url=redis_url))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if app.control.ping(timeout=0.5):
+        if len(app.control.ping(timeout=0.5) or []) >= workers:
             return
     raise RuntimeError("no Celery worker answered within 60 s")
 

@@ -234,13 +234,20 @@ def test_start_names_the_bad_metadata_value(client: FlaskClient) -> None:
     assert set(error["fields"]["metadata"]) == {"n"}
 
 
-def test_start_without_agent_type_says_the_model_has_no_provider(client: FlaskClient, store: TaskStore) -> None:
-    resp = client.post("/agent/tasks", json={"instruction": "book a flight", "model": "tzafon.northstar-cua-fast"},
+def test_start_with_an_unknown_model_is_a_422_naming_the_model(client: FlaskClient, store: TaskStore) -> None:
+    resp = client.post("/agent/tasks", json={"instruction": "book a flight", "model": "acme/robot-9000"},
                        headers=AUTH)
     error = error_of(resp, 422)
-    assert list(error["fields"]) == ["agent_type"]
-    assert "tzafon.northstar-cua-fast" in error["fields"]["agent_type"][0] and "scripted" in error["message"]
+    assert list(error["fields"]) == ["model"]
+    assert "acme/robot-9000" in error["message"]
     assert_nothing_created(store)
+
+
+def test_start_without_agent_type_runs_the_default_model(client: FlaskClient, store: TaskStore) -> None:
+    resp = client.post("/agent/tasks", json={"instruction": "book a flight"}, headers=AUTH)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    record = store.get(resp.get_json()["task_id"])
+    assert record is not None and record["model"] == "tzafon.northstar-cua-fast" and record.get("agent_type") is None
 
 
 @pytest.mark.parametrize("raw", [b'{"instruction": "done", "agent_type": "scripted", "temperature": NaN}',

@@ -149,8 +149,7 @@ def harness(settings: Settings) -> Iterator[Harness]:
     store = TaskStore.from_settings(settings)
     task_id = new_task_id()
     store.create({"task_id": task_id, "tenant": "t_test", "status": "queued", "kind": "browser",
-                  "model": "tzafon.northstar-cua-fast", "max_steps": 20, "created_at": now(), "steps_taken": 0},
-                 {"type": "status", "status": "queued", "task_id": task_id, "ts": now()})
+                  "model": "tzafon.northstar-cua-fast", "max_steps": 20, "created_at": now(), "steps_taken": 0})
     assert store.claim(task_id, "test-worker")[0] == "started"
     harness = Harness(store, task_id)
     yield harness

@@ -33,7 +33,7 @@ def make_task(store: TaskStore, status: Status = Status.QUEUED, **extra: Any) ->
     record = {"task_id": task_id, "tenant": "t_test", "status": str(status), "kind": "browser",
               "model": "tzafon.northstar-cua-fast", "max_steps": 10, "created_at": now(), "steps_taken": 0,
               "metadata": {}, **extra}
-    store.create(record, {"type": "status", "status": str(status), "task_id": task_id, "ts": record["created_at"]})
+    store.create(record)
     return task_id
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from shared.settings import Settings, load_settings
 from worker.computer import Action, ActionResult, Observation, Target
 
 
@@ -25,10 +26,21 @@ class PolicyError(Exception):
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do next. A ``done``/``fail`` action ends the episode after the actions before it have run."""
+    """What to do next. A ``done``/``fail`` action ends the episode after the actions before it have run.
+
+    ``error``: the policy could not turn (part of) the model's answer into actions (malformed, or an action with no
+    equivalent): the listed ``actions`` run, then the step counts as a failed step with this error (the loop's
+    ``MAX_FAILED_STEPS`` ends a task that keeps failing). ``ask_user``: a question for the user (a safety check, a
+    model's ``call_user``): the loop pauses the task with it and runs ``actions`` once the user resumes or answers
+    with a message. ``usage``: this step's model usage ``{input_tokens, output_tokens, total_tokens, calls,
+    cost_usd}`` (tokens, calls, USD or None), summed on the task record by the worker.
+    """
 
     actions: list[Action]
     thought: str | None = None
+    error: str | None = None
+    ask_user: str | None = None
+    usage: dict[str, Any] | None = None
 
 
 @dataclass
@@ -42,6 +54,8 @@ class StepRecord:
     url: str
     messages: list[str] = field(default_factory=list)
     """Injected user messages delivered to the policy at this step."""
+    usage: dict[str, Any] | None = None
+    """The decision's model usage (see :class:`Decision`), None for offline agents."""
 
 
 @dataclass
@@ -68,7 +82,10 @@ class Episode:
 class Policy(Protocol):
     """Chooses the next actions. ``needs_accessibility`` asks the computer for the ARIA snapshot each step."""
 
-    needs_accessibility: bool
+    @property
+    def needs_accessibility(self) -> bool:
+        """Whether the next observation should carry the ARIA snapshot (it costs ~16 ms in a browser)."""
+        ...
 
     def decide(self, observation: Observation, episode: Episode) -> Decision: ...
 
@@ -171,6 +188,7 @@ def _to_action(command: str, m: re.Match[str]) -> Action:
 class ScriptedPolicy:
     """Replays a script deterministically, one line per step (grammar: :func:`parse_script`).
 
+    It asks for the page's ARIA snapshot only when the next line is an ``expect`` (the snapshot costs ~16 ms).
     ``expect "<text>"`` looks for the text (case- and whitespace-insensitive) in the page's ARIA snapshot and title;
     if absent it waits ``expect_poll`` seconds and looks again, up to ``expect_timeout`` seconds (each look is a
     step), then fails the task naming the line. A step whose action fails (an element not found, a navigation
@@ -178,14 +196,16 @@ class ScriptedPolicy:
     result.
     """
 
-    needs_accessibility = True
-
     def __init__(self, script: str, expect_timeout: float = 3.0, expect_poll: float = 0.2):
         self.steps = parse_script(script)
         self._next = 0
         self._expect_polls = 0
         self._max_polls = max(1, int(expect_timeout / expect_poll))
         self._poll = expect_poll
+
+    @property
+    def needs_accessibility(self) -> bool:
+        return self._next < len(self.steps) and self.steps[self._next][1] == "expect"
 
     def decide(self, observation: Observation, episode: Episode) -> Decision:
         last = episode.history[-1] if episode.history else None
@@ -222,21 +242,27 @@ POLICIES: dict[str, Callable[[Episode], Policy]] = {
     "scripted": lambda episode: ScriptedPolicy(episode.instruction),
     "heuristic": _heuristic,
 }
-"""Offline agents by ``agent_type``. Model-backed policies are chosen by ``model`` (a later release)."""
+"""Offline agents by ``agent_type``. Model-backed policies are chosen by ``model`` (``worker/providers``)."""
 
 OFFLINE_AGENTS = tuple(POLICIES)
 
 
-def make_policy(agent_type: str | None, episode: Episode, **_: Any) -> Policy:
-    """Build the policy for a task.
+def make_policy(agent_type: str | None, episode: Episode, settings: Settings | None = None, **_: Any) -> Policy:
+    """Build the policy for a task: the offline agent named ``agent_type``, else the provider adapter serving
+    ``episode.model`` (``shared/models.py`` registry, ``worker/providers``), configured from ``settings``
+    (default: :func:`shared.settings.load_settings`).
 
     Raises:
-        PolicyError: no offline agent is named ``agent_type`` and no model provider is configured, or the
-            agent rejects the instruction (a bad script line).
+        PolicyError: no offline agent is named ``agent_type`` and no provider serves the model (or its SDK
+            cannot be set up, e.g. no API key), or the agent rejects the instruction (a bad script line).
     """
     factory = POLICIES.get(agent_type or "")
-    if factory is None:
-        raise PolicyError(
-            f"no policy for agent_type={agent_type!r} model={episode.model!r}; offline agents: {', '.join(POLICIES)}"
-        )
-    return factory(episode)
+    if factory is not None:
+        return factory(episode)
+    if not agent_type:
+        from worker.providers import make_model_policy
+
+        return make_model_policy(episode, settings or load_settings())
+    raise PolicyError(
+        f"no policy for agent_type={agent_type!r} model={episode.model!r}; offline agents: {', '.join(POLICIES)}"
+    )

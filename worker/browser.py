@@ -135,11 +135,20 @@ class BrowserComputer:
 
     # -- seeing -------------------------------------------------------------------------------------------------
     def screenshot(self) -> bytes:
-        """JPEG bytes of the viewport through CDP's fast path."""
-        shot = self._cdp.send(
-            "Page.captureScreenshot", {"format": "jpeg", "quality": self._quality, "optimizeForSpeed": True}
-        )
-        return base64.b64decode(shot["data"])
+        """JPEG bytes of the viewport through CDP's fast path.
+
+        Right after a navigation the page may not have painted a frame yet and CDP answers "Unable to capture
+        screenshot": wait for an animation frame and try again (at most three times).
+        """
+        params = {"format": "jpeg", "quality": self._quality, "optimizeForSpeed": True}
+        for attempt in range(3):
+            try:
+                return base64.b64decode(self._cdp.send("Page.captureScreenshot", params)["data"])
+            except Exception as exc:
+                if "Unable to capture screenshot" not in str(exc) or attempt == 2:
+                    raise
+                self._page.evaluate("() => new Promise(resolve => requestAnimationFrame(() => resolve(null)))")
+        raise AssertionError("unreachable")
 
     def current_url(self) -> str:
         return self._page.url

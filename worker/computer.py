@@ -25,8 +25,8 @@ __all__ = ["ACTIONS", "Action", "ActionError", "ActionResult", "Computer", "Netw
            "execute", "normalize_key"]
 
 ActionType = Literal[
-    "click", "double_click", "right_click", "scroll", "type", "key", "move", "drag", "wait", "navigate",
-    "select", "done", "fail",
+    "click", "double_click", "triple_click", "right_click", "scroll", "type", "key", "move", "drag", "wait",
+    "navigate", "select", "done", "fail",
 ]
 
 
@@ -42,16 +42,19 @@ class Target:
     name: str
     role: str | None = None
     exact: bool = True
+    nth: int = 0
+    """Which of several visible matches, in document order (0: the first)."""
 
     def describe(self) -> str:
-        return f'{self.role or self.by} "{self.name}"'
+        which = f" #{self.nth + 1}" if self.nth else ""
+        return f'{self.role or self.by} "{self.name}"{which}'
 
 
 @dataclass(frozen=True)
 class Action:
     """One step's action. Fields used per ``type``:
 
-    - click / double_click / right_click / move: ``x``, ``y`` or ``target``
+    - click / double_click / triple_click / right_click / move: ``x``, ``y`` or ``target``
     - scroll: ``dx``, ``dy`` (pixels; positive dy scrolls down) at ``x``, ``y`` (default: viewport centre)
     - type: ``text`` (typed into the focused element, or into ``target`` after clicking it)
     - key: ``keys`` (one chord such as "Enter" or "Ctrl+A"; names normalised by :func:`normalize_key`)
@@ -200,6 +203,12 @@ def _double_click(c: Computer, a: Action) -> ActionResult:
     return ActionResult(True, x=x, y=y)
 
 
+def _triple_click(c: Computer, a: Action) -> ActionResult:
+    x, y = _point(c, a)
+    c.click(x, y, count=3)
+    return ActionResult(True, x=x, y=y)
+
+
 def _right_click(c: Computer, a: Action) -> ActionResult:
     x, y = _point(c, a)
     c.click(x, y, button="right")
@@ -270,9 +279,9 @@ def _terminal(c: Computer, a: Action) -> ActionResult:
 
 
 ACTIONS: dict[str, Callable[[Computer, Action], ActionResult]] = {
-    "click": _click, "double_click": _double_click, "right_click": _right_click, "move": _move, "scroll": _scroll,
-    "type": _type, "key": _key, "drag": _drag, "wait": _wait, "navigate": _navigate, "select": _select,
-    "done": _terminal, "fail": _terminal,
+    "click": _click, "double_click": _double_click, "triple_click": _triple_click, "right_click": _right_click,
+    "move": _move, "scroll": _scroll, "type": _type, "key": _key, "drag": _drag, "wait": _wait,
+    "navigate": _navigate, "select": _select, "done": _terminal, "fail": _terminal,
 }
 """The allowlist: the only actions a policy can make a computer perform."""
 

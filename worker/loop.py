@@ -4,6 +4,10 @@ Every way out is written in :func:`run_episode`: done, fail, max_steps, max_dura
 too many failed steps. Events and storage are the injected ``on_step`` callback, so the loop knows nothing of
 Redis, and the control channel (pause, cancel, injected messages) is checked before each observation and again
 between the decision and the action, so a pause takes effect before the next action.
+
+Two hooks serve model-backed policies (``worker/providers``): a ``Decision.ask_user`` question pauses the task
+until the user resumes it or answers with a message (``ControlChannel.ask``), and a ``Decision.error`` (a malformed
+model answer) makes the step a failed step, counted towards ``MAX_FAILED_STEPS``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 from shared.control import ControlChannel
 from shared.states import ExitCode
 from worker.agents import Episode, Policy, PolicyError, StepRecord
-from worker.computer import Computer, Observation, execute
+from worker.computer import ActionResult, Computer, Observation, execute
 
 MAX_FAILED_STEPS = 5
 """Consecutive steps whose actions all failed before the task fails (exit code 1)."""
@@ -67,6 +71,8 @@ def run_episode(
             decision = policy.decide(observation, episode)
         except PolicyError as exc:
             return Outcome(ExitCode.POLICY_ERROR, error=str(exc))
+        if decision.ask_user is not None:
+            control.ask(decision.ask_user, deadline)
 
         stopped = _checkpoint(control, deadline, clock, fresh=True)  # a pause or cancel sent while it decided
         if stopped:
@@ -82,8 +88,10 @@ def run_episode(
             results.append(result)
             if not result.ok:
                 break
+        if decision.error is not None and all(r.ok for r in results):
+            results.append(ActionResult(False, error=decision.error))
         record = StepRecord(step, list(decision.actions), results, decision.thought, observation.url,
-                            episode.new_messages)
+                            episode.new_messages, usage=decision.usage)
         episode.history.append(record)
         if not on_step(record, observation):
             return Outcome(ExitCode.CANCELLED, error="the task was ended while its step ran")
@@ -112,3 +120,4 @@ def _checkpoint(control: ControlChannel, deadline: float, clock: Callable[[], fl
     if state.paused or clock() >= deadline:
         return Outcome(ExitCode.TIMED_OUT, error="max_duration_seconds reached")
     return None
+

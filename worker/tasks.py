@@ -1,7 +1,8 @@
 """The Celery side of a worker: the ``lodestar.run_task`` task, per-process resources, and the task lease.
 
 Run with ``lodestar worker`` (or ``celery -A worker.tasks worker -Q browser``). Each worker process (slot) owns one
-Chromium, started on its first task and reused; each task gets a fresh browser context.
+Chromium, started on its first task and reused; each task gets a fresh browser context. A desktop worker
+(``--kind desktop``) process owns one Xvfb display instead (``worker/desktop.py``); each task gets a fresh session.
 
 A task is run at most once at a time: the worker first claims it in Redis (``TaskStore.claim``), which sets a lease
 that a background thread renews every ``lease_ttl / 3`` seconds. A message delivered again (visibility timeout,
@@ -11,13 +12,14 @@ task, up to ``max_attempts`` times.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 from celery.signals import worker_process_shutdown
 
@@ -25,12 +27,13 @@ from shared import webhooks
 from shared.control import ControlChannel
 from shared.queue import RUN_TASK, make_celery, task_ended
 from shared.settings import Settings, load_settings
-from shared.states import ExitCode, Status
+from shared.states import ExitCode
 from shared.store import TaskStore, now
 from shared.tenants import Tenants
 from worker.agents import Episode, PolicyError, StepRecord, make_policy
 from worker.browser import BrowserHost
 from worker.computer import Computer, Observation
+from worker.desktop import DesktopHost
 from worker.loop import Outcome, run_episode
 
 log = logging.getLogger(__name__)
@@ -39,14 +42,25 @@ settings = load_settings()
 app = make_celery(settings)
 
 
+class Host(Protocol):
+    """Owns the machines of one kind in a worker process (``BrowserHost``, ``DesktopHost``); started lazily."""
+
+    def open(self, width: int, height: int) -> Computer: ...
+    def close(self) -> None: ...
+
+
 @dataclass
 class Runtime:
-    """What one worker process keeps between tasks: settings, the store and its browser."""
+    """What one worker process keeps between tasks: settings, the store and its hosts by task kind."""
 
     settings: Settings
     store: TaskStore
-    browsers: BrowserHost
+    hosts: dict[str, Host]
     worker_id: str
+
+    @property
+    def browsers(self) -> BrowserHost:
+        return cast(BrowserHost, self.hosts["browser"])
 
 
 _runtime: Runtime | None = None
@@ -56,15 +70,19 @@ def runtime() -> Runtime:
     """This process's runtime, created on first use (after the prefork fork, so nothing is shared across children)."""
     global _runtime
     if _runtime is None or _runtime.worker_id.rsplit(":", 1)[1] != str(os.getpid()):
-        _runtime = Runtime(settings, TaskStore.from_settings(settings), BrowserHost(settings),
-                           f"{socket.gethostname()}:{os.getpid()}")
+        hosts: dict[str, Host] = {"browser": BrowserHost(settings), "desktop": DesktopHost(settings)}
+        _runtime = Runtime(settings, TaskStore.from_settings(settings), hosts, f"{socket.gethostname()}:{os.getpid()}")
     return _runtime
 
 
 @worker_process_shutdown.connect
-def _close_browser(**_: Any) -> None:
+def _close_hosts(**_: Any) -> None:
     if _runtime is not None:
-        _runtime.browsers.close()
+        for host in _runtime.hosts.values():
+            try:
+                host.close()
+            except Exception:  # shutting down: close the others anyway
+                log.exception("closing %s failed", type(host).__name__)
 
 
 class LeaseKeeper(threading.Thread):
@@ -125,14 +143,15 @@ def run_claimed(rt: Runtime, task_id: str) -> Outcome:
     params = record.get("params") or {}
     episode = Episode(
         task_id=task_id, instruction=record["instruction"], kind=record["kind"], model=record.get("model") or "",
-        temperature=record.get("temperature") or 0.2, system_prompt=params.get("system_prompt"),
+        temperature=0.2 if record.get("temperature") is None else record["temperature"],
+        system_prompt=params.get("system_prompt"),
         context=params.get("context") or [], max_steps=record["max_steps"],
     )
     started_at = record.get("started_at") or now()
     deadline = time.monotonic() + started_at + record["max_duration_seconds"] - now()
 
     try:
-        policy = make_policy(record.get("agent_type"), episode)
+        policy = make_policy(record.get("agent_type"), episode, settings=rt.settings)
     except PolicyError as exc:
         return _end(store, task_id, Outcome(ExitCode.FAILED, error=str(exc)))
     except Exception as exc:  # a bug in an agent must end the task, not leave it running
@@ -164,12 +183,19 @@ def run_claimed(rt: Runtime, task_id: str) -> Outcome:
         control.close()
         if computer is not None:
             computer.close()
+        if record["kind"] == "browser":
+            rt.browsers.warm()  # the next task's context, ready before its message arrives
 
 
 def _open_computer(rt: Runtime, record: dict[str, Any]) -> Computer:
-    if record["kind"] != "browser":
+    host = rt.hosts.get(record["kind"])
+    if host is None:
         raise RuntimeError(f"this worker cannot run kind={record['kind']!r} tasks")
-    return rt.browsers.open(record["viewport_width"], record["viewport_height"])
+    width, height = record["viewport_width"], record["viewport_height"]
+    if isinstance(host, DesktopHost):  # a persistent task leaves its desktop session to the next task on the slot
+        persistent = record.get("persistent", (record.get("params") or {}).get("persistent"))
+        return host.open(width, height, persistent=bool(persistent))
+    return host.open(width, height)
 
 
 def _record_step(store: TaskStore, task_id: str, step: StepRecord, observation: Observation) -> bool:
@@ -182,13 +208,25 @@ def _record_step(store: TaskStore, task_id: str, step: StepRecord, observation: 
         "results": [{k: v for k, v in vars(r).items() if v is not None} for r in step.results],
         "thought": step.thought, "messages": step.messages, "screenshot": {"step": step.step},
     }
-    store.put_screenshot(task_id, step.step, observation.screenshot)
-    applied = store.apply(
-        task_id, allowed_from=(Status.RUNNING, Status.PAUSED), event=event,
-        fields={"steps_taken": step.step, "last_screenshot_step": step.step, "message": thought,
-                "current_url": step.url},
-    )
-    return applied.ok
+    fields: dict[str, Any] = {"steps_taken": step.step, "last_screenshot_step": step.step, "message": thought,
+                              "current_url": step.url}
+    if step.usage is not None:  # model usage: this step's in the event, the task's running sums on the record
+        event["usage"] = step.usage
+        fields.update(_add_usage(store, task_id, step.usage))
+    return store.record_step(task_id, step.step, observation.screenshot, fields, event).ok
+
+
+def _add_usage(store: TaskStore, task_id: str, step_usage: dict[str, Any]) -> dict[str, Any]:
+    """The record fields ``usage`` ({input_tokens, output_tokens, total_tokens, calls}) and ``cost_usd`` (USD, None
+    while no step had a price) after adding one step's usage. Read-modify-write is safe: one worker holds the task."""
+    raw = cast(list[bytes | None], store.redis.hmget(store.key(task_id), ["usage", "cost_usd"]))
+    total = json.loads(raw[0]) if raw[0] else {}
+    for name in ("input_tokens", "output_tokens", "total_tokens", "calls"):
+        total[name] = int(total.get(name) or 0) + int(step_usage.get(name) or 0)
+    cost = float(raw[1]) if raw[1] else None
+    if step_usage.get("cost_usd") is not None:
+        cost = round((cost or 0.0) + float(step_usage["cost_usd"]), 8)
+    return {"usage": total, "cost_usd": cost}
 
 
 def _end(store: TaskStore, task_id: str, outcome: Outcome) -> Outcome:
