@@ -27,6 +27,7 @@ def create_app(test_config: Settings | None = None) -> Flask:
     from shared.tenants import Tenants
 
     settings = test_config or load_settings()
+    _raise_open_file_limit()
     app = Flask(__name__)
     app.config["LODESTAR"] = settings
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -80,3 +81,13 @@ def create_app(test_config: Settings | None = None) -> Flask:
         return exc.response()
 
     return app
+
+
+def _raise_open_file_limit() -> None:
+    """Lift the soft limit on open files to the hard limit: every open event stream holds a client socket and a
+    Redis connection, and the usual soft limit (1024) would cap an API process near 500 streams."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

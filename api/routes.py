@@ -139,12 +139,16 @@ def _new_record(params: dict[str, Any], batch_id: str | None = None) -> dict[str
     }
 
 
+def _idempotency_slot(store: TaskStore, record: dict[str, Any]) -> str:
+    digest = hashlib.sha256(record["idempotency_key"].encode()).hexdigest()
+    return f"{store.prefix}:idempotency:{record['tenant']}:{digest}"
+
+
 def _idempotent(records: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
     """For each record with an idempotency key, the task that key already created (within the window), else None.
     Claims the keys of the new ones, all in two pipelined round trips."""
     store, window = _store(), _settings().idempotency_window
-    slots = {i: f"{store.prefix}:idempotency:{r['tenant']}:{hashlib.sha256(r['idempotency_key'].encode()).hexdigest()}"
-             for i, r in enumerate(records) if r.get("idempotency_key")}
+    slots = {i: _idempotency_slot(store, r) for i, r in enumerate(records) if r.get("idempotency_key")}
     found: list[dict[str, Any] | None] = [None] * len(records)
     if not slots:
         return found
@@ -188,6 +192,8 @@ def _submit(records: list[dict[str, Any]]) -> None:
         log.exception("enqueue of %d tasks failed", len(records))
         for r in records:
             store.finish(r["task_id"], ExitCode.FAILED, error=f"could not be queued: {exc}")
+            if r.get("idempotency_key"):  # a retry with the same key must create a task, not return this failure
+                store.redis.delete(_idempotency_slot(store, r))
         raise ApiError(503, "queue_unavailable", "the task queue is unavailable; retry later",
                        headers={"retry-after": "1"}) from None
 
@@ -429,8 +435,12 @@ def cancel_many() -> Response:
         ids = [str(i) for i in body["task_ids"]][: _settings().batch_max_items]
     elif isinstance(body.get("filter"), dict):
         f = body["filter"]
-        statuses = tuple(s for s in (f.get("status") or ["queued", "running", "paused"])
-                         if s in {"queued", "running", "paused"})
+        raw = f.get("status") or ["queued", "running", "paused"]
+        statuses = tuple(s for s in raw.split(",") if s) if isinstance(raw, str) else tuple(raw)
+        unknown = [s for s in statuses if s not in ("queued", "running", "paused")]
+        if unknown or not statuses:
+            raise ApiError(422, "invalid_request", "filter.status: only queued, running and paused tasks can be "
+                           "cancelled", fields={"filter.status": ["Must be among: queued, running, paused."]})
         flt = TaskFilter(statuses=statuses, kind=f.get("kind"), model=f.get("model"), batch_id=f.get("batch_id"),
                          metadata=tuple((str(k), str(v)) for k, v in (f.get("metadata") or {}).items()))
         ids, cursor = [], None
@@ -579,12 +589,20 @@ def task_screenshot(task_id: str, step: int) -> Response:
 @sock.route("/agent/tasks/<task_id>/ws", bp=bp)
 def task_events_ws(ws: Any, task_id: str) -> None:
     """GET /agent/tasks/{id}/ws: the same events as the SSE stream, one JSON text message each."""
-    record = _load_task(task_id)
+    try:
+        record = _load_task(task_id)
+        after = _last_event_id()
+    except ApiError as exc:
+        ws.close(reason=1008, message=exc.message[:120])  # the handshake is done: answer as a WebSocket close
+        return
     store, base_url = _store(), _base_url()
     keepalive = _settings().sse_keepalive
-    for frame in event_frames(store, record, _last_event_id(), base_url, keepalive):
-        if frame is not None:
-            ws.send(json.dumps(frame[1], separators=(",", ":")))
+    for frame in event_frames(store, record, after, base_url, keepalive):
+        if frame is None:
+            if not ws.connected:  # the client left while the task was quiet: free this thread
+                return
+            continue
+        ws.send(json.dumps(frame[1], separators=(",", ":")))
     ws.close()
 
 

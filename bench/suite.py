@@ -276,6 +276,7 @@ def bench_events(args: argparse.Namespace) -> Row:
             latencies: list[float] = []
             errors = 0
             connected = 0
+            first_error: list[str] = []
 
             async def consume(http: httpx.AsyncClient) -> None:
                 nonlocal errors, connected
@@ -290,8 +291,9 @@ def bench_events(args: argparse.Namespace) -> Row:
                                     latencies.append((time.time() - event["sent"]) * 1000)
                                 elif event["type"] == "end":
                                     return
-                except Exception:
+                except Exception as exc:
                     errors += 1
+                    first_error.append(f"{type(exc).__name__}: {exc}"[:120])
 
             async def produce() -> None:
                 while connected < streams:
@@ -314,7 +316,8 @@ def bench_events(args: argparse.Namespace) -> Row:
     expected = streams * n_events
     lost = expected - len(latencies)
     return Row("events", f"event -> SSE client, {streams} streams on one API process, {n_events} events",
-               f"p50 {p50:.1f} / p99 {p99:.1f} ms, {errors} errors, {lost} lost",
+               f"p50 {p50:.1f} / p99 {p99:.1f} ms, {errors} errors, {lost} lost"
+               + (f" (first error: {first_error[0]})" if first_error else ""),
                f"p50 {percentile(raw, 50):.2f} / p99 {r99:.2f} ms", p99 / r99 if r99 else None,
                "p99 <= 20 ms, 0 errors", p99 <= 20 and errors == 0 and lost == 0)
 

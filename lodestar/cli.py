@@ -24,8 +24,10 @@ def _api(args: argparse.Namespace) -> int:
     settings = load_settings()
     if not settings.api_keys:
         print("warning: LODESTAR_API_KEYS is empty: every request will get 401", file=sys.stderr)
-    argv = ["gunicorn", "--worker-class", "gthread", "--workers", str(args.workers),
-            "--threads", str(args.threads or settings.api_threads),
+    threads = args.threads or settings.api_threads
+    argv = ["gunicorn", "--worker-class", "gthread", "--workers", str(args.workers), "--threads", str(threads),
+            # gthread also caps open connections per process (default 1000): each stream holds one
+            "--worker-connections", str(max(1000, threads + 100)),
             "--bind", f"{args.host or settings.api_host}:{args.port or settings.api_port}",
             "--graceful-timeout", "5", "--access-logfile", "-" if args.access_log else "/dev/null",
             "api:create_app()"]
@@ -112,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["browser", "desktop"], default="browser")
     p.add_argument("--concurrency", type=int, default=int(os.environ.get("LODESTAR_WORKER_CONCURRENCY", "1")),
                    help="task slots; each browser slot is a process with its own Chromium")
-    p.add_argument("--pool", choices=["prefork", "solo", "threads"], help="Celery pool (default prefork)")
+    p.add_argument("--pool", choices=["prefork", "solo"],
+                   help="Celery pool (default prefork: one process, one browser or display, per slot)")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=_worker)
 

@@ -10,8 +10,9 @@ from urllib.parse import urlsplit
 class NetworkGuard:
     """Decides whether an agent's browser may reach a URL: http(s) only, and no private addresses unless allowed.
 
-    A host is private when any address it resolves to is loopback, private (RFC 1918, fc00::/7), link-local,
-    multicast, reserved or unspecified. ``allowed_hosts`` entries are "host" or "host:port" ("[::1]:8080" for IPv6).
+    A host is private when any address it resolves to is not globally routable (loopback, RFC 1918, fc00::/7,
+    link-local, CGNAT 100.64.0.0/10, reserved, unspecified) or multicast. ``allowed_hosts`` entries are "host"
+    or "host:port" ("[::1]:8080" for IPv6).
     Resolution results are cached per host for the life of the guard (one task).
     """
 
@@ -25,7 +26,7 @@ class NetworkGuard:
     def check(self, url: str) -> str | None:
         """Return None when ``url`` may be fetched, else the reason it may not."""
         parts = urlsplit(url)
-        if parts.scheme in ("data", "blob", "about"):
+        if parts.scheme in ("data", "blob", "about", "chrome-error"):  # local pages (chrome-error: a failed load)
             return None
         if parts.scheme not in ("http", "https", "ws", "wss"):
             return f"scheme {parts.scheme!r} is not allowed"
@@ -51,7 +52,5 @@ class NetworkGuard:
             except OSError:
                 return False  # unresolvable: the browser will fail on its own
             addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-        return any(
-            a.is_private or a.is_loopback or a.is_link_local or a.is_multicast or a.is_reserved or a.is_unspecified
-            for a in addresses
-        )
+        # not is_global: RFC 1918, loopback, link-local (cloud metadata), CGNAT 100.64/10, reserved, documentation...
+        return any(not a.is_global or a.is_multicast for a in addresses)

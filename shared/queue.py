@@ -71,17 +71,20 @@ def enqueue(app: Celery, task_id: str, kind: str, priority: str, producer: Any =
 def release_deferred(app: Celery, store: TaskStore, tenant: str) -> int:
     """Enqueue the tenant's deferred tasks that now fit under its running limit; returns how many.
 
-    Each id leaves the deferred list only after its message is sent, so a crash in between loses nothing (a
-    duplicate message is harmless: the claim lets one run).
+    The ids are popped atomically (so two releases never send the same one); any that cannot be enqueued (the
+    broker is down) go back to the front of the list for the next release.
     """
-    released = 0
-    for task_id in store.next_deferred(tenant):
+    ids = store.next_deferred(tenant)
+    for i, task_id in enumerate(ids):
         record = store.get(task_id)
-        if record is not None and record["status"] == "queued":
+        if record is None:
+            continue
+        try:
             enqueue(app, task_id, record["kind"], record.get("priority") or "normal")
-            released += 1
-        store.drop_deferred(tenant, task_id)
-    return released
+        except Exception:
+            store.return_deferred(tenant, ids[i:])
+            raise
+    return len(ids)
 
 
 def task_ended(app: Celery, store: TaskStore, task_id: str, tenant: str | None) -> None:

@@ -31,7 +31,7 @@ OFFLINE_AGENTS = ("scripted", "heuristic")
 KINDS = ("browser", "desktop")
 
 IGNORED_PARAMS = ("computer_id", "on_missing_computer", "keep_alive", "terminate_on_completion", "harness_version",
-                  "stream_deltas", "agent_icon", "environment_id")
+                  "stream_deltas", "agent_icon", "environment_id", "thread_id")
 """Start parameters accepted for SDK compatibility that have no effect yet (stated in the OpenAPI description).
 ``persistent`` / ``save_session`` keep a desktop task's session for the next task on its slot; browser contexts
 are never kept."""

@@ -38,6 +38,9 @@ class Settings:
     # --- Redis and queues -------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
     """Redis used for the Celery broker, task records, control channels and event logs."""
+    redis_max_connections: int = 2048
+    """Redis connections one process may open (a blocking pool: past it, callers wait). Each open event stream
+    (SSE/WebSocket) holds one for its blocking read, so keep it above ``api_threads``."""
     key_prefix: str = "lodestar"
     """Prefix of every Redis key Lodestar writes, so several deployments can share a server."""
     visibility_timeout: int = 7200
@@ -72,7 +75,8 @@ class Settings:
     max_steps_limit: int = 1000
     default_max_duration: int = 1800
     """Seconds of wall-clock time a task may run when the request does not say."""
-    max_duration_limit: int = 6 * 3600
+    max_duration_limit: int = 7000
+    """Longest ``max_duration_seconds`` a task may ask for; keep it below ``visibility_timeout``."""
     max_instruction_chars: int = 20_000
     max_system_prompt_chars: int = 20_000
     max_context_turns: int = 100

@@ -144,13 +144,27 @@ return {outcome, cur, attempts}
 """
 
 _NEXT_DEFERRED = _LUA_COMMON + """
--- ARGV: key prefix, tenant, default max running; returns up to (free slots) deferred task ids, oldest first
+-- ARGV: key prefix, tenant, default max running
+-- pops up to (free slots) deferred ids that are still queued, oldest first; ids no longer queued are dropped
 local limit = running_limit(ARGV[1], ARGV[2], ARGV[3])
 local deferred = ARGV[1] .. ':t:' .. ARGV[2] .. ':deferred'
 local free = redis.call('LLEN', deferred)
 if limit > 0 then free = math.min(free, limit - running_count(ARGV[1], ARGV[2])) end
-if free <= 0 then return {} end
-return redis.call('LRANGE', deferred, 0, free - 1)
+local out = {}
+while free > 0 do
+  local id = redis.call('LPOP', deferred)
+  if not id then break end
+  if redis.call('HGET', ARGV[1] .. ':task:' .. id, 'status') == 'queued' then
+    table.insert(out, id)
+    free = free - 1
+  end
+end
+return out
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 _RENEW = """
@@ -280,11 +294,15 @@ class TaskStore:
         self._claim = client.register_script(_CLAIM)
         self._next_deferred = client.register_script(_NEXT_DEFERRED)
         self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TaskStore:
-        """A store on ``settings.redis_url`` with its own connection pool."""
-        return cls(redis.Redis.from_url(settings.redis_url, health_check_interval=30), settings)
+        """A store on ``settings.redis_url`` with its own blocking connection pool of
+        ``settings.redis_max_connections`` (redis-py's default pool fails past 100 connections)."""
+        pool = redis.BlockingConnectionPool.from_url(settings.redis_url, max_connections=settings.redis_max_connections,
+                                                     timeout=30, health_check_interval=30)
+        return cls(redis.Redis(connection_pool=pool), settings)
 
     # -- keys --------------------------------------------------------------------------------------------------------
     def key(self, task_id: str, part: str = "") -> str:
@@ -354,7 +372,7 @@ class TaskStore:
         after = _decode_cursor(cursor) if cursor else None
         drivers = filters.driver_indexes(self, tenant)
         high = filters.created_before if filters.created_before is not None else float("inf")
-        low = filters.created_after if filters.created_after is not None else float("-inf")
+        low = filters.created_after if filters.created_after is not None else float("-inf")  # exclusive (below)
         streams = [self._walk(index, high, low, after) for index in drivers]
         merged = heapq.merge(*streams, key=lambda e: (-e[0], _neg(e[1])))
         page: list[dict[str, Any]] = []
@@ -385,7 +403,7 @@ class TaskStore:
         offset = 0
         while True:
             rows = cast(list[tuple[bytes, float]], self.redis.zrevrangebyscore(
-                index, top if top != float("inf") else "+inf", low if low != float("-inf") else "-inf",
+                index, top if top != float("inf") else "+inf", f"({low!r}" if low != float("-inf") else "-inf",
                 start=offset, num=200, withscores=True))
             if not rows:
                 return
@@ -425,13 +443,16 @@ class TaskStore:
         return int(cast(int, self.redis.zcard(self.index(tenant, "status", str(status)))))
 
     def next_deferred(self, tenant: str) -> list[str]:
-        """Deferred task ids of ``tenant`` that now fit under its running limit (oldest first); the caller
-        enqueues each and then calls :meth:`drop_deferred`, so a crash in between loses nothing."""
+        """Pop the deferred task ids of ``tenant`` that now fit under its running limit and are still queued
+        (oldest first; cancelled ones are dropped). The caller enqueues each and gives back, with
+        :meth:`return_deferred`, any it could not enqueue."""
         ids = self._next_deferred(args=[self.prefix, tenant, self.settings.default_max_running])
         return [i.decode() for i in ids]
 
-    def drop_deferred(self, tenant: str, task_id: str) -> None:
-        self.redis.lrem(self.index(tenant, "deferred"), 1, task_id)
+    def return_deferred(self, tenant: str, task_ids: list[str]) -> None:
+        """Put ids back at the front of the tenant's deferred list, in their order."""
+        if task_ids:
+            self.redis.lpush(self.index(tenant, "deferred"), *reversed(task_ids))
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         """The typed task record, or None when no such task exists (or it expired)."""
@@ -586,5 +607,5 @@ class TaskStore:
         return bool(self._renew(keys=[self.key(task_id, "lease")], args=[worker_id, self.settings.lease_ttl * 1000]))
 
     def release_lease(self, task_id: str, worker_id: str) -> None:
-        if self.redis.get(self.key(task_id, "lease")) == worker_id.encode():
-            self.redis.delete(self.key(task_id, "lease"))
+        """Delete the lease if ``worker_id`` still holds it (compare-and-delete, one script)."""
+        self._release(keys=[self.key(task_id, "lease")], args=[worker_id])

@@ -109,6 +109,11 @@ def site() -> Iterator[Site]:
                 self.send_response(204)
                 self.end_headers()
                 return
+            if self.path.startswith("/__redirect"):  # /__redirect?to=<url>: a 302 to anywhere
+                self.send_response(302)
+                self.send_header("Location", urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)["to"][0])
+                self.end_headers()
+                return
             super().do_GET()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(PAGES)))

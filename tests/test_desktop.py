@@ -284,7 +284,8 @@ def test_every_key_in_the_table_can_be_pressed_on_the_display(host: Any) -> None
             computer.key(chord)
         observation = computer.observe()
         assert observation.accessibility is None and image_size(observation.screenshot) == (640, 480)
-        assert observation.title  # the focused xterm's title
+        # the focused xterm's title (focus may settle a moment after the window maps)
+        eventually(lambda: computer.observe().title, 5, "the focused window's title")
         with pytest.raises(ActionError, match="needs an accessibility tree"):
             computer.locate(Target("text", "OK"))
     finally:
@@ -333,3 +334,21 @@ def test_the_display_restarts_for_a_new_size_and_after_xvfb_dies(host: Any) -> N
         assert (computer.width, computer.height) == (800, 600)
     finally:
         computer.close()
+
+
+def test_a_persistent_session_never_reaches_another_tenant(host: Any, tmp_path: Path) -> None:
+    from worker.desktop import session_pids
+
+    # Given tenant A's persistent session with a process still running in it
+    first = host.open(640, 480, persistent=True, owner="t_a")
+    home, token = first.session.home, first.session.token
+    first.close()
+    assert home.exists() and session_pids(token)
+    # When tenant B's task is next on the slot
+    second = host.open(640, 480, owner="t_b")
+    try:
+        # Then B gets a fresh session: A's HOME is gone and A's processes were stopped
+        assert second.session.home != home and second.session.owner == "t_b"
+        assert not home.exists() and session_pids(token) == []
+    finally:
+        second.close()

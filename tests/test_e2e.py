@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import time
+import urllib.parse
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ import requests
 import tzafon
 from PIL import Image
 
-from tests.conftest import LiveStack, Site
+from tests.conftest import LiveStack, Receiver, Site
 
 pytestmark = [pytest.mark.redis, pytest.mark.browser, pytest.mark.worker]
 
@@ -175,6 +177,17 @@ def test_browser_cannot_reach_private_addresses_not_allowed(live: LiveStack) -> 
     assert task["status"] == "failed" and "private address" in task["error"], task
 
 
+def test_a_redirect_to_a_private_address_is_refused_before_it_is_seen(live: LiveStack, site: Site,
+                                                                     receiver: Receiver) -> None:
+    # Given an allowed page that redirects to a loopback server the browser may not reach
+    target = urllib.parse.quote(f"{receiver.url}/internal-admin", safe="")
+    resp = live.http().post(f"{live.base_url}/agent/tasks", json={
+        "agent_type": "scripted", "instruction": f"goto {site.url('__redirect')}?to={target}\ndone"})
+    task = live.wait_ended(resp.json()["task_id"])
+    # Then the landing page is refused and the task fails naming it
+    assert task["status"] == "failed" and "refused" in task["error"] and "internal-admin" in task["error"], task
+
+
 def test_events_replay_from_last_event_id(live: LiveStack) -> None:
     resp = live.http().post(f"{live.base_url}/agent/tasks",
                             json={"agent_type": "scripted", "instruction": waits(3, 0.05) + '\ndone "x"'})
@@ -207,3 +220,38 @@ def test_idempotency_key_returns_the_existing_task(live: LiveStack) -> None:
     assert first["reused"] is False and again["reused"] is True and again["task_id"] == first["task_id"]
     other_tenant = live.http(live.other_key).post(f"{live.base_url}/agent/tasks", json=body).json()
     assert other_tenant["task_id"] != first["task_id"]
+
+
+def test_websocket_streams_the_same_events_until_the_end(live: LiveStack) -> None:
+    import simple_websocket
+
+    resp = live.http().post(f"{live.base_url}/agent/tasks",
+                            json={"agent_type": "scripted", "instruction": 'wait 0.1\ndone "ws"'})
+    task_id = resp.json()["task_id"]
+    ws_url = live.base_url.replace("http://", "ws://") + f"/agent/tasks/{task_id}/ws"
+    ws = simple_websocket.Client.connect(ws_url, headers={"Authorization": f"Bearer {live.key}"})
+    events = []
+    try:
+        while True:
+            message = ws.receive(timeout=30)
+            assert message is not None, events
+            events.append(json.loads(message))
+            if events[-1]["type"] == "end":
+                break
+    finally:
+        with contextlib.suppress(simple_websocket.ConnectionClosed):
+            ws.close()
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["status"] == "completed" and events[-1]["result"] == "ws"
+    def path_only(e: dict[str, Any]) -> dict[str, Any]:  # screenshot URLs use the client's Host header
+        return {k: urllib.parse.urlsplit(v).path if k == "screenshot_url" else v for k, v in e.items()}
+
+    assert [path_only(e) for e in events] == [path_only(e) for e in events_of(live, task_id)]
+    # another tenant's task: the socket is closed with a policy-violation code, nothing is streamed
+    other = simple_websocket.Client.connect(ws_url, headers={"Authorization": f"Bearer {live.other_key}"})
+    with pytest.raises(simple_websocket.ConnectionClosed) as closed:
+        other.receive(timeout=10)
+    assert closed.value.reason == 1008
+    with pytest.raises(simple_websocket.ConnectionError) as refused:  # no key: 401 before the upgrade
+        simple_websocket.Client.connect(ws_url)
+    assert refused.value.status_code == 401

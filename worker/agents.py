@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -190,17 +191,19 @@ class ScriptedPolicy:
 
     It asks for the page's ARIA snapshot only when the next line is an ``expect`` (the snapshot costs ~16 ms).
     ``expect "<text>"`` looks for the text (case- and whitespace-insensitive) in the page's ARIA snapshot and title;
-    if absent it waits ``expect_poll`` seconds and looks again, up to ``expect_timeout`` seconds (each look is a
-    step), then fails the task naming the line. A step whose action fails (an element not found, a navigation
+    if absent it waits and looks again (``expect_poll`` seconds at first, growing by half each time up to 1 s; each
+    look is a step: about 14 for the default 10 s), up to ``expect_timeout`` seconds, then fails the task naming
+    the line. A step whose action fails (an element not found, a navigation
     refused) fails the task with the line and the error. A script that runs out without ``done`` completes with no
     result.
     """
 
-    def __init__(self, script: str, expect_timeout: float = 3.0, expect_poll: float = 0.2):
+    def __init__(self, script: str, expect_timeout: float = 10.0, expect_poll: float = 0.2):
         self.steps = parse_script(script)
         self._next = 0
         self._expect_polls = 0
-        self._max_polls = max(1, int(expect_timeout / expect_poll))
+        self._expect_since = 0.0
+        self._expect_timeout = expect_timeout
         self._poll = expect_poll
 
     @property
@@ -219,11 +222,14 @@ class ScriptedPolicy:
             wanted = action.text or ""
             page_text = _normalize_text(f"{observation.title}\n{observation.accessibility or ''}")
             if _normalize_text(wanted) not in page_text:
-                self._expect_polls += 1
-                if self._expect_polls > self._max_polls:
+                if self._expect_polls == 0:
+                    self._expect_since = time.monotonic()
+                elif time.monotonic() - self._expect_since >= self._expect_timeout:
                     reason = f'line {number}: expected text "{wanted}" is not on the page'
                     return Decision([Action("fail", text=reason)])
-                return Decision([Action("wait", seconds=self._poll)], thought=f'line {number}: waiting for "{wanted}"')
+                pause = min(1.0, self._poll * 1.5 ** self._expect_polls)
+                self._expect_polls += 1
+                return Decision([Action("wait", seconds=pause)], thought=f'line {number}: waiting for "{wanted}"')
             self._expect_polls = 0
             self._next += 1
             return Decision([Action("wait", seconds=0)], thought=f'line {number}: found "{wanted}"')

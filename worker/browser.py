@@ -155,7 +155,11 @@ class BrowserComputer:
 
     def observe(self, accessibility: bool = True) -> Observation:
         """Screenshot and URL of the current page; with ``accessibility``, also its title and ARIA snapshot (each a
-        further round trip to the browser, so a policy that needs neither does not pay for them)."""
+        further round trip to the browser, so a policy that needs neither does not pay for them).
+
+        Raises ``ActionError`` (the task fails) when the page is on an address the network guard refuses.
+        """
+        self._check_landing()
         aria = None
         title = ""
         if accessibility:
@@ -208,6 +212,16 @@ class BrowserComputer:
         if reason:
             raise ActionError(f"navigation to {url} refused: {reason}")
         self._page.goto(url, wait_until="domcontentloaded", timeout=max(self._timeout_ms, 30_000))
+        self._check_landing()
+
+    def _check_landing(self) -> None:
+        """Refuse a page the main frame reached by a redirect or a script (route() sees only the first URL of a
+        redirect chain): leave it for about:blank before anything of it is captured. Raises ``ActionError``."""
+        reason = self._guard.check(self._page.url)
+        if reason:
+            landed = self._page.url
+            self._page.goto("about:blank")
+            raise ActionError(f"the page went to {landed}, which is refused: {reason}")
 
     # -- grounding targets ----------------------------------------------------------------------------------------
     def _candidates(self, target: Target, exact: bool) -> list[Locator]:

@@ -288,6 +288,8 @@ class DesktopSession:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     persistent: bool = False
     url: str = ""
+    owner: str = ""
+    """The tenant whose task started the session: a persistent session is only ever handed to the same tenant."""
 
 
 class DesktopHost:
@@ -666,9 +668,10 @@ class DesktopHost:
         if self._session is session:
             self._session = None
 
-    def open(self, width: int, height: int, persistent: bool = False) -> DesktopComputer:
+    def open(self, width: int, height: int, persistent: bool = False, owner: str = "") -> DesktopComputer:
         """A ``Computer`` on this host's display at ``width`` x ``height`` pixels, in a fresh session (or the one a
-        persistent task left, if the size matches).
+        persistent task of the same ``owner`` (tenant) left, if the size matches; another tenant's persistent
+        session is reset first: its windows, processes and HOME never reach another tenant).
 
         ``persistent``: when this task ends, keep its session (windows, processes, HOME) for the next task here.
 
@@ -681,12 +684,16 @@ class DesktopHost:
         try:
             d = self._ensure_display(width, height)
             session = self._session
+            if session is not None and session.owner != owner:
+                self._end_session(session)
+                session = None
             if session is not None and session.display != d.number:
                 session = None
             if session is not None:
                 log.info("reusing the persistent desktop session on %s", d.name)
             else:
                 session = self._session = self._new_session(d)
+                session.owner = owner
             session.persistent = persistent
             return DesktopComputer(self, session, self.settings)
         except BaseException:

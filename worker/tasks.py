@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from celery.signals import worker_process_shutdown
+from redis.exceptions import RedisError
 
 from shared import webhooks
 from shared.control import ControlChannel
@@ -108,8 +109,21 @@ class LeaseKeeper(threading.Thread):
 
 @app.task(name=RUN_TASK, bind=True, max_retries=None, acks_late=True)
 def run_task(self: Any, task_id: str) -> str:
-    """Claim and run one agent task to its end. Returns the claim outcome (for Flower)."""
+    """Claim and run one agent task to its end. Returns the claim outcome (for Flower).
+
+    A Redis error anywhere on the way (a failover, a dropped connection) retries the message after ``lease_ttl``
+    instead of acknowledging it, so no task is left queued or running with nobody to finish it; the claim's
+    attempt limit bounds the retries of a task that was already running.
+    """
     rt = runtime()
+    try:
+        return _claim_and_run(self, rt, task_id)
+    except RedisError as exc:
+        log.warning("Redis failed while running %s (%s); retrying in %s s", task_id, exc, rt.settings.lease_ttl)
+        raise self.retry(countdown=rt.settings.lease_ttl, max_retries=50, exc=exc) from exc
+
+
+def _claim_and_run(self: Any, rt: Runtime, task_id: str) -> str:
     outcome, status, attempts = rt.store.claim(task_id, rt.worker_id)
     if outcome in ("ended", "missing"):
         log.info("task %s is %s; nothing to do", task_id, status or "missing")
@@ -193,8 +207,7 @@ def _open_computer(rt: Runtime, record: dict[str, Any]) -> Computer:
         raise RuntimeError(f"this worker cannot run kind={record['kind']!r} tasks")
     width, height = record["viewport_width"], record["viewport_height"]
     if isinstance(host, DesktopHost):  # a persistent task leaves its desktop session to the next task on the slot
-        persistent = record.get("persistent", (record.get("params") or {}).get("persistent"))
-        return host.open(width, height, persistent=bool(persistent))
+        return host.open(width, height, persistent=bool(record.get("persistent")), owner=record.get("tenant") or "")
     return host.open(width, height)
 
 
