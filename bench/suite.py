@@ -182,6 +182,24 @@ def _raw_listener(url: str, channel: str, ready: Any, out: Any, n: int) -> None:
     out.put(latencies)
 
 
+def raw_pubsub_latencies(url: str, n: int, interval: float) -> list[float]:
+    """The baseline: ``n`` raw Redis PUBLISHes, ``interval`` s apart, to a subscriber in another process;
+    returns each message's latency in ms."""
+    ctx = mp.get_context("spawn")
+    ready, out = ctx.Event(), ctx.Queue()
+    proc = ctx.Process(target=_raw_listener, args=(url, "raw", ready, out, n))
+    proc.start()
+    ready.wait(30)
+    client = redis.Redis.from_url(url)
+    time.sleep(0.2)
+    for _ in range(n):
+        client.publish("raw", repr(time.time()))
+        time.sleep(interval)
+    latencies: list[float] = out.get(timeout=60)
+    proc.join()
+    return latencies
+
+
 def bench_control(args: argparse.Namespace) -> Row:
     from shared import control
     from shared.store import TaskStore, new_task_id, now
@@ -189,18 +207,7 @@ def bench_control(args: argparse.Namespace) -> Row:
     n = args.messages
     ctx = mp.get_context("spawn")
     with bench_redis() as url:
-        # baseline: raw pub/sub between two processes
-        ready, out = ctx.Event(), ctx.Queue()
-        proc = ctx.Process(target=_raw_listener, args=(url, "raw", ready, out, n))
-        proc.start()
-        ready.wait(30)
-        client = redis.Redis.from_url(url)
-        time.sleep(0.2)
-        for _ in range(n):
-            client.publish("raw", repr(time.time()))
-            time.sleep(0.002)
-        raw = out.get(timeout=60)
-        proc.join()
+        raw = raw_pubsub_latencies(url, n, interval=0.002)
         # Lodestar: send_message (state + notice in one Lua call) -> ControlChannel.poll in another process
         store = TaskStore.from_settings(load_settings(redis_url=url))
         task_id = new_task_id()
@@ -253,19 +260,8 @@ def bench_events(args: argparse.Namespace) -> Row:
     from shared.store import TaskStore, new_task_id, now
 
     streams, n_events = args.streams, args.events
-    ctx = mp.get_context("spawn")
     with bench_redis() as url:
-        ready, out = ctx.Event(), ctx.Queue()
-        proc = ctx.Process(target=_raw_listener, args=(url, "raw", ready, out, n_events))
-        proc.start()
-        ready.wait(30)
-        client = redis.Redis.from_url(url)
-        time.sleep(0.2)
-        for _ in range(n_events):
-            client.publish("raw", repr(time.time()))
-            time.sleep(0.02)
-        raw = out.get(timeout=60)
-        proc.join()
+        raw = raw_pubsub_latencies(url, n_events, interval=0.02)
         with bench_stack(url, workers=False, extra={"LODESTAR_API_THREADS": str(streams + 50)}) as base:
             store = TaskStore.from_settings(load_settings(redis_url=url))
             task_id = new_task_id()

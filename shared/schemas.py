@@ -206,7 +206,7 @@ def task_json(record: dict[str, Any], base_url: str = "") -> dict[str, Any]:
     """The public JSON of a task record (shape: :class:`TaskSchema`); screenshot URLs start with ``base_url``."""
     steps = record.get("steps_taken") or 0
     ended = record["status"] in TERMINAL
-    shot = record.get("last_screenshot_step")
+    shot = steps or None  # every step stores the screenshot it acted on
     return {
         "task_id": record["task_id"], "status": record["status"], "exit_code": record.get("exit_code"),
         "kind": record.get("kind"), "model": record.get("model"), "agent_type": record.get("agent_type"),

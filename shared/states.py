@@ -22,7 +22,6 @@ class Status(StrEnum):
 
 
 TERMINAL: frozenset[Status] = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT})
-ACTIVE: frozenset[Status] = frozenset({Status.QUEUED, Status.RUNNING, Status.PAUSED})
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.QUEUED: frozenset({Status.RUNNING, Status.CANCELLED, Status.FAILED}),
@@ -40,11 +39,6 @@ the task, and cancel and the time limit apply while paused."""
 def sources(to: Status) -> frozenset[Status]:
     """The statuses a task may move to ``to`` from."""
     return frozenset(s for s, targets in TRANSITIONS.items() if to in targets)
-
-
-def can_transition(frm: Status | str, to: Status | str) -> bool:
-    """True when the table allows ``frm`` -> ``to``."""
-    return Status(to) in TRANSITIONS[Status(frm)]
 
 
 class ExitCode(IntEnum):

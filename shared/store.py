@@ -37,11 +37,11 @@ from shared.states import EXIT_STATUS, ExitCode, Status, sources
 
 INT_FIELDS = frozenset({
     "exit_code", "max_steps", "steps_taken", "viewport_width", "viewport_height", "max_duration_seconds",
-    "attempts", "event_seq", "messages_delivered", "last_screenshot_step",
+    "attempts", "event_seq", "messages_delivered",
 })
 FLOAT_FIELDS = frozenset({"created_at", "started_at", "finished_at", "temperature", "cost_usd"})
 JSON_FIELDS = frozenset({"params", "metadata", "context", "usage"})
-BOOL_FIELDS = frozenset({"cancel_requested", "persistent"})
+BOOL_FIELDS = frozenset({"persistent"})
 
 _LUA_COMMON = """
 local function move_status(task_key, prefix, from, to)

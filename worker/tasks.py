@@ -221,7 +221,7 @@ def _record_step(store: TaskStore, task_id: str, step: StepRecord, observation: 
         "results": [{k: v for k, v in vars(r).items() if v is not None} for r in step.results],
         "thought": step.thought, "messages": step.messages, "screenshot": {"step": step.step},
     }
-    fields: dict[str, Any] = {"steps_taken": step.step, "last_screenshot_step": step.step, "message": thought,
+    fields: dict[str, Any] = {"steps_taken": step.step, "message": thought,
                               "current_url": step.url}
     if step.usage is not None:  # model usage: this step's in the event, the task's running sums on the record
         event["usage"] = step.usage
