@@ -1,7 +1,8 @@
 """The Lodestar HTTP API: a Flask app factory serving the Lightcone-compatible Agent Tasks API.
 
 ``create_app()`` reads settings from ``LODESTAR_*`` variables; tests pass ``test_config`` (a ``Settings``) instead.
-Serve it with gunicorn's gthread workers (``lodestar api``): each SSE/WebSocket stream holds one thread.
+Serve it with gunicorn's gevent workers (``lodestar api``): each request and SSE/WebSocket stream is a greenlet,
+and one reader per process fans task events out to the streams (``api/fanout.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from flask import Flask, Response, g, jsonify, request
 from flask_limiter import Limiter
 from werkzeug.exceptions import HTTPException
 
-from shared.queue import make_celery
+from shared.queue import RunTaskMessages, make_celery
 from shared.schemas import make_start_schema
 from shared.settings import Settings, load_settings
 from shared.store import TaskStore
@@ -22,8 +23,8 @@ from shared.store import TaskStore
 def create_app(test_config: Settings | None = None) -> Flask:
     """Build the API app. ``test_config`` replaces the environment's settings (tests, embedding)."""
     from api import openapi
+    from api.fanout import EndWatcher, EventHub
     from api.routes import ApiError, authenticate, bp, sock
-    from api.waits import EndWatcher
     from shared.tenants import Tenants
 
     settings = test_config or load_settings()
@@ -33,12 +34,14 @@ def create_app(test_config: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = TaskStore.from_settings(settings)
     app.extensions["lodestar.store"] = store
-    app.extensions["lodestar.celery"] = make_celery(settings)
+    app.extensions["lodestar.celery"] = celery = make_celery(settings)
+    app.extensions["lodestar.messages"] = RunTaskMessages(celery)
     app.extensions["lodestar.start_schema"] = make_start_schema(settings)
 
     tenants = Tenants(store)
     app.extensions["lodestar.tenants"] = tenants
     app.extensions["lodestar.waits"] = EndWatcher(store.redis, f"{store.prefix}:ended")
+    app.extensions["lodestar.events"] = EventHub(store)
 
     app.before_request(authenticate)  # before the limiter, which keys on the tenant
     limiter = Limiter(

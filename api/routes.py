@@ -7,10 +7,11 @@ Contract: ``../shared/API.md``. Errors are ``{"error": {"type", "message", "fiel
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
-import uuid
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, cast
@@ -21,13 +22,13 @@ from flask_sock import Sock
 from marshmallow import ValidationError
 from redis.exceptions import RedisError
 
-from api.waits import EndWatcher
+from api.fanout import Delivery, EndWatcher, EventHub
 from shared import control, webhooks
-from shared.queue import enqueue, task_ended
+from shared.queue import RunTaskMessages, task_ended
 from shared.schemas import MessageSchema, task_json
 from shared.settings import Settings
-from shared.states import TERMINAL, ExitCode, Status
-from shared.store import ApplyResult, TaskFilter, TaskStore, new_task_id, now
+from shared.states import TERMINAL, Status
+from shared.store import ApplyResult, TaskFilter, TaskStore, new_id, new_task_id, now
 from shared.tenants import Tenants
 
 log = logging.getLogger(__name__)
@@ -173,29 +174,40 @@ def _check_room(new: int) -> None:
                        headers={"retry-after": "5"})
 
 
-def _submit(records: list[dict[str, Any]]) -> None:
-    """Store and enqueue new tasks: records and indexes in one pipeline, Celery messages in one batch."""
-    store, celery = _store(), _celery()
-    pipe = store.redis.pipeline(transaction=False)
-    for r in records:
-        store.create(r, pipe)
-    pipe.execute()
-    try:
-        with celery.producer_or_acquire() as producer:
-            if len(records) == 1:  # one message: a publish batch would only add its own round trip
-                enqueue(celery, records[0]["task_id"], records[0]["kind"], records[0]["priority"], producer=producer)
-            else:
-                with producer.batch(max_size=1000):
-                    for r in records:
-                        enqueue(celery, r["task_id"], r["kind"], r["priority"], producer=producer)
-    except Exception as exc:  # the broker refused: the tasks were never queued, so none may linger as "queued"
-        log.exception("enqueue of %d tasks failed", len(records))
-        for r in records:
-            store.finish(r["task_id"], ExitCode.FAILED, error=f"could not be queued: {exc}")
-            if r.get("idempotency_key"):  # a retry with the same key must create a task, not return this failure
-                store.redis.delete(_idempotency_slot(store, r))
-        raise ApiError(503, "queue_unavailable", "the task queue is unavailable; retry later",
-                       headers={"retry-after": "1"}) from None
+def _submit(records: list[dict[str, Any]]) -> int:
+    """Store and enqueue new tasks; returns how many were (a prefix of ``records``).
+
+    Each chunk of 1000 records, their index entries and their Celery messages go in one MULTI/EXEC, so a task
+    is either stored and queued or neither (the messages are built by ``RunTaskMessages``, not one
+    ``send_task`` each). When Redis fails midway, the chunks already written stay accepted, the rest are not
+    stored and their idempotency keys are released; the caller reports them.
+    """
+    store = _store()
+    messages = cast(RunTaskMessages, current_app.extensions["lodestar.messages"])
+    done = 0
+    for start in range(0, len(records), 1000):
+        chunk = records[start:start + 1000]
+        try:
+            pipe = store.redis.pipeline(transaction=True)
+            for r in chunk:
+                store.create(r, pipe)
+                pipe.lpush(*messages.message(r["task_id"], r["kind"], r["priority"]))
+            pipe.execute()
+        except Exception:
+            log.exception("storing and queueing %d tasks failed", len(records) - done)
+            slots = [_idempotency_slot(store, r) for r in records[done:] if r.get("idempotency_key")]
+            with contextlib.suppress(RedisError):  # a retry with the same key must create the task
+                if slots:
+                    store.redis.delete(*slots)
+            return done
+        done += len(chunk)
+        time.sleep(0)  # a big batch lets the other requests of this process run between chunks (gevent)
+    return done
+
+
+def _unavailable() -> ApiError:
+    return ApiError(503, "queue_unavailable", "the task store and queue (Redis) is unavailable; retry later",
+                    headers={"retry-after": "1"})
 
 
 def _start() -> tuple[dict[str, Any], bool]:
@@ -209,7 +221,8 @@ def _start() -> tuple[dict[str, Any], bool]:
     if existing is not None:
         return existing, True
     _check_room(1)
-    _submit([record])
+    if not _submit([record]):
+        raise _unavailable()
     return record, False
 
 
@@ -256,7 +269,7 @@ def start_batch() -> tuple[Response, int]:
     if len(items) > limit:
         raise ApiError(413, "batch_too_large", f"at most {limit} tasks per batch, got {len(items)}")
     schema = current_app.extensions["lodestar.start_schema"]
-    batch_id = "batch_" + uuid.uuid4().hex
+    batch_id = new_id("batch")
     results: list[dict[str, Any]] = [{} for _ in items]
     errors: list[dict[str, Any]] = []
     records: list[tuple[int, dict[str, Any]]] = []
@@ -276,10 +289,16 @@ def start_batch() -> tuple[Response, int]:
         if e is not None:
             results[i] = {"index": i, "task_id": e["task_id"], "status": e["status"], "reused": True}
     _check_room(len(fresh))
-    if fresh:
-        _submit([r for _, r in fresh])
-    for i, r in fresh:
-        results[i] = {"index": i, "task_id": r["task_id"], "status": r["status"]}
+    stored = _submit([r for _, r in fresh]) if fresh else 0
+    for n, (i, r) in enumerate(fresh):
+        if n < stored:
+            results[i] = {"index": i, "task_id": r["task_id"], "status": r["status"]}
+        else:
+            errors.append({"index": i, "error": {"type": "queue_unavailable",
+                                                 "message": "not stored: Redis failed during the batch; resubmit"}})
+    if fresh and not stored and not any(results):
+        raise _unavailable()
+    errors.sort(key=lambda e: e["index"])
     accepted = [r for r in results if r]
     body = {"batch_id": batch_id, "accepted": len(accepted), "rejected": len(errors), "tasks": accepted,
             "errors": errors}
@@ -523,39 +542,33 @@ def _render_event(store: TaskStore, record: dict[str, Any], seq: int, event: dic
     return event
 
 
-def event_frames(store: TaskStore, record: dict[str, Any], after: int, base_url: str, keepalive: float,
-                 ) -> Iterator[tuple[int, dict[str, Any]] | None]:
-    """Yield ``(seq, rendered event)`` from seq ``after`` + 1 until the ``end`` event, or None on an idle
-    ``keepalive`` interval. Reads the task's Redis Stream with XREAD BLOCK, so any API replica can serve it."""
-    task_id = record["task_id"]
-    while True:
-        batch = store.read_events(task_id, after, block_ms=int(keepalive * 1000))
-        if not batch:
-            current = store.get(task_id)
-            if current is None or (current["status"] in TERMINAL and current.get("event_seq", 0) <= after):
-                return
-            yield None
-            continue
-        for seq, event in batch:
-            after = seq
-            yield seq, _render_event(store, record, seq, event, base_url)
-            if event.get("type") == "end":
-                return
+def _event_hub() -> EventHub:
+    return cast(EventHub, current_app.extensions["lodestar.events"])
+
+
+def _event_json(store: TaskStore, record: dict[str, Any], delivery: Delivery, base_url: str) -> bytes:
+    """The event as the clients see it (compact JSON), rendered once per API process and base URL."""
+    return delivery.rendered(base_url, lambda: json.dumps(
+        _render_event(store, record, delivery.seq, delivery.event, base_url), separators=(",", ":")).encode())
+
+
+def _sse_frame(store: TaskStore, record: dict[str, Any], delivery: Delivery, base_url: str) -> bytes:
+    """The event as one SSE frame (``id:`` and ``data:`` lines), rendered once per API process and base URL."""
+    return delivery.rendered("sse " + base_url, lambda: b"id: %d\ndata: %s\n\n" % (
+        delivery.seq, _event_json(store, record, delivery, base_url)))
 
 
 def _sse(record: dict[str, Any], after: int) -> Response:
-    store, base_url = _store(), _base_url()
+    store, base_url, hub = _store(), _base_url(), _event_hub()
     keepalive = current_app.config["LODESTAR"].sse_keepalive
 
-    def generate() -> Iterator[str]:
-        yield ": stream of task events\n\n"
-        for frame in event_frames(store, record, after, base_url, keepalive):
-            if frame is None:
-                yield ": keepalive\n\n"
-            else:
-                yield f"id: {frame[0]}\ndata: {json.dumps(frame[1], separators=(',', ':'))}\n\n"
+    def generate() -> Iterator[bytes]:
+        yield b": stream of task events\n\n"
+        for delivery in hub.frames(record["task_id"], after, keepalive):
+            yield b": keepalive\n\n" if delivery is None else _sse_frame(store, record, delivery, base_url)
 
-    return Response(generate(), mimetype="text/event-stream",
+    # direct_passthrough: the frames are bytes already, so werkzeug hands the generator to the server as it is
+    return Response(generate(), mimetype="text/event-stream", direct_passthrough=True,
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -596,13 +609,12 @@ def task_events_ws(ws: Any, task_id: str) -> None:
         ws.close(reason=1008, message=exc.message[:120])  # the handshake is done: answer as a WebSocket close
         return
     store, base_url = _store(), _base_url()
-    keepalive = _settings().sse_keepalive
-    for frame in event_frames(store, record, after, base_url, keepalive):
-        if frame is None:
+    for delivery in _event_hub().frames(task_id, after, _settings().sse_keepalive):
+        if delivery is None:
             if not ws.connected:  # the client left while the task was quiet: free this thread
                 return
             continue
-        ws.send(json.dumps(frame[1], separators=(",", ":")))
+        ws.send(_event_json(store, record, delivery, base_url).decode())
     ws.close()
 
 

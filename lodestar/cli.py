@@ -1,7 +1,7 @@
 """``lodestar``: the one command for people. ``lodestar --help`` lists the subcommands.
 
 - ``lodestar up``       the whole stack locally (embedded Redis unless LODESTAR_REDIS_URL is set)
-- ``lodestar api``      the HTTP API under gunicorn (gthread)
+- ``lodestar api``      the HTTP API under gunicorn (gevent)
 - ``lodestar worker``   a Celery worker for one kind of task
 - ``lodestar flower``   Flower, Celery's monitoring UI, on the same broker
 - ``lodestar submit``   submit a file of tasks in batches and follow them to the end
@@ -24,10 +24,14 @@ def _api(args: argparse.Namespace) -> int:
     settings = load_settings()
     if not settings.api_keys:
         print("warning: LODESTAR_API_KEYS is empty: every request will get 401", file=sys.stderr)
+    worker_class = args.worker_class or settings.api_worker_class
+    if worker_class not in ("gevent", "gthread"):
+        print(f"LODESTAR_API_WORKER_CLASS: expected gevent or gthread, got {worker_class!r}", file=sys.stderr)
+        return 2
     threads = args.threads or settings.api_threads
-    argv = ["gunicorn", "--worker-class", "gthread", "--workers", str(args.workers), "--threads", str(threads),
-            # gthread also caps open connections per process (default 1000): each stream holds one
-            "--worker-connections", str(max(1000, threads + 100)),
+    argv = ["gunicorn", "--worker-class", worker_class, "--workers", str(args.workers), "--threads", str(threads),
+            # open connections per process; each event stream holds one (gthread: and a thread)
+            "--worker-connections", str(max(settings.api_connections, threads + 100)),
             "--bind", f"{args.host or settings.api_host}:{args.port or settings.api_port}",
             "--graceful-timeout", "5", "--access-logfile", "-" if args.access_log else "/dev/null",
             "api:create_app()"]
@@ -102,11 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="var", help="where the embedded Redis keeps its files")
     p.set_defaults(func=_up)
 
-    p = sub.add_parser("api", help="serve the HTTP API (gunicorn, gthread)")
+    p = sub.add_parser("api", help="serve the HTTP API (gunicorn, gevent)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--workers", type=int, default=1, help="gunicorn processes")
-    p.add_argument("--threads", type=int, help="threads per process (each open event stream holds one)")
+    p.add_argument("--worker-class", choices=["gevent", "gthread"], help="default LODESTAR_API_WORKER_CLASS")
+    p.add_argument("--threads", type=int, help="gthread: threads per process (each open event stream holds one)")
     p.add_argument("--access-log", action="store_true")
     p.set_defaults(func=_api)
 

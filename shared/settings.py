@@ -39,8 +39,8 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     """Redis used for the Celery broker, task records, control channels and event logs."""
     redis_max_connections: int = 2048
-    """Redis connections one process may open (a blocking pool: past it, callers wait). Each open event stream
-    (SSE/WebSocket) holds one for its blocking read, so keep it above ``api_threads``."""
+    """Redis connections one process may open (a blocking pool: past it, callers wait). Event streams share one
+    reader per API process (``api/fanout.py``), so this bounds concurrent requests, not open streams."""
     key_prefix: str = "lodestar"
     """Prefix of every Redis key Lodestar writes, so several deployments can share a server."""
     visibility_timeout: int = 7200
@@ -57,8 +57,14 @@ class Settings:
     """Bearer keys accepted by the API. Empty: every request gets 401 (no open mode)."""
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    api_worker_class: str = "gevent"
+    """gunicorn worker class of ``lodestar api``: ``gevent`` (default: each request and each open SSE/WebSocket
+    stream is a greenlet, so one process holds thousands of streams) or ``gthread`` (a thread each; past a few
+    hundred streams the threads' contention for the GIL costs more than the work, see docs/performance.md)."""
+    api_connections: int = 2000
+    """Open connections per API process (gunicorn ``--worker-connections``); each SSE/WebSocket stream holds one."""
     api_threads: int = 64
-    """gunicorn gthread threads per API process; each open SSE/WebSocket stream holds one."""
+    """Threads per API process when ``api_worker_class`` is ``gthread``; each open stream holds one."""
     public_base_url: str = ""
     """Base URL clients use to reach the API (for absolute screenshot URLs). Empty: taken from each request."""
     sse_keepalive: float = 15.0

@@ -2,14 +2,14 @@
 
 Keys (``P`` is ``settings.key_prefix``)::
 
-    P:task:{id}           hash    the task record (fields: RECORD_TYPES)
+    P:task:{id}           hash    the task record (its id and IMPLIED values are not stored)
     P:task:{id}:events    stream  the event log; entry ids are "0-<seq>", seq = 1, 2, 3 ...
     P:task:{id}:inbox     list    injected messages, JSON {"content", "ts"}, oldest first
     P:task:{id}:shots     hash    step number -> JPEG bytes
     P:task:{id}:lease     string  id of the worker holding the task (PX = lease_ttl)
     P:task:{id}:webhooks  list    webhook delivery attempts, JSON, oldest first
-    P:t:{tenant}:all      zset    the tenant's task ids by created_at; also :status:{s}, :kind:{k}, :model:{m},
-                                  :meta:{key}={value}, :batch:{id} (list indexes; expired ids pruned lazily)
+    P:t:{tenant}:status:{s} zset  the tenant's task ids in status s by created_at; also :meta:{key}={value},
+                                  :batch:{id} (list indexes; expired ids pruned lazily)
     P:t:{tenant}:deferred list    queued task ids waiting for the tenant's running limit
     P:tenant:{tenant}     hash    tenant settings (name, max_queued, max_running, rate_limit, webhook_secret...)
     P:control:{id}        pub/sub notices {"command", "task_id"} for the task's worker
@@ -24,8 +24,8 @@ from __future__ import annotations
 import base64
 import heapq
 import json
+import secrets
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -42,13 +42,24 @@ INT_FIELDS = frozenset({
 FLOAT_FIELDS = frozenset({"created_at", "started_at", "finished_at", "temperature", "cost_usd"})
 JSON_FIELDS = frozenset({"params", "metadata", "context", "usage"})
 BOOL_FIELDS = frozenset({"persistent"})
+IMPLIED = {
+    "priority": "normal", "screenshot_mode": "url", "stream_mode": "verbose", "webhook_events": "terminal",
+    "persistent": False, "steps_taken": 0, "params": {}, "metadata": {},
+}
+"""Record fields that are not stored while they hold these values (``TaskStore.create``) and that
+:func:`decode_record` fills back in: a queued task's record is about a third smaller. ``task_id`` is not stored
+either; it is the record's key."""
 
 _LUA_COMMON = """
+local function id_of(task_key, prefix)  -- records do not store their id: it is the end of their key
+  return string.sub(task_key, string.len(prefix) + 7)
+end
 local function move_status(task_key, prefix, from, to)
-  local meta = redis.call('HMGET', task_key, 'tenant', 'created_at', 'task_id')
+  local meta = redis.call('HMGET', task_key, 'tenant', 'created_at')
   local base = prefix .. ':t:' .. meta[1] .. ':status:'
-  redis.call('ZREM', base .. from, meta[3])
-  redis.call('ZADD', base .. to, meta[2], meta[3])
+  local task_id = id_of(task_key, prefix)
+  redis.call('ZREM', base .. from, task_id)
+  redis.call('ZADD', base .. to, meta[2], task_id)
 end
 local function running_count(prefix, tenant)
   local base = prefix .. ':t:' .. tenant .. ':status:'
@@ -86,7 +97,7 @@ if ttl > 0 then
   for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ttl) end
   redis.call('EXPIRE', KEYS[1] .. ':webhooks', ttl)
   redis.call('DEL', KEYS[5])
-  redis.call('PUBLISH', ARGV[7] .. ':ended', redis.call('HGET', KEYS[1], 'task_id'))
+  redis.call('PUBLISH', ARGV[7] .. ':ended', id_of(KEYS[1], ARGV[7]))
 end
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return {1, cur, seq}
@@ -114,7 +125,7 @@ local cur = redis.call('HGET', KEYS[1], 'status')
 if cur ~= 'queued' and cur ~= 'running' and cur ~= 'paused' then return {'ended', cur, 0} end
 local holder = redis.call('GET', KEYS[3])
 if holder and holder ~= ARGV[1] then return {'leased', cur, 0} end
-local task_id = redis.call('HGET', KEYS[1], 'task_id')
+local task_id = id_of(KEYS[1], ARGV[6])
 if cur == 'queued' then
   local tenant = redis.call('HGET', KEYS[1], 'tenant')
   local limit = running_limit(ARGV[6], tenant, ARGV[7])
@@ -193,11 +204,9 @@ class TaskFilter:
             return [store.index(tenant, "batch", self.batch_id)]
         if self.metadata:
             return [store.index(tenant, "meta", f"{self.metadata[0][0]}={self.metadata[0][1]}")]
-        if self.kind:
-            return [store.index(tenant, "kind", self.kind)]
-        if self.model:
-            return [store.index(tenant, "model", self.model)]
-        return [store.index(tenant, "all")]
+        # every status: together they hold every task (there is no "all" index); kind and model are checked on
+        # the records
+        return [store.index(tenant, "status", s) for s in Status]
 
     def matches(self, record: Mapping[str, Any]) -> bool:
         meta = record.get("metadata") or {}
@@ -234,9 +243,18 @@ class ApplyResult:
     seq: int = 0
 
 
+def new_id(prefix: str) -> str:
+    """A fresh id: ``prefix`` + "_" + 22 URL-safe characters (128 random bits, ``secrets.token_urlsafe``).
+
+    Shorter than a hex UUID on purpose: an id is stored about ten times per queued task (record key, list
+    indexes, the Celery message), and at 27 characters each copy fits a smaller allocation (docs/performance.md).
+    """
+    return f"{prefix}_{secrets.token_urlsafe(16)}"
+
+
 def new_task_id() -> str:
-    """A fresh task id: "task_" + 32 hex digits."""
-    return "task_" + uuid.uuid4().hex
+    """A fresh task id: "task_" + 22 URL-safe characters (:func:`new_id`)."""
+    return new_id("task")
 
 
 def now() -> float:
@@ -256,9 +274,12 @@ def _encode(value: Any, name: str) -> str | bytes:
     return str(value)
 
 
-def decode_record(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
-    """Turn a task hash as Redis returns it into typed values ("" becomes None)."""
-    out: dict[str, Any] = {}
+def decode_record(raw: Mapping[bytes, bytes], task_id: str) -> dict[str, Any]:
+    """Turn a task hash as Redis returns it into typed values ("" becomes None), with ``task_id`` and the
+    :data:`IMPLIED` fields it does not store."""
+    out: dict[str, Any] = {"task_id": task_id}
+    for name, value in IMPLIED.items():
+        out[name] = value.copy() if isinstance(value, dict) else value
     for k, v in raw.items():
         name = k.decode()
         text = v.decode()
@@ -330,7 +351,8 @@ class TaskStore:
         own = pipe is None
         pipe = self.redis.pipeline(transaction=True) if own else pipe
         task_id = record["task_id"]
-        fields = {k: _encode(v, k) for k, v in record.items() if v is not None}
+        fields = {k: _encode(v, k) for k, v in record.items()
+                  if v is not None and k != "task_id" and not (k in IMPLIED and v == IMPLIED[k])}
         fields["event_seq"] = "1"
         if record["status"] != Status.QUEUED:
             fields["first_status"] = str(record["status"])
@@ -342,16 +364,17 @@ class TaskStore:
 
     # -- list indexes ------------------------------------------------------------------------------------------------
     def index(self, tenant: str, name: str, value: str | None = None) -> str:
-        """A tenant's sorted set of task ids by ``created_at``: name "all", "status", "kind", "model", "batch"
-        or "meta" (value "key=value")."""
+        """A tenant's sorted set of task ids by ``created_at``: name "status", "batch" or "meta" (value
+        "key=value"). There is no "all", kind or model index: each entry costs ~130 bytes per task, so a list
+        without a status filter merges the status indexes, and kind and model are checked on the records while
+        walking (``list_tasks``)."""
         base = f"{self.prefix}:t:{tenant}:{name}"
         return base if value is None else f"{base}:{value}"
 
     def indexes_of(self, record: Mapping[str, Any]) -> list[str]:
         """Every index a new (queued) task belongs to."""
         tenant = record["tenant"]
-        keys = [self.index(tenant, "all"), self.index(tenant, "status", record.get("status") or "queued"),
-                self.index(tenant, "kind", record["kind"]), self.index(tenant, "model", record["model"])]
+        keys = [self.index(tenant, "status", record.get("status") or "queued")]
         keys += [self.index(tenant, "meta", f"{k}={v}") for k, v in (record.get("metadata") or {}).items()]
         if record.get("batch_id"):
             keys.append(self.index(tenant, "batch", record["batch_id"]))
@@ -361,10 +384,11 @@ class TaskStore:
                    scan_budget: int = 5000) -> tuple[list[dict[str, Any]], str | None]:
         """A page of the tenant's tasks matching ``filters``, newest first, and the cursor of the next page.
 
-        The most selective index (status, batch, metadata, kind, model, else all) drives the walk, newest first;
-        other filters are checked on the records, fetched in pipelined chunks. A page costs O(limit) when one
-        index answers the query, and at most ``scan_budget`` index entries otherwise (the page may then be
-        short, with a cursor to go on). Ids whose records expired are pruned from the index as they are met.
+        The most selective index (status, batch, metadata, else every status index merged) drives the walk,
+        newest first; other filters are checked on the records, fetched in pipelined chunks. A page costs
+        O(limit) when the indexes answer the query, and at most ``scan_budget`` index entries otherwise (the page
+        may then be short, with a cursor to go on). Ids whose records expired are pruned from the index as they
+        are met; a task that changes status during the walk is shown once.
 
         Raises:
             ValueError: a malformed cursor.
@@ -379,7 +403,11 @@ class TaskStore:
         last: tuple[float, str] | None = None
         scanned = 0
         chunk: list[tuple[float, str, str]] = []
+        seen: set[str] = set()
         for entry in merged:
+            if entry[1] in seen:  # it moved between two status indexes while we walked them
+                continue
+            seen.add(entry[1])
             chunk.append(entry)
             if len(chunk) >= min(max(limit - len(page), 1) * 2, 200):
                 last = self._take(chunk, filters, page, limit) or last
@@ -428,7 +456,7 @@ class TaskStore:
             if len(page) >= limit:
                 break
             last = (score, task_id)
-            record = decode_record(raw)
+            record = decode_record(raw, task_id)
             if filters.matches(record):
                 page.append(record)
         if gone:
@@ -457,7 +485,7 @@ class TaskStore:
     def get(self, task_id: str) -> dict[str, Any] | None:
         """The typed task record, or None when no such task exists (or it expired)."""
         raw = self.redis.hgetall(self.key(task_id))
-        return decode_record(raw) if raw else None  # type: ignore[arg-type]
+        return decode_record(raw, task_id) if raw else None  # type: ignore[arg-type]
 
     def apply(
         self,

@@ -41,6 +41,27 @@ def snapshot(store: TaskStore, task_id: str) -> tuple[dict[bytes, bytes], int]:
     return store.redis.hgetall(store.key(task_id)), store.redis.xlen(store.key(task_id, "events"))
 
 
+# --- the record ---------------------------------------------------------------------------------------------------
+def test_a_record_stores_neither_its_id_nor_implied_values_and_reads_back_whole(store: TaskStore) -> None:
+    task_id = make_task(store)  # steps_taken 0 and metadata {} are implied values
+    raw = store.redis.hgetall(store.key(task_id))
+    assert not {b"task_id", b"steps_taken", b"metadata", b"priority", b"persistent"} & set(raw)
+    record = store.get(task_id)
+    assert record is not None
+    assert (record["task_id"], record["steps_taken"], record["metadata"], record["priority"],
+            record["persistent"], record["screenshot_mode"]) == (task_id, 0, {}, "normal", False, "url")
+    record["metadata"]["x"] = "1"  # the implied dict is a fresh copy per record
+    assert store.get(task_id)["metadata"] == {}  # type: ignore[index]
+    other = make_task(store, priority="high", metadata={"a": "1"}, persistent=True, stream_mode="concise")
+    back = store.get(other)
+    assert back is not None
+    assert (back["priority"], back["metadata"], back["persistent"], back["stream_mode"]) == (
+        "high", {"a": "1"}, True, "concise")
+    # And status moves keep the indexes right, with the id taken from the key
+    store.claim(task_id, "w1")
+    assert store.count("t_test", "running") == 1 and store.count("t_test", "queued") == 1
+
+
 # --- the transition table -----------------------------------------------------------------------------------------
 REFUSED = [(f, t) for f in Status for t in Status if t not in TRANSITIONS[f]]
 ALLOWED = [(f, t) for f in Status for t in TRANSITIONS[f]]

@@ -6,6 +6,7 @@ stack (gunicorn API + Celery worker + Chromium) from conftest.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -16,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from flask.testing import FlaskClient
 
 from api import create_app
+from shared.queue import RunTaskMessages, enqueue, make_celery
 from shared.settings import Settings
 from shared.store import TaskStore
 from shared.tenants import Tenants, env_tenant
@@ -60,6 +63,55 @@ def test_batch_of_2000_with_10_invalid_items_accepts_the_rest(client: FlaskClien
     summary = client.get(f"/agent/batches/{result['batch_id']}", headers=AUTH).get_json()
     assert summary["total"] == 1990 and summary["counts"]["queued"] == 1990 and not summary["done"]
     assert client.get(f"/agent/batches/{result['batch_id']}", headers=OTHER).status_code == 404
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("priority", ["high", "normal", "low"])
+def test_the_api_writes_the_same_message_celery_send_task_would(settings: Settings, priority: str) -> None:
+    app = make_celery(settings)
+    client = TaskStore.from_settings(settings).redis
+    enqueue(app, "task_abcdefghijklmnopqrstuv", "desktop", priority)
+    ((key, pushed),) = [(k, client.lpop(k)) for k in client.keys("desktop*")]
+    ours_key, ours = RunTaskMessages(app).message("task_abcdefghijklmnopqrstuv", "desktop", priority)
+    theirs, mine = json.loads(pushed), json.loads(ours)
+    assert theirs["properties"].pop("delivery_tag") != mine["properties"].pop("delivery_tag")  # fresh per message
+    assert (ours_key, mine) == (key.decode(), theirs)
+    assert json.loads(base64.b64decode(mine["body"]))[0] == ["task_abcdefghijklmnopqrstuv"]
+
+
+@pytest.mark.redis
+def test_a_batch_that_loses_redis_midway_keeps_what_was_stored_and_reports_the_rest(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_app(test_config=settings)
+    client = app.test_client()
+    messages = app.extensions["lodestar.messages"]
+    real, calls = messages.message, {"n": 0}
+
+    def fail_after_1500(*args: Any) -> Any:  # Redis goes away while the second chunk of 1000 is being built
+        calls["n"] += 1
+        if calls["n"] > 1500:
+            raise redis.ConnectionError("Redis went away")
+        return real(*args)
+
+    monkeypatch.setattr(messages, "message", fail_after_1500)
+    items = [task(i, idempotency_key=f"k{i}") for i in range(2500)]
+    resp = client.post("/agent/tasks/batch", json=items, headers=AUTH)
+    assert resp.status_code == 200
+    result = resp.get_json()
+    assert result["accepted"] == 1000 and result["rejected"] == 1500
+    assert {e["error"]["type"] for e in result["errors"]} == {"queue_unavailable"}
+    store = TaskStore.from_settings(settings)
+    assert store.count(env_tenant(KEY), "queued") == 1000 and store.redis.llen("browser:4") == 1000
+    # the tasks that were not stored can be resubmitted with the same idempotency keys
+    monkeypatch.setattr(messages, "message", real)
+    again = client.post("/agent/tasks/batch", json=items, headers=AUTH).get_json()
+    assert again["accepted"] == 2500 and sum(1 for t in again["tasks"] if t.get("reused")) == 1000
+    assert store.count(env_tenant(KEY), "queued") == 2500 and store.redis.llen("browser:4") == 2500
+    # and a single submit that cannot be stored answers 503 and leaves nothing behind
+    monkeypatch.setattr(messages, "message", fail_after_1500)
+    resp = client.post("/agent/tasks", json=task(), headers=AUTH)
+    assert resp.status_code == 503 and resp.get_json()["error"]["type"] == "queue_unavailable"
+    assert store.count(env_tenant(KEY), "queued") == 2500
 
 
 @pytest.mark.redis

@@ -1,0 +1,301 @@
+"""Per-API-process Redis readers shared by every request that waits on a task: no polling, no reader per client.
+
+- :class:`EndWatcher` (long-poll ``/wait``): ``TaskStore.finish`` publishes the id of each task that ends on
+  ``P:ended``; the watcher listens there and sets the ``threading.Event`` of every request waiting on that id.
+- :class:`EventHub` (SSE and WebSocket event streams): one thread reads the Redis Streams of every task that has a
+  subscriber in this process with a single ``XREAD BLOCK`` over all of them, renders each event once, and puts it
+  on each subscriber's queue.
+
+A thousand waiting or streaming clients cost one Redis connection and one reader thread per API process, plus
+each client's own request thread (or greenlet).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, cast
+
+import redis
+
+from shared.states import TERMINAL
+
+if TYPE_CHECKING:
+    from shared.store import TaskStore
+
+log = logging.getLogger(__name__)
+
+
+class EndWatcher:
+    """Wakes waiters when a task ends. Thread-safe; the listener thread starts on the first :meth:`wait`."""
+
+    def __init__(self, client: redis.Redis, channel: str):
+        self._client = client
+        self._channel = channel
+        self._waiters: dict[str, set[threading.Event]] = defaultdict(set)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    def _ensure_listening(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._listen, name="end-watcher", daemon=True)
+                self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stopped.is_set():
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self._channel)
+                self._wake_all()  # anything that ended while we were (re)connecting
+                while not self._stopped.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message and message.get("type") == "message":
+                        self._wake(message["data"].decode())
+            except redis.RedisError as exc:
+                log.warning("end watcher lost Redis (%s); reconnecting", exc)
+                time.sleep(1)
+            finally:
+                pubsub.close()
+
+    def _wake(self, task_id: str) -> None:
+        with self._lock:
+            for event in self._waiters.get(task_id, ()):
+                event.set()
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            for events in self._waiters.values():
+                for event in events:
+                    event.set()
+
+    def wait(self, task_id: str, ended: Callable[[], bool], timeout: float) -> bool:
+        """Block until ``ended()`` is true or ``timeout`` seconds pass; returns ``ended()``.
+
+        ``ended`` is checked after registering (no lost wake-up), on every wake-up, and every 30 s as a safety net.
+        """
+        self._ensure_listening()
+        event = threading.Event()
+        with self._lock:
+            self._waiters[task_id].add(event)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if ended():
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                event.wait(min(remaining, 30.0))
+                event.clear()
+        finally:
+            with self._lock:
+                self._waiters[task_id].discard(event)
+                if not self._waiters[task_id]:
+                    del self._waiters[task_id]
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+class Delivery:
+    """One task event as delivered to every subscriber of the task in this process.
+
+    ``seq`` is the event's sequence number (its Redis Stream id is ``0-<seq>``), ``event`` the decoded event dict
+    (shared: do not modify it). :meth:`rendered` memoizes what the route makes of it, so a thousand subscribers
+    with the same rendering (same base URL) cost one render.
+    """
+
+    __slots__ = ("_rendered", "event", "seq")
+
+    def __init__(self, seq: int, event: dict[str, Any]):
+        self.seq = seq
+        self.event = event
+        self._rendered: dict[str, bytes] = {}
+
+    @property
+    def is_end(self) -> bool:
+        return self.event.get("type") == "end"
+
+    def rendered(self, key: str, render: Callable[[], bytes]) -> bytes:
+        """``render()`` the first time for ``key``, the same bytes afterwards (thread-safe: a race renders twice)."""
+        data = self._rendered.get(key)
+        if data is None:
+            data = self._rendered[key] = render()
+        return data
+
+
+class _Feed:
+    """The hub's state for one task: the last ``backlog`` deliveries, and ``changed``, an Event that is set (and
+    replaced by a fresh one) each time deliveries are added, so that one ``set()`` wakes every subscriber without
+    them contending for a lock (under gevent, ``threading.Event`` is gevent's)."""
+
+    __slots__ = ("changed", "last", "recent", "subscribers", "task_id")
+
+    def __init__(self, task_id: str, last: int, backlog: int):
+        self.task_id = task_id
+        self.last = last  # the highest seq the hub has delivered (or the first subscriber had already read)
+        self.recent: deque[Delivery] = deque(maxlen=backlog)
+        self.changed = threading.Event()
+        self.subscribers = 0
+
+    def after(self, seq: int) -> list[Delivery]:
+        """Buffered deliveries with seq > ``seq``, oldest first."""
+        fresh = []
+        for delivery in list(reversed(self.recent)):  # a copy: the hub thread may append meanwhile
+            if delivery.seq <= seq:
+                break
+            fresh.append(delivery)
+        fresh.reverse()
+        return fresh
+
+
+class EventHub:
+    """Fans task events out from Redis Streams to every SSE/WebSocket subscriber in this process.
+
+    One daemon thread (started with the first subscriber) runs ``XREAD BLOCK`` over the event stream of every task
+    that has a subscriber here, plus a private wake-up stream that a subscriber writes to when it adds a task, so a
+    new task is read at once instead of after ``block_ms``. Each event is decoded once, appended to the task's
+    feed (the last ``backlog`` events, so memory stays bounded) and every subscriber is woken with one
+    ``notify_all``; each keeps its own position (a seq). A subscriber that falls more than ``backlog`` events
+    behind (a stalled client), or joins behind the hub, reads the gap from the Redis Stream itself. Nothing is
+    lost when Redis drops the hub's connection: it resumes each stream from the last seq it delivered.
+    """
+
+    def __init__(self, store: TaskStore, block_ms: int = 10_000, backlog: int = 256):
+        self._store = store
+        self._block_ms = block_ms
+        self._backlog = backlog
+        self._feeds: dict[str, _Feed] = {}  # by stream key
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._wake_key = f"{store.prefix}:hub:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wake_last = "0-0"
+
+    # -- subscriber side ---------------------------------------------------------------------------------------------
+    def frames(self, task_id: str, after: int, keepalive: float) -> Iterator[Delivery | None]:
+        """Yield the task's events with seq > ``after`` in order, until its ``end`` event; yield None after each
+        ``keepalive`` seconds without one (and stop if the task ended or expired meanwhile).
+
+        Raises ``redis.RedisError`` when Redis is unreachable for a read this subscriber makes itself (the first
+        read, a catch-up, the end check).
+        """
+        store = self._store
+        for seq, event in store.read_events(task_id, after):  # what is already there, read directly
+            after = seq
+            yield Delivery(seq, event)
+            if event.get("type") == "end":
+                return
+        feed = self._join(task_id, after)
+        try:
+            while True:
+                changed = feed.changed  # taken before reading ``last``: a later delivery sets this one
+                if feed.last <= after:
+                    changed.wait(keepalive)
+                last, fresh = feed.last, feed.after(after)
+                if last > after and (not fresh or fresh[0].seq > after + 1):  # behind the buffer: read Redis
+                    batch = store.read_events(task_id, after)
+                    if batch:
+                        fresh = [Delivery(seq, event) for seq, event in batch]
+                if not fresh:
+                    current = store.get(task_id)
+                    if current is None or (current["status"] in TERMINAL and current.get("event_seq", 0) <= after):
+                        return
+                    yield None
+                    continue
+                for delivery in fresh:
+                    after = delivery.seq
+                    yield delivery
+                    if delivery.is_end:
+                        return
+        finally:
+            self._leave(feed)
+
+    def _join(self, task_id: str, after: int) -> _Feed:
+        key = self._store.key(task_id, "events")
+        with self._lock:
+            feed = self._feeds.get(key)
+            new = feed is None
+            if feed is None:
+                feed = self._feeds[key] = _Feed(task_id, after, self._backlog)
+            feed.subscribers += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="event-hub", daemon=True)
+                self._thread.start()
+        if new:
+            self._wake()
+        return feed
+
+    def _leave(self, feed: _Feed) -> None:
+        with self._lock:
+            feed.subscribers -= 1
+            key = self._store.key(feed.task_id, "events")
+            if not feed.subscribers and self._feeds.get(key) is feed:
+                del self._feeds[key]
+
+    def _wake(self) -> None:
+        """Make the hub's blocked XREAD return so that it reads the new set of streams."""
+        try:
+            pipe = self._store.redis.pipeline(transaction=False)
+            pipe.xadd(self._wake_key, {"w": "1"}, maxlen=10, approximate=True)
+            pipe.expire(self._wake_key, max(60, 3 * self._block_ms // 1000))
+            pipe.execute()
+        except redis.RedisError as exc:  # the hub sees the new feed after block_ms at worst
+            log.warning("event hub: wake-up failed (%s)", exc)
+
+    @property
+    def subscribers(self) -> int:
+        """Subscribers in this process right now (all tasks)."""
+        with self._lock:
+            return sum(feed.subscribers for feed in self._feeds.values())
+
+    # -- the reader thread -------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        client = redis.Redis(connection_pool=self._store.redis.connection_pool)
+        block_ms = self._block_ms
+        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        if socket_timeout:  # a blocking read must return before the client's own read timeout
+            block_ms = min(block_ms, int(socket_timeout * 1000 / 2))
+        while not self._stopped.is_set():
+            with self._lock:
+                streams = {key: f"0-{feed.last}" for key, feed in self._feeds.items()}
+            streams[self._wake_key] = self._wake_last
+            try:
+                reply = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None,
+                             client.xread(streams, count=256, block=block_ms))  # type: ignore[arg-type]
+            except redis.RedisError as exc:
+                log.warning("event hub lost Redis (%s); reconnecting", exc)
+                time.sleep(0.5)
+                continue
+            for raw_key, entries in reply or []:
+                key = raw_key.decode()
+                if key == self._wake_key:
+                    self._wake_last = entries[-1][0].decode()
+                    continue
+                with self._lock:
+                    feed = self._feeds.get(key)
+                if feed is None:  # its last subscriber left while we were reading
+                    continue
+                deliveries = [Delivery(int(entry_id.split(b"-")[1]), json.loads(data[b"data"]))
+                              for entry_id, data in entries]
+                deliveries = [d for d in deliveries if d.seq > feed.last]  # only this thread writes a feed
+                if deliveries:
+                    feed.recent.extend(deliveries)
+                    feed.last = deliveries[-1].seq
+                    changed, feed.changed = feed.changed, threading.Event()
+                    changed.set()
+
+    def stop(self) -> None:
+        """Stop the reader thread (at once when Redis is reachable, else within ``block_ms``)."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._wake()

@@ -1,0 +1,167 @@
+"""The per-process event fan-out (api/fanout.py EventHub) against a real Redis: order, late joiners, stalled
+subscribers, many subscribers, a lost Redis connection, and the end of a task."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from api.fanout import EventHub
+from shared.settings import Settings
+from shared.states import ExitCode
+from shared.store import TaskStore, new_task_id, now
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[TaskStore]:
+    s = TaskStore.from_settings(settings)
+    yield s
+    s.redis.close()
+
+
+@pytest.fixture
+def hub(store: TaskStore) -> Iterator[EventHub]:
+    h = EventHub(store, block_ms=2000, backlog=4)
+    yield h
+    h.stop()
+
+
+def running_task(store: TaskStore) -> str:
+    task_id = new_task_id()
+    store.create({"task_id": task_id, "tenant": "t_test", "status": "running", "kind": "browser", "model": "m",
+                  "created_at": now()})
+    return task_id
+
+
+class Reader(threading.Thread):
+    """Follows ``hub.frames`` in a thread, collecting (seq, event type, n) until the end or a deadline."""
+
+    def __init__(self, hub: EventHub, task_id: str, after: int = 0, delay: float = 0.0):
+        super().__init__(daemon=True)
+        self.hub, self.task_id, self.after, self.delay = hub, task_id, after, delay
+        self.seen: list[tuple[int, str, Any]] = []
+        self.error: BaseException | None = None
+        self.keepalives = 0
+
+    def run(self) -> None:
+        try:
+            for delivery in self.hub.frames(self.task_id, self.after, keepalive=0.5):
+                if delivery is None:
+                    self.keepalives += 1
+                    continue
+                self.seen.append((delivery.seq, delivery.event["type"], delivery.event.get("n")))
+                time.sleep(self.delay)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+def bench_events(store: TaskStore, task_id: str, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        store.append_event(task_id, {"type": "bench", "n": i})
+
+
+def wait_for(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_every_subscriber_gets_every_event_once_in_order_and_stops_at_the_end(store: TaskStore,
+                                                                               hub: EventHub) -> None:
+    task_id = running_task(store)
+    readers = [Reader(hub, task_id) for _ in range(20)]
+    for r in readers:
+        r.start()
+    wait_for(lambda: hub.subscribers == 20)
+    bench_events(store, task_id, 30)
+    store.finish(task_id, ExitCode.COMPLETED)
+    for r in readers:
+        r.join(10)
+        assert not r.is_alive() and r.error is None
+        seqs = [seq for seq, _, _ in r.seen]
+        assert seqs == list(range(1, len(seqs) + 1))  # the derived first event, then every one, in order
+        assert [n for _, kind, n in r.seen if kind == "bench"] == list(range(30))
+        assert r.seen[-1][1] == "end"
+    wait_for(lambda: hub.subscribers == 0)
+
+
+def test_a_late_joiner_reads_what_it_missed_from_redis_then_follows_live(store: TaskStore, hub: EventHub) -> None:
+    task_id = running_task(store)
+    early = Reader(hub, task_id)
+    early.start()
+    wait_for(lambda: hub.subscribers == 1)
+    bench_events(store, task_id, 10)  # more than the hub's backlog of 4
+    wait_for(lambda: len(early.seen) >= 11)
+    late = Reader(hub, task_id, after=3)  # as a client reconnecting with Last-Event-ID: 3
+    late.start()
+    wait_for(lambda: hub.subscribers == 2)
+    bench_events(store, task_id, 5, start=10)
+    store.finish(task_id, ExitCode.COMPLETED)
+    for r in (early, late):
+        r.join(10)
+        assert r.error is None
+    assert [seq for seq, _, _ in late.seen] == list(range(4, early.seen[-1][0] + 1))
+    assert [n for _, kind, n in late.seen if kind == "bench"] == list(range(2, 15))
+
+
+def test_a_stalled_subscriber_falls_back_to_redis_and_loses_nothing(store: TaskStore, hub: EventHub) -> None:
+    task_id = running_task(store)
+    slow, fast = Reader(hub, task_id, delay=0.05), Reader(hub, task_id)
+    slow.start()
+    fast.start()
+    wait_for(lambda: hub.subscribers == 2)
+    bench_events(store, task_id, 40)  # ten times the backlog, faster than the slow reader takes them
+    store.finish(task_id, ExitCode.COMPLETED)
+    for r in (slow, fast):
+        r.join(20)
+        assert r.error is None
+        assert [n for _, kind, n in r.seen if kind == "bench"] == list(range(40))
+
+
+def test_the_hub_resumes_after_losing_its_redis_connection(store: TaskStore, hub: EventHub) -> None:
+    task_id = running_task(store)
+    reader = Reader(hub, task_id)
+    reader.start()
+    wait_for(lambda: hub.subscribers == 1)
+    bench_events(store, task_id, 3)
+    wait_for(lambda: len(reader.seen) >= 4)
+    # When Redis drops every normal client connection (the hub's blocked XREAD among them)
+    store.redis.client_kill_filter(_type="normal", skipme=True)
+    bench_events(store, task_id, 3, start=3)
+    store.finish(task_id, ExitCode.COMPLETED)
+    reader.join(15)
+    assert reader.error is None
+    assert [n for _, kind, n in reader.seen if kind == "bench"] == list(range(6))
+
+
+def test_subscribers_of_many_tasks_share_one_reader(store: TaskStore, hub: EventHub) -> None:
+    before = {t for t in threading.enumerate() if t.name == "event-hub"}  # other tests' hubs, stopping
+    tasks = [running_task(store) for _ in range(30)]
+    readers = [Reader(hub, t) for t in tasks]
+    for r in readers:
+        r.start()
+    wait_for(lambda: hub.subscribers == 30)
+    assert len({t for t in threading.enumerate() if t.name == "event-hub"} - before) == 1
+    for t in tasks:
+        bench_events(store, t, 2)
+        store.finish(t, ExitCode.COMPLETED)
+    for r, t in zip(readers, tasks, strict=True):
+        r.join(10)
+        assert r.error is None and [n for _, kind, n in r.seen if kind == "bench"] == [0, 1], t
+
+
+def test_a_quiet_stream_gets_keepalives_and_stops_when_the_task_is_gone(store: TaskStore, hub: EventHub) -> None:
+    task_id = running_task(store)
+    reader = Reader(hub, task_id)
+    reader.start()
+    wait_for(lambda: reader.keepalives >= 2)
+    store.redis.delete(store.key(task_id))  # expired
+    reader.join(5)
+    assert not reader.is_alive() and reader.error is None
