@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from flask import Flask, Response, g, jsonify, request
-from flask_limiter import Limiter
+from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from shared.queue import RunTaskMessages, make_celery
@@ -25,7 +24,7 @@ def create_app(test_config: Settings | None = None) -> Flask:
     from api import openapi
     from api.fanout import EndWatcher, EventHub
     from api.routes import ApiError, authenticate, bp, sock
-    from shared.tenants import Tenants
+    from shared.tenants import RateLimiter, Tenants
 
     settings = test_config or load_settings()
     _raise_open_file_limit()
@@ -43,17 +42,8 @@ def create_app(test_config: Settings | None = None) -> Flask:
     app.extensions["lodestar.waits"] = EndWatcher(store.redis, f"{store.prefix}:ended")
     app.extensions["lodestar.events"] = EventHub(store)
 
-    app.before_request(authenticate)  # before the limiter, which keys on the tenant
-    limiter = Limiter(
-        key_func=lambda: g.get("tenant") or request.remote_addr or "anonymous",
-        storage_uri=settings.redis_url, key_prefix=f"{settings.key_prefix}:ratelimit", headers_enabled=True,
-        default_limits=[lambda: g.principal.rate_limit if g.get("principal") and g.principal.rate_limit
-                        else "1000000/second"],
-        default_limits_exempt_when=lambda: request.blueprint != bp.name or not g.get("principal")
-        or not g.principal.rate_limit,
-        strategy="moving-window",
-    )
-    limiter.init_app(app)
+    app.extensions["lodestar.ratelimits"] = RateLimiter(settings.redis_url, f"{settings.key_prefix}:ratelimit")
+    app.before_request(authenticate)  # and the tenant's rate limit
 
     app.register_blueprint(bp)
     sock.init_app(app)

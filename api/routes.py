@@ -29,7 +29,7 @@ from shared.schemas import MessageSchema, task_json
 from shared.settings import Settings
 from shared.states import TERMINAL, Status
 from shared.store import ApplyResult, TaskFilter, TaskStore, new_id, new_task_id, now
-from shared.tenants import Tenants
+from shared.tenants import RateLimiter, Tenants
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ def _settings() -> Settings:
 
 
 def authenticate() -> None:
-    """Resolve the bearer key to a principal (``g.principal``, ``g.tenant``); 401 without a valid one.
-    Registered on the app before the rate limiter, which keys on ``g.tenant``."""
+    """Resolve the bearer key to a principal (``g.principal``, ``g.tenant``); 401 without a valid one, 429 (with
+    ``retry-after``) past the tenant's rate limit."""
     if request.blueprint != bp.name:
         return
     header = request.headers.get("Authorization", "")
@@ -81,6 +81,12 @@ def authenticate() -> None:
         raise ApiError(401, "unauthorized", "invalid or revoked API key")
     g.principal = principal
     g.tenant = principal.tenant
+    if principal.rate_limit:
+        wait = cast(RateLimiter, current_app.extensions["lodestar.ratelimits"]).retry_after(
+            principal.tenant, principal.rate_limit)
+        if wait:
+            raise ApiError(429, "too_many_requests", f"rate limit of {principal.rate_limit} exceeded",
+                           headers={"retry-after": str(wait), "x-should-retry": "true"})
 
 
 def _json_body() -> Any:
@@ -189,9 +195,13 @@ def _submit(records: list[dict[str, Any]]) -> int:
         chunk = records[start:start + 1000]
         try:
             pipe = store.redis.pipeline(transaction=True)
+            store.create_many(chunk, pipe)
+            queues: dict[str, list[str]] = {}
             for r in chunk:
-                store.create(r, pipe)
-                pipe.lpush(*messages.message(r["task_id"], r["kind"], r["priority"]))
+                key, message = messages.message(r["task_id"], r["kind"], r["priority"])
+                queues.setdefault(key, []).append(message)
+            for key, queued in queues.items():
+                pipe.lpush(key, *queued)  # in order: the worker pops from the other end (FIFO)
             pipe.execute()
         except Exception:
             log.exception("storing and queueing %d tasks failed", len(records) - done)
@@ -201,7 +211,8 @@ def _submit(records: list[dict[str, Any]]) -> int:
                     store.redis.delete(*slots)
             return done
         done += len(chunk)
-        time.sleep(0)  # a big batch lets the other requests of this process run between chunks (gevent)
+        if done < len(records):
+            time.sleep(0)  # a big batch lets the other requests of this process run between chunks (gevent)
     return done
 
 

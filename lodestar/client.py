@@ -109,6 +109,14 @@ def keys(args: argparse.Namespace) -> int:
     from shared.tenants import Tenants
 
     tenants = Tenants(TaskStore.from_settings(load_settings()))
+    try:
+        return _keys(tenants, args)
+    except ValueError as exc:  # a bad --rate-limit
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _keys(tenants: Any, args: argparse.Namespace) -> int:
     if args.keys_command == "create":
         key, principal = tenants.create_key(args.name, args.tenant, max_queued=args.max_queued,
                                             max_running=args.max_running, rate_limit=args.rate_limit,

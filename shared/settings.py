@@ -99,7 +99,7 @@ class Settings:
     default_max_running: int = 0
     """Most running or paused tasks per tenant (0: no limit), enforced by the workers; the rest wait queued."""
     default_rate_limit: str = ""
-    """Requests a tenant may make to the API, in flask-limiter notation ("20/second;1000/minute"); empty: none."""
+    """Requests a tenant may make to the API, in the `limits` notation ("20/second;1000/minute"); empty: none."""
     idempotency_window: int = 24 * 3600
     """Seconds an ``idempotency_key`` returns the task it first created."""
     batch_max_items: int = 10_000

@@ -200,6 +200,16 @@ def test_rate_limit_per_tenant(client: FlaskClient, settings: Settings) -> None:
 
 
 @pytest.mark.redis
+def test_a_rate_limit_that_is_not_rate_limit_notation_is_refused(settings: Settings) -> None:
+    tenants = Tenants(TaskStore.from_settings(settings))
+    with pytest.raises(ValueError, match="rate limit 'lots'"):
+        tenants.create_key("bad", rate_limit="lots")
+    _key, principal = tenants.create_key("good", rate_limit="10/second")
+    with pytest.raises(ValueError, match="per fortnight"):
+        tenants.set_limits(principal.tenant, rate_limit="3 per fortnight")
+
+
+@pytest.mark.redis
 def test_stored_keys_are_hashed_and_revocable(client: FlaskClient, settings: Settings) -> None:
     store = TaskStore.from_settings(settings)
     tenants = Tenants(store, cache_seconds=0)
