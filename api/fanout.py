@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -159,27 +159,31 @@ class _Feed:
 
 
 class EventHub:
-    """Fans task events out from Redis Streams to every SSE/WebSocket subscriber in this process.
+    """Fans task events out to every SSE/WebSocket subscriber in this process.
 
-    One daemon thread (started with the first subscriber) runs ``XREAD BLOCK`` over the event stream of every task
-    that has a subscriber here, plus a private wake-up stream that a subscriber writes to when it adds a task, so a
-    new task is read at once instead of after ``block_ms``. Each event is decoded once, appended to the task's
-    feed (the last ``backlog`` events, so memory stays bounded) and every subscriber is woken with one
-    ``notify_all``; each keeps its own position (a seq). A subscriber that falls more than ``backlog`` events
-    behind (a stalled client), or joins behind the hub, reads the gap from the Redis Stream itself. Nothing is
-    lost when Redis drops the hub's connection: it resumes each stream from the last seq it delivered.
+    Every event is appended to its task's Redis Stream (the record) and, in the same Lua call, published on a
+    pub/sub channel named like the stream, as ``"<seq> <event json>"`` (``shared/store.py``). One daemon thread
+    here (started with the first subscriber) holds one pub/sub connection subscribed to the channels of the tasks
+    that have subscribers in this process, so each event costs O(1) whatever the number of tasks followed.
+    Each event is decoded once, appended to its task's feed (the last ``backlog`` events, so memory stays
+    bounded) and every subscriber of the task is woken by one ``Event.set()``; each keeps its own position (a
+    seq). Pub/sub can miss messages (before a subscription takes effect, across a reconnect), so the stream
+    fills every gap: after Redis confirms a subscription the hub reads the stream from the feed's last seq, a
+    message whose seq skips ahead makes it read the gap, and a subscriber that falls behind the buffer (a
+    stalled client), joins behind the hub, or sees nothing for ``keepalive`` seconds while Redis has newer
+    events reads from the stream itself.
     """
 
-    def __init__(self, store: TaskStore, block_ms: int = 10_000, backlog: int = 256):
+    def __init__(self, store: TaskStore, backlog: int = 256, poll: float = 1.0):
         self._store = store
-        self._block_ms = block_ms
         self._backlog = backlog
-        self._feeds: dict[str, _Feed] = {}  # by stream key
+        self._poll = poll
+        self._feeds: dict[str, _Feed] = {}  # by stream key, which is also the pub/sub channel
+        self._dirty = False  # feeds were added or removed since the hub last (un)subscribed
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
-        self._wake_key = f"{store.prefix}:hub:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._wake_last = "0-0"
+        self._wake_channel = f"{store.prefix}:hub:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     # -- subscriber side ---------------------------------------------------------------------------------------------
     def frames(self, task_id: str, after: int, keepalive: float) -> Iterator[Delivery | None]:
@@ -203,15 +207,18 @@ class EventHub:
                     changed.wait(keepalive)
                 last, fresh = feed.last, feed.after(after)
                 if last > after and (not fresh or fresh[0].seq > after + 1):  # behind the buffer: read Redis
-                    batch = store.read_events(task_id, after)
-                    if batch:
-                        fresh = [Delivery(seq, event) for seq, event in batch]
-                if not fresh:
+                    fresh = [Delivery(seq, event) for seq, event in store.read_events(task_id, after)] or fresh
+                if not fresh:  # quiet for ``keepalive`` s: has the task ended, or did the hub miss something?
                     current = store.get(task_id)
-                    if current is None or (current["status"] in TERMINAL and current.get("event_seq", 0) <= after):
+                    if current is None:
                         return
-                    yield None
-                    continue
+                    if current.get("event_seq", 0) > after:
+                        fresh = [Delivery(seq, event) for seq, event in store.read_events(task_id, after)]
+                    if not fresh:
+                        if current["status"] in TERMINAL:
+                            return
+                        yield None
+                        continue
                 for delivery in fresh:
                     after = delivery.seq
                     yield delivery
@@ -227,6 +234,7 @@ class EventHub:
             new = feed is None
             if feed is None:
                 feed = self._feeds[key] = _Feed(task_id, after, self._backlog)
+                self._dirty = True
             feed.subscribers += 1
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="event-hub", daemon=True)
@@ -241,15 +249,13 @@ class EventHub:
             key = self._store.key(feed.task_id, "events")
             if not feed.subscribers and self._feeds.get(key) is feed:
                 del self._feeds[key]
+                self._dirty = True  # unsubscribed at the hub's next turn; no need to wake it
 
     def _wake(self) -> None:
-        """Make the hub's blocked XREAD return so that it reads the new set of streams."""
+        """Make the hub's wait for a message return, so that it subscribes to the new task's channel now."""
         try:
-            pipe = self._store.redis.pipeline(transaction=False)
-            pipe.xadd(self._wake_key, {"w": "1"}, maxlen=10, approximate=True)
-            pipe.expire(self._wake_key, max(60, 3 * self._block_ms // 1000))
-            pipe.execute()
-        except redis.RedisError as exc:  # the hub sees the new feed after block_ms at worst
+            self._store.redis.publish(self._wake_channel, "1")
+        except redis.RedisError as exc:  # the hub subscribes within ``poll`` seconds anyway
             log.warning("event hub: wake-up failed (%s)", exc)
 
     @property
@@ -261,41 +267,78 @@ class EventHub:
     # -- the reader thread -------------------------------------------------------------------------------------------
     def _run(self) -> None:
         client = redis.Redis(connection_pool=self._store.redis.connection_pool)
-        block_ms = self._block_ms
-        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
-        if socket_timeout:  # a blocking read must return before the client's own read timeout
-            block_ms = min(block_ms, int(socket_timeout * 1000 / 2))
         while not self._stopped.is_set():
-            with self._lock:
-                streams = {key: f"0-{feed.last}" for key, feed in self._feeds.items()}
-            streams[self._wake_key] = self._wake_last
+            pubsub = client.pubsub()
+            subscribed: set[str] = set()
             try:
-                reply = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None,
-                             client.xread(streams, count=256, block=block_ms))  # type: ignore[arg-type]
+                pubsub.subscribe(self._wake_channel)
+                with self._lock:
+                    self._dirty = True  # (re)subscribe to every feed's channel
+                while not self._stopped.is_set():
+                    self._sync(pubsub, subscribed)
+                    message = pubsub.get_message(timeout=self._poll)
+                    if message is not None:
+                        self._handle(message)
             except redis.RedisError as exc:
                 log.warning("event hub lost Redis (%s); reconnecting", exc)
                 time.sleep(0.5)
-                continue
-            for raw_key, entries in reply or []:
-                key = raw_key.decode()
-                if key == self._wake_key:
-                    self._wake_last = entries[-1][0].decode()
-                    continue
-                with self._lock:
-                    feed = self._feeds.get(key)
-                if feed is None:  # its last subscriber left while we were reading
-                    continue
-                deliveries = [Delivery(int(entry_id.split(b"-")[1]), json.loads(data[b"data"]))
-                              for entry_id, data in entries]
-                deliveries = [d for d in deliveries if d.seq > feed.last]  # only this thread writes a feed
-                if deliveries:
-                    feed.recent.extend(deliveries)
-                    feed.last = deliveries[-1].seq
-                    changed, feed.changed = feed.changed, threading.Event()
-                    changed.set()
+            finally:
+                pubsub.close()
+
+    def _sync(self, pubsub: Any, subscribed: set[str]) -> None:
+        """Subscribe to the channels of new feeds and leave those of feeds that have no subscriber left."""
+        with self._lock:
+            if not self._dirty:
+                return
+            self._dirty = False
+            wanted = set(self._feeds)
+        gone, new = subscribed - wanted, wanted - subscribed
+        if gone:
+            pubsub.unsubscribe(*gone)
+        if new:
+            pubsub.subscribe(*new)  # each confirmation makes _handle read the stream (see below)
+        subscribed.difference_update(gone)
+        subscribed.update(new)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        channel = message["channel"].decode()
+        if channel == self._wake_channel:
+            return
+        with self._lock:
+            feed = self._feeds.get(channel)
+        if feed is None:
+            return
+        if message["type"] == "subscribe":  # from now on every event arrives here: read what came before
+            self._catch_up(feed)
+            return
+        if message["type"] != "message":
+            return
+        head, _, body = message["data"].partition(b" ")
+        seq = int(head)
+        if seq <= feed.last:
+            return
+        if seq > feed.last + 1:  # a message was missed: the stream has it
+            self._catch_up(feed)
+            return
+        self._deliver(feed, [Delivery(seq, json.loads(body))])
+
+    def _catch_up(self, feed: _Feed) -> None:
+        while True:
+            batch = self._store.read_events(feed.task_id, feed.last)
+            self._deliver(feed, [Delivery(seq, event) for seq, event in batch])
+            if len(batch) < 500:
+                return
+
+    def _deliver(self, feed: _Feed, deliveries: list[Delivery]) -> None:
+        deliveries = [d for d in deliveries if d.seq > feed.last]  # only the hub's thread writes a feed
+        if deliveries:
+            feed.recent.extend(deliveries)
+            feed.last = deliveries[-1].seq
+            changed, feed.changed = feed.changed, threading.Event()
+            changed.set()
 
     def stop(self) -> None:
-        """Stop the reader thread (at once when Redis is reachable, else within ``block_ms``)."""
+        """Stop the reader thread (at once when Redis is reachable, else within ``poll`` seconds)."""
         self._stopped.set()
         if self._thread is not None:
             self._wake()

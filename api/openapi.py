@@ -75,7 +75,9 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "summary": "Submit up to 10 000 tasks: a JSON array, {tasks: [...]} or NDJSON (application/x-ndjson)",
         "description": "Each item is validated on its own; valid items are accepted. Answer: {batch_id, accepted, "
                        "rejected, tasks: [{index, task_id, status, reused?}], errors: [{index, error}]}; 422 when "
-                       "no item is valid.",
+                       "no item is valid. Tasks are stored and queued in chunks of 1000, each all or nothing: if "
+                       "Redis fails midway, the items not stored are errors of type queue_unavailable (resubmit "
+                       "them; idempotency keys make that safe), and 503 when none was stored.",
         "requestBody": {"required": True, "content": {
             "application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/TaskStart"}}},
             "application/x-ndjson": {"schema": {"type": "string"}}}},

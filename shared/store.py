@@ -3,7 +3,8 @@
 Keys (``P`` is ``settings.key_prefix``)::
 
     P:task:{id}           hash    the task record (its id and IMPLIED values are not stored)
-    P:task:{id}:events    stream  the event log; entry ids are "0-<seq>", seq = 1, 2, 3 ...
+    P:task:{id}:events    stream  the event log; entry ids are "0-<seq>", seq = 1, 2, 3 ... Each entry is also
+                          pub/sub published on the channel of the same name as "<seq> <json>" (api/fanout.py)
     P:task:{id}:inbox     list    injected messages, JSON {"content", "ts"}, oldest first
     P:task:{id}:shots     hash    step number -> JPEG bytes
     P:task:{id}:lease     string  id of the worker holding the task (PX = lease_ttl)
@@ -91,6 +92,7 @@ local seq = 0
 if ARGV[2] ~= '' then
   seq = redis.call('HINCRBY', KEYS[1], 'event_seq', 1)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '0-' .. seq, 'data', ARGV[2])
+  redis.call('PUBLISH', KEYS[2], seq .. ' ' .. ARGV[2])
 end
 local ttl = tonumber(ARGV[4])
 if ttl > 0 then
@@ -113,6 +115,7 @@ if not ok then return {0, cur, 0} end
 redis.call('RPUSH', KEYS[3], ARGV[2])
 local seq = redis.call('HINCRBY', KEYS[1], 'event_seq', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '0-' .. seq, 'data', ARGV[3])
+redis.call('PUBLISH', KEYS[2], seq .. ' ' .. ARGV[3])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return {1, cur, seq}
 """
@@ -151,6 +154,7 @@ local ev = cjson.encode({type = 'status', status = cur, task_id = task_id,
   ts = tonumber(ARGV[4]), worker = ARGV[1], attempt = attempts})
 local seq = redis.call('HINCRBY', KEYS[1], 'event_seq', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '0-' .. seq, 'data', ev)
+redis.call('PUBLISH', KEYS[2], seq .. ' ' .. ev)
 return {outcome, cur, attempts}
 """
 
