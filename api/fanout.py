@@ -149,8 +149,13 @@ class _Feed:
 
     def after(self, seq: int) -> list[Delivery]:
         """Buffered deliveries with seq > ``seq``, oldest first."""
+        recent = self.recent
+        if not recent or recent[-1].seq <= seq:
+            return []
+        if len(recent) == 1 or recent[-2].seq <= seq:  # the usual case: one new event
+            return [recent[-1]]
         fresh = []
-        for delivery in list(reversed(self.recent)):  # a copy: the hub thread may append meanwhile
+        for delivery in list(reversed(recent)):  # a copy: the hub thread may append meanwhile
             if delivery.seq <= seq:
                 break
             fresh.append(delivery)

@@ -412,7 +412,12 @@ class TaskStore:
         low = filters.created_after if filters.created_after is not None else float("-inf")  # exclusive (below)
         top = "+inf" if after is None and high == float("inf") else repr(min(high, after[0] if after else high))
         bottom = f"({low!r}" if low != float("-inf") else "-inf"
-        size = min(200, limit + 1)
+        # when the indexes answer the query alone every entry is a match (unless expired): fetch what the page
+        # needs; otherwise twice that, as records are then filtered
+        exact = not (filters.kind or filters.model) and (
+            bool(filters.statuses) + bool(filters.batch_id) + len(filters.metadata)) <= 1
+        factor = 1 if exact else 2
+        size = min(200, limit * factor)
         pipe = self.redis.pipeline(transaction=False)  # the first rows of every index in one round trip
         for index in drivers:
             pipe.zrevrangebyscore(index, top, bottom, start=0, num=size, withscores=True)
@@ -429,7 +434,7 @@ class TaskStore:
                 continue
             seen.add(entry[1])
             chunk.append(entry)
-            if len(chunk) >= min(max(limit - len(page), 1) * 2, 200):
+            if len(chunk) >= min(max(limit - len(page), 1) * factor, 200):
                 last = self._take(chunk, filters, page, limit) or last
                 scanned += len(chunk)
                 chunk = []

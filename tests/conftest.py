@@ -25,6 +25,7 @@ import requests
 
 from lodestar.stack import Stack, free_port, local_redis
 from shared.settings import Settings, load_settings
+from shared.store import TaskStore
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PAGES = Path(__file__).parent / "pages"
@@ -76,6 +77,14 @@ def settings(redis_url: str) -> Settings:
 
 
 # --- a local web site for the agents ------------------------------------------------------------------------------
+@pytest.fixture
+def store(settings: Settings) -> Iterator[TaskStore]:
+    """A TaskStore on the flushed test database."""
+    s = TaskStore.from_settings(settings)
+    yield s
+    s.redis.close()
+
+
 @dataclass
 class Site:
     """``tests/pages`` served on 127.0.0.1; ``hits`` records every ``/__submitted?...`` query (the page's effects)."""

@@ -11,18 +11,10 @@ from typing import Any
 import pytest
 
 from api.fanout import EventHub
-from shared.settings import Settings
 from shared.states import ExitCode
 from shared.store import TaskStore, new_task_id, now
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def store(settings: Settings) -> Iterator[TaskStore]:
-    s = TaskStore.from_settings(settings)
-    yield s
-    s.redis.close()
 
 
 @pytest.fixture
@@ -125,13 +117,19 @@ def test_a_stalled_subscriber_falls_back_to_redis_and_loses_nothing(store: TaskS
         assert [n for _, kind, n in r.seen if kind == "bench"] == list(range(40))
 
 
-def test_the_hub_resumes_after_losing_its_redis_connection(store: TaskStore, hub: EventHub) -> None:
+def following(store: TaskStore, hub: EventHub, n: int) -> tuple[str, Reader]:
+    """A running task, a reader following it, and ``n`` bench events the reader has seen."""
     task_id = running_task(store)
     reader = Reader(hub, task_id)
     reader.start()
     wait_for(lambda: hub.subscribers == 1)
-    bench_events(store, task_id, 3)
-    wait_for(lambda: len(reader.seen) >= 4)
+    bench_events(store, task_id, n)
+    wait_for(lambda: len(reader.seen) >= n + 1)
+    return task_id, reader
+
+
+def test_the_hub_resumes_after_losing_its_redis_connection(store: TaskStore, hub: EventHub) -> None:
+    task_id, reader = following(store, hub, 3)
     # When Redis drops every client connection (the hub's pub/sub connection among them)
     store.redis.client_kill_filter(_type="pubsub")
     store.redis.client_kill_filter(_type="normal", skipme=True)
@@ -143,12 +141,7 @@ def test_the_hub_resumes_after_losing_its_redis_connection(store: TaskStore, hub
 
 
 def test_an_event_pub_sub_missed_is_read_from_the_stream(store: TaskStore, hub: EventHub) -> None:
-    task_id = running_task(store)
-    reader = Reader(hub, task_id)
-    reader.start()
-    wait_for(lambda: hub.subscribers == 1)
-    bench_events(store, task_id, 2)
-    wait_for(lambda: len(reader.seen) >= 3)
+    task_id, reader = following(store, hub, 2)
     # an event that reaches the stream but not the channel (as across a pub/sub reconnect)
     seq = store.redis.hincrby(store.key(task_id), "event_seq", 1)
     store.redis.xadd(store.key(task_id, "events"), {"data": '{"type": "bench", "n": 2}'}, id=f"0-{seq}")

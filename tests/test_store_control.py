@@ -20,13 +20,6 @@ from shared.store import TaskStore, new_task_id, now
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture
-def store(settings: Settings) -> Iterator[TaskStore]:
-    s = TaskStore.from_settings(settings)
-    yield s
-    s.redis.close()
-
-
 def make_task(store: TaskStore, status: Status = Status.QUEUED, **extra: Any) -> str:
     """A task record in ``status`` with its first event (seq 1)."""
     task_id = new_task_id()
