@@ -29,7 +29,8 @@ def _api(args: argparse.Namespace) -> int:
         print(f"LODESTAR_API_WORKER_CLASS: expected gevent or gthread, got {worker_class!r}", file=sys.stderr)
         return 2
     threads = args.threads or settings.api_threads
-    argv = ["gunicorn", "--worker-class", worker_class, "--workers", str(args.workers), "--threads", str(threads),
+    workers = args.workers or settings.api_workers
+    argv = ["gunicorn", "--worker-class", worker_class, "--workers", str(workers), "--threads", str(threads),
             # open connections per process; each event stream holds one (gthread: and a thread)
             "--worker-connections", str(max(settings.api_connections, threads + 100)),
             "--bind", f"{args.host or settings.api_host}:{args.port or settings.api_port}",
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("api", help="serve the HTTP API (gunicorn, gevent)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--workers", type=int, default=1, help="gunicorn processes")
+    p.add_argument("--workers", type=int, help="gunicorn processes (default LODESTAR_API_WORKERS, 1)")
     p.add_argument("--worker-class", choices=["gevent", "gthread"], help="default LODESTAR_API_WORKER_CLASS")
     p.add_argument("--threads", type=int, help="gthread: threads per process (each open event stream holds one)")
     p.add_argument("--access-log", action="store_true")

@@ -57,6 +57,8 @@ class Settings:
     """Bearer keys accepted by the API. Empty: every request gets 401 (no open mode)."""
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    api_workers: int = 1
+    """gunicorn processes of ``lodestar api`` (``--workers`` wins); about one per core for a dedicated machine."""
     api_worker_class: str = "gevent"
     """gunicorn worker class of ``lodestar api``: ``gevent`` (default: each request and each open SSE/WebSocket
     stream is a greenlet, so one process holds thousands of streams) or ``gthread`` (a thread each; past a few
