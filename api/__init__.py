@@ -25,9 +25,13 @@ def create_app(test_config: Settings | None = None) -> Flask:
     from api import openapi
     from api.fanout import EndWatcher, EventHub
     from api.routes import ApiError, authenticate, bp, sock
-    from shared.tenants import RateLimiter, Tenants
+    from shared.tenants import RateLimiter, Tenants, check_rate_limit
 
     settings = test_config or load_settings()
+    try:
+        check_rate_limit(settings.default_rate_limit)
+    except ValueError as exc:
+        raise ValueError(f"LODESTAR_DEFAULT_RATE_LIMIT: {exc}") from None
     _raise_open_file_limit()
     app = Flask(__name__)
     app.config["LODESTAR"] = settings
@@ -77,6 +81,7 @@ def create_app(test_config: Settings | None = None) -> Flask:
     # Everything built so far (modules, the app, schemas, the Celery app) lives as long as the process: keep it out
     # of the garbage collector's full passes, which otherwise stop every stream of a gevent process for ~90 ms
     # (measured with 1000 open streams; ~30 ms after this)
+    gc.collect()
     gc.freeze()
     return app
 

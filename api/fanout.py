@@ -199,6 +199,8 @@ class EventHub:
         read, a catch-up, the end check).
         """
         store = self._store
+        # a client's Last-Event-ID past the task's last event would set the position of everyone's feed
+        after = min(after, store.last_seq(task_id))
         for seq, event in store.read_events(task_id, after):  # what is already there, read directly
             after = seq
             yield Delivery(seq, event)
@@ -212,7 +214,11 @@ class EventHub:
                     changed.wait(keepalive)
                 last, fresh = feed.last, feed.after(after)
                 if last > after and (not fresh or fresh[0].seq > after + 1):  # behind the buffer: read Redis
-                    fresh = [Delivery(seq, event) for seq, event in store.read_events(task_id, after)] or fresh
+                    batch = store.read_events(task_id, after)
+                    if batch:
+                        fresh = [Delivery(seq, event) for seq, event in batch]
+                    elif not fresh:  # trimmed from the stream (MAXLEN) before we read them: gone
+                        after = last
                 if not fresh:  # quiet for ``keepalive`` s: has the task ended, or did the hub miss something?
                     current = store.get(task_id)
                     if current is None:
@@ -274,7 +280,7 @@ class EventHub:
         client = redis.Redis(connection_pool=self._store.redis.connection_pool)
         while not self._stopped.is_set():
             pubsub = client.pubsub()
-            subscribed: set[str] = set()
+            subscribed: dict[str, _Feed] = {}
             try:
                 pubsub.subscribe(self._wake_channel)
                 with self._lock:
@@ -290,20 +296,25 @@ class EventHub:
             finally:
                 pubsub.close()
 
-    def _sync(self, pubsub: Any, subscribed: set[str]) -> None:
+    def _sync(self, pubsub: Any, subscribed: dict[str, _Feed]) -> None:
         """Subscribe to the channels of new feeds and leave those of feeds that have no subscriber left."""
         with self._lock:
             if not self._dirty:
                 return
             self._dirty = False
-            wanted = set(self._feeds)
-        gone, new = subscribed - wanted, wanted - subscribed
+            wanted = dict(self._feeds)
+        gone = [key for key in subscribed if key not in wanted]
+        new = [key for key in wanted if key not in subscribed]
         if gone:
             pubsub.unsubscribe(*gone)
         if new:
             pubsub.subscribe(*new)  # each confirmation makes _handle read the stream (see below)
-        subscribed.difference_update(gone)
-        subscribed.update(new)
+        for key in gone:
+            del subscribed[key]
+        for key, feed in wanted.items():
+            if key in subscribed and subscribed[key] is not feed:  # a feed that ended and began again between two
+                self._catch_up(feed)  # turns: still subscribed, so what it missed is in the stream only
+            subscribed[key] = feed
 
     def _handle(self, message: dict[str, Any]) -> None:
         channel = message["channel"].decode()

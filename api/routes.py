@@ -151,14 +151,52 @@ def _idempotency_slot(store: TaskStore, record: dict[str, Any]) -> str:
     return f"{store.prefix}:idempotency:{record['tenant']}:{digest}"
 
 
+IN_PROGRESS: dict[str, Any] = {"in_progress": True}
+"""What :func:`_idempotent` answers for a key whose first request is still storing its task."""
+IDEMPOTENCY_GRACE = 60.0
+"""Seconds after a key is claimed during which a missing task means "being stored", not "expired"."""
+
+
 def _idempotent(records: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
-    """For each record with an idempotency key, the task that key already created (within the window), else None.
-    Claims the keys of the new ones, all in two pipelined round trips."""
+    """For each record with an idempotency key: the task that key already created (within the window), the
+    earlier record of this same request with that key, :data:`IN_PROGRESS` when another request claimed the key
+    less than ``IDEMPOTENCY_GRACE`` s ago and has not stored its task yet, or None (the key is now this
+    record's). Claims the keys of the new ones; a few pipelined round trips whatever the number of records."""
     store, window = _store(), _settings().idempotency_window
-    slots = {i: _idempotency_slot(store, r) for i, r in enumerate(records) if r.get("idempotency_key")}
     found: list[dict[str, Any] | None] = [None] * len(records)
+    slots: dict[int, str] = {}
+    first_with: dict[str, int] = {}
+    for i, r in enumerate(records):
+        if r.get("idempotency_key"):
+            slot = _idempotency_slot(store, r)
+            if slot in first_with:  # the same key twice in one batch: one task
+                found[i] = records[first_with[slot]]
+            else:
+                first_with[slot] = i
+                slots[i] = slot
     if not slots:
         return found
+    pipe = store.redis.pipeline(transaction=False)
+    for i, slot in slots.items():
+        pipe.set(slot, records[i]["task_id"], nx=True, ex=window)
+    taken = [i for i, ok in zip(slots, pipe.execute()) if not ok]
+    if not taken:
+        return found
+    pipe = store.redis.pipeline(transaction=False)
+    for i in taken:
+        pipe.get(slots[i])
+        pipe.pttl(slots[i])
+    answers = pipe.execute()
+    for n, i in enumerate(taken):
+        existing, ttl_ms = cast(bytes | None, answers[2 * n]), cast(int, answers[2 * n + 1])
+        record = store.get(existing.decode()) if existing else None
+        if record is not None:
+            found[i] = record
+        elif existing and ttl_ms > 0 and window - ttl_ms / 1000 < IDEMPOTENCY_GRACE:
+            found[i] = IN_PROGRESS  # claimed moments ago by a request that is still writing its task
+        else:  # the task it named expired: the key is free again
+            store.redis.set(slots[i], records[i]["task_id"], ex=window)
+    return found
     pipe = store.redis.pipeline(transaction=False)
     for i, slot in slots.items():
         pipe.set(slot, records[i]["task_id"], nx=True, ex=window)
@@ -216,6 +254,11 @@ def _submit(records: list[dict[str, Any]]) -> int:
     return done
 
 
+def _in_progress() -> ApiError:
+    return ApiError(409, "idempotency_key_in_use", "a request with this idempotency_key is still storing its "
+                    "task; retry in a moment", headers={"retry-after": "1"})
+
+
 def _unavailable() -> ApiError:
     return ApiError(503, "queue_unavailable", "the task store and queue (Redis) is unavailable; retry later",
                     headers={"retry-after": "1"})
@@ -229,6 +272,8 @@ def _start() -> tuple[dict[str, Any], bool]:
         raise _invalid(exc) from None
     record = _new_record(params)
     existing = _idempotent([record])[0]
+    if existing is IN_PROGRESS:
+        raise _in_progress()
     if existing is not None:
         return existing, True
     _check_room(1)
@@ -297,7 +342,10 @@ def start_batch() -> tuple[Response, int]:
     existing = _idempotent([r for _, r in records])
     fresh = [(i, r) for (i, r), e in zip(records, existing) if e is None]
     for (i, _r), e in zip(records, existing):
-        if e is not None:
+        if e is IN_PROGRESS:
+            busy = _in_progress()
+            errors.append({"index": i, "error": {"type": busy.kind, "message": busy.message}})
+        elif e is not None:
             results[i] = {"index": i, "task_id": e["task_id"], "status": e["status"], "reused": True}
     _check_room(len(fresh))
     stored = _submit([r for _, r in fresh]) if fresh else 0

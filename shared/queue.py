@@ -128,8 +128,9 @@ class RunTaskMessages:
                 captured["message"] = message
 
             channel._put = capture  # this connection is ours alone and is closed below
+            # retry=False: a retry would publish on a fresh channel whose _put is the real one
             self._app.send_task(RUN_TASK, args=[self._ID], task_id=self._ID, queue=kind,
-                                priority=PRIORITIES[priority], connection=conn)
+                                priority=PRIORITIES[priority], connection=conn, retry=False)
         message = captured["message"]
         if message["properties"].get("body_encoding") != "base64":
             raise RuntimeError(f"unexpected kombu Redis envelope: {message['properties']}")

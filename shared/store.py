@@ -418,7 +418,7 @@ class TaskStore:
             bool(filters.statuses) + bool(filters.batch_id) + len(filters.metadata)) <= 1
         factor = 1 if exact else 2
         size = min(200, limit * factor)
-        pipe = self.redis.pipeline(transaction=False)  # the first rows of every index in one round trip
+        pipe = self.redis.pipeline(transaction=True)  # the first rows of every index, in one consistent read
         for index in drivers:
             pipe.zrevrangebyscore(index, top, bottom, start=0, num=size, withscores=True)
         streams = [self._walk(index, top, bottom, after, first, size)
@@ -453,20 +453,22 @@ class TaskStore:
               size: int) -> Iterator[tuple[float, str, str]]:
         """Entries of one index as ``(score, task id, index)``, newest first, strictly after the cursor.
         ``first`` is the answer to the first ``size`` rows (fetched for every index at once); later rows are
-        read ``200`` at a time."""
-        rows, offset = cast(list[tuple[bytes, float]], first), 0
+        read ``200`` at a time from the last score seen (not by offset: entries pruned or moved to another status
+        meanwhile would shift an offset and skip live tasks)."""
+        rows = cast(list[tuple[bytes, float]], first)
+        last_score, ties = None, 0  # the lowest score read so far, and how many entries of it were read
         while rows:
             for member, score in rows:
+                last_score, ties = (score, ties + 1) if score == last_score else (score, 1)
                 task_id = member.decode()
                 if after is not None and (score, task_id) >= after:
                     continue  # at or before the cursor: equal scores are ordered by id, descending
                 yield score, task_id, index
-            offset += len(rows)
             if len(rows) < size:
                 return
             size = 200
             rows = cast(list[tuple[bytes, float]], self.redis.zrevrangebyscore(
-                index, top, bottom, start=offset, num=size, withscores=True))
+                index, repr(last_score), bottom, start=ties, num=size, withscores=True))
 
     def _take(self, chunk: list[tuple[float, str, str]], filters: TaskFilter, page: list[dict[str, Any]],
               limit: int) -> tuple[float, str] | None:
@@ -603,6 +605,11 @@ class TaskStore:
     def append_event(self, task_id: str, event: Mapping[str, Any], fields: Mapping[str, Any] | None = None) -> int:
         """Append ``event`` (and set ``fields``) whatever the status; returns its seq (0 if the task is gone)."""
         return self.apply(task_id, fields=fields, event={"task_id": task_id, "ts": now(), **event}).seq
+
+    def last_seq(self, task_id: str) -> int:
+        """The seq of the task's latest event (0 when the task does not exist)."""
+        raw = cast(bytes | None, self.redis.hget(self.key(task_id), "event_seq"))
+        return int(raw) if raw else 0
 
     def read_events(self, task_id: str, after: int = 0, block_ms: int | None = None,
                     count: int = 500) -> list[tuple[int, dict[str, Any]]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Any, cast
 from shared.store import TaskStore, now
 
 KEY_PREFIX = "ls_"
+log = logging.getLogger(__name__)
 
 
 def digest(key: str) -> str:
@@ -77,15 +79,21 @@ class RateLimiter:
         """Count one request of ``tenant`` against ``spec`` ("N/second;M/minute"...); returns 0 when it is
         allowed, else the whole seconds until the window has room again.
 
+        A ``spec`` that is not valid notation (stored before specs were checked) is logged and not applied.
+
         Raises:
-            ValueError: ``spec`` is not valid rate-limit notation.
             redis.RedisError: Redis is unreachable.
         """
         from limits import parse_many
 
         items = self._parsed.get(spec)
         if items is None:
-            items = self._parsed[spec] = parse_many(spec)
+            try:
+                items = parse_many(spec)
+            except ValueError as exc:  # stored before specs were checked: no limit, said once per spec
+                log.error("tenant %s: ignoring rate limit %r: %s", tenant, spec, exc)
+                items = []
+            self._parsed[spec] = items
         for item in items:
             if not self._limiter.hit(item, self._prefix, tenant):
                 reset = self._limiter.get_window_stats(item, self._prefix, tenant).reset_time

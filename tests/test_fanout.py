@@ -157,6 +157,24 @@ def test_an_event_pub_sub_missed_is_read_from_the_stream(store: TaskStore, hub: 
     assert [n for _, kind, n in reader.seen if kind == "bench"] == [0, 1, 2, 3, 4]
 
 
+def test_a_last_event_id_past_the_end_does_not_move_the_task_for_others(store: TaskStore, hub: EventHub) -> None:
+    task_id = running_task(store)
+    bench_events(store, task_id, 2)
+    wild = Reader(hub, task_id, after=10**6)  # a client claiming to have seen a million events
+    wild.start()
+    wait_for(lambda: hub.subscribers == 1)
+    honest = Reader(hub, task_id, after=3)
+    honest.start()
+    wait_for(lambda: hub.subscribers == 2)
+    bench_events(store, task_id, 3, start=2)
+    store.finish(task_id, ExitCode.COMPLETED)
+    for r in (wild, honest):
+        r.join(10)
+        assert r.error is None and not r.is_alive()
+        assert [n for _, kind, n in r.seen if kind == "bench"] == [2, 3, 4]  # both from now on, nothing lost
+    assert honest.keepalives == 0
+
+
 def test_subscribers_of_many_tasks_share_one_reader(store: TaskStore, hub: EventHub) -> None:
     before = {t for t in threading.enumerate() if t.name == "event-hub"}  # other tests' hubs, stopping
     tasks = [running_task(store) for _ in range(30)]

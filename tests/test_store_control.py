@@ -55,6 +55,23 @@ def test_a_record_stores_neither_its_id_nor_implied_values_and_reads_back_whole(
     assert store.count("t_test", "running") == 1 and store.count("t_test", "queued") == 1
 
 
+def test_pages_skip_no_live_task_when_expired_ids_are_pruned_on_the_way(store: TaskStore) -> None:
+    from shared.store import TaskFilter
+
+    ids = [make_task(store) for _ in range(1500)]  # newest last
+    expired = set(ids[::7]) | set(ids[-400:-300])  # their records are gone; the index still names them
+    for task_id in expired:
+        store.redis.delete(store.key(task_id))
+    seen: list[str] = []
+    cursor = None
+    for _ in range(100):
+        page, cursor = store.list_tasks("t_test", TaskFilter(statuses=("queued",)), 50, cursor)
+        seen += [t["task_id"] for t in page]
+        if cursor is None:
+            break
+    assert seen == [t for t in reversed(ids) if t not in expired]
+
+
 # --- the transition table -----------------------------------------------------------------------------------------
 REFUSED = [(f, t) for f in Status for t in Status if t not in TRANSITIONS[f]]
 ALLOWED = [(f, t) for f in Status for t in TRANSITIONS[f]]
