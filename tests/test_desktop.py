@@ -104,13 +104,15 @@ done "typed"'''
     task = desk.wait_ended(task_id, timeout=30)
     # Then the shell ran it, in a HOME of its own that is deleted once the task ended
     assert (task["status"], task["exit_code"], task["result"]) == ("completed", 0, "typed"), task
+    eventually(lambda: read(tmp_path / "home.txt") is not None, 10, "the shell writing its files")
     assert read(tmp_path / "out.txt") == f"hi-{token}\n"
     home = Path((read(tmp_path / "home.txt") or "").strip())
     assert home.name.startswith("lodestar-home-") and home != Path.home()
     eventually(lambda: not home.exists(), 10, "removing the task's HOME")
     # And every step's screenshot is the whole 1024x768 screen
     steps = [e for e in events_of(desk, task_id) if e["type"] == "step"]
-    assert [e["step"] for e in steps] == [1, 2, 3, 4]
+    # type, Enter, expect (one look, more when the shell is slow to retitle the window), done
+    assert [e["step"] for e in steps] == list(range(1, len(steps) + 1)) and len(steps) >= 4
     for event in steps:
         assert event["screenshot"].startswith("data:image/jpeg;base64,")
         assert image_size(base64.b64decode(event["screenshot"].split(",", 1)[1])) == (1024, 768)
@@ -137,7 +139,7 @@ press F13
 wait 1
 done "clicked"'''
     task = desk.wait_ended(start(desk, script, viewport_width=800, viewport_height=600), timeout=40)
-    assert (task["status"], task["exit_code"]) == ("completed", 0), task
+    assert (task["status"], task["exit_code"]) == ("completed", 0), (task["error"], task["message"])
     state = json.loads(read(state_file) or "{}")
     assert state["screen"] == [800, 600] and state["ready"] is True
     assert state["count"] == 2  # the two clicks inside the button; the others landed where they were aimed
