@@ -7,7 +7,6 @@ Contract: ``../shared/API.md``. Errors are ``{"error": {"type", "message", "fiel
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import logging
@@ -224,7 +223,10 @@ def _submit(records: list[dict[str, Any]]) -> int:
     Each chunk of 1000 records, their index entries and their Celery messages go in one MULTI/EXEC, so a task
     is either stored and queued or neither (the messages are built by ``RunTaskMessages``, not one
     ``send_task`` each). When Redis fails midway, the chunks already written stay accepted, the rest are not
-    stored and their idempotency keys are released; the caller reports them.
+    stored and their idempotency keys are released; the caller reports them. A chunk whose EXEC may have run
+    with its reply lost is looked up: found, it counts as stored; when Redis cannot even be asked, the keys
+    stay claimed (a retry gets 409 for ``IDEMPOTENCY_GRACE`` s, then the key is free), so a lost reply never
+    turns a retry into a second task.
     """
     store = _store()
     messages = cast(RunTaskMessages, current_app.extensions["lodestar.messages"])
@@ -243,10 +245,15 @@ def _submit(records: list[dict[str, Any]]) -> int:
             pipe.execute()
         except Exception:
             log.exception("storing and queueing %d tasks failed", len(records) - done)
-            slots = [_idempotency_slot(store, r) for r in records[done:] if r.get("idempotency_key")]
-            with contextlib.suppress(RedisError):  # a retry with the same key must create the task
-                if slots:
+            try:
+                if store.redis.exists(store.key(chunk[0]["task_id"])):  # EXEC ran; only its reply was lost
+                    done += len(chunk)
+                    continue
+                slots = [_idempotency_slot(store, r) for r in records[done:] if r.get("idempotency_key")]
+                if slots:  # not stored: a retry with the same key must create the task
                     store.redis.delete(*slots)
+            except RedisError:
+                pass  # unknown: the keys stay claimed (see above)
             return done
         done += len(chunk)
         if done < len(records):

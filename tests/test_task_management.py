@@ -117,6 +117,30 @@ def test_a_batch_that_loses_redis_midway_keeps_what_was_stored_and_reports_the_r
 
 
 @pytest.mark.redis
+def test_a_submit_whose_reply_is_lost_after_exec_is_not_stored_twice(
+        client: FlaskClient, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = redis.client.Pipeline.execute
+    lost = {"n": 0}
+
+    def execute_then_lose_the_reply(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real(self, *args, **kwargs)
+        if self.transaction and not lost["n"]:
+            lost["n"] += 1
+            raise redis.ConnectionError("connection reset after EXEC")
+        return result
+
+    client.post("/agent/tasks", json=task(), headers=AUTH)  # Celery builds the message template (its own I/O)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", execute_then_lose_the_reply)
+    resp = client.post("/agent/tasks", json=task(idempotency_key="once"), headers=AUTH)
+    assert resp.status_code == 200, resp.get_json()  # the chunk was found stored: accepted, not a 503
+    again = client.post("/agent/tasks", json=task(idempotency_key="once"), headers=AUTH).get_json()
+    assert again["reused"] and again["task_id"] == resp.get_json()["task_id"]
+    store = TaskStore.from_settings(settings)
+    assert lost["n"] == 1
+    assert store.count(env_tenant(KEY), "queued") == 2 and store.redis.llen("browser:4") == 2
+
+
+@pytest.mark.redis
 def test_an_idempotency_key_is_one_task_within_a_batch_and_while_its_first_request_is_storing(
         client: FlaskClient, settings: Settings) -> None:
     result = client.post("/agent/tasks/batch", json=[task(1, idempotency_key="same"), task(2),
