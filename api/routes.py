@@ -165,11 +165,12 @@ def _idempotent(records: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
     found: list[dict[str, Any] | None] = [None] * len(records)
     slots: dict[int, str] = {}
     first_with: dict[str, int] = {}
+    duplicates: dict[int, int] = {}  # the same key twice in one batch: one task, the first item's
     for i, r in enumerate(records):
         if r.get("idempotency_key"):
             slot = _idempotency_slot(store, r)
-            if slot in first_with:  # the same key twice in one batch: one task
-                found[i] = records[first_with[slot]]
+            if slot in first_with:
+                duplicates[i] = first_with[slot]
             else:
                 first_with[slot] = i
                 slots[i] = slot
@@ -180,7 +181,7 @@ def _idempotent(records: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
         pipe.set(slot, records[i]["task_id"], nx=True, ex=window)
     taken = [i for i, ok in zip(slots, pipe.execute()) if not ok]
     if not taken:
-        return found
+        return _same_key_as_before(found, records, duplicates)
     pipe = store.redis.pipeline(transaction=False)
     for i in taken:
         pipe.get(slots[i])
@@ -195,18 +196,15 @@ def _idempotent(records: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
             found[i] = IN_PROGRESS  # claimed moments ago by a request that is still writing its task
         else:  # the task it named expired: the key is free again
             store.redis.set(slots[i], records[i]["task_id"], ex=window)
-    return found
-    pipe = store.redis.pipeline(transaction=False)
-    for i, slot in slots.items():
-        pipe.set(slot, records[i]["task_id"], nx=True, ex=window)
-    taken = [i for i, ok in zip(slots, pipe.execute()) if not ok]
-    for i in taken:
-        existing = cast(bytes | None, store.redis.get(slots[i]))
-        record = store.get(existing.decode()) if existing else None
-        if record is not None:
-            found[i] = record
-        else:  # the task it named expired: the key is free again
-            store.redis.set(slots[i], records[i]["task_id"], ex=window)
+    return _same_key_as_before(found, records, duplicates)
+
+
+def _same_key_as_before(found: list[dict[str, Any] | None], records: list[dict[str, Any]],
+                        duplicates: dict[int, int]) -> list[dict[str, Any] | None]:
+    """Give each repeated key the answer of its first item: the task that key already had, IN_PROGRESS, or
+    the first item's own new record."""
+    for i, first in duplicates.items():
+        found[i] = found[first] if found[first] is not None else records[first]
     return found
 
 

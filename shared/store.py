@@ -410,7 +410,8 @@ class TaskStore:
         drivers = filters.driver_indexes(self, tenant)
         high = filters.created_before if filters.created_before is not None else float("inf")
         low = filters.created_after if filters.created_after is not None else float("-inf")  # exclusive (below)
-        top = "+inf" if after is None and high == float("inf") else repr(min(high, after[0] if after else high))
+        ceiling = min(high, after[0]) if after else high
+        top = "+inf" if ceiling == float("inf") else repr(ceiling)
         bottom = f"({low!r}" if low != float("-inf") else "-inf"
         # when the indexes answer the query alone every entry is a match (unless expired): fetch what the page
         # needs; otherwise twice that, as records are then filtered

@@ -150,6 +150,11 @@ def test_an_idempotency_key_is_one_task_within_a_batch_and_while_its_first_reque
     assert third["task_id"] == first["task_id"] and third["reused"]
     store = TaskStore.from_settings(settings)
     assert store.count(env_tenant(KEY), "queued") == 2
+    # a key used before, twice in a later batch: both items are the earlier task
+    later = client.post("/agent/tasks/batch", json=[task(4, idempotency_key="same"),
+                                                    task(5, idempotency_key="same")], headers=AUTH).get_json()
+    assert [(t["task_id"], t["reused"]) for t in later["tasks"]] == [(first["task_id"], True)] * 2
+    assert store.count(env_tenant(KEY), "queued") == 2
     # a key claimed a moment ago by a request that has not stored its task yet
     slot = f"{store.prefix}:idempotency:{env_tenant(KEY)}:{hashlib.sha256(b'busy').hexdigest()}"
     store.redis.set(slot, "task_stillbeingwritten000000", ex=settings.idempotency_window)
