@@ -12,7 +12,6 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 
 from shared.schemas import (
     IGNORED_PARAMS,
-    OFFLINE_AGENTS,
     ErrorSchema,
     EventSchema,
     MessageSchema,
@@ -22,6 +21,7 @@ from shared.schemas import (
     make_start_schema,
 )
 from shared.settings import Settings
+from shared.task import OFFLINE_AGENTS
 
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 _JSON_ERR = {"content": {"application/json": {"schema": "Error"}}}

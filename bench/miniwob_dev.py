@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from shared.settings import load_settings
-from worker.agents import Episode, Policy, StepRecord
 from worker.browser import BrowserComputer, BrowserHost
 from worker.computer import execute
 from worker.heuristic import HeuristicPolicy
+from worker.policy import Episode, Policy, StepRecord
 
 CORE_TASKS = ("click-button", "click-link", "click-dialog", "enter-text", "focus-text", "login-user",
               "enter-password", "click-checkboxes")

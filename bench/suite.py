@@ -601,9 +601,10 @@ def bench_step(args: argparse.Namespace) -> Row:
     from bench.miniwob import serve_miniwob
     from shared.control import ControlChannel
     from shared.store import TaskStore, new_task_id, now
-    from worker.agents import Episode, ScriptedPolicy
     from worker.browser import BrowserHost
     from worker.loop import run_episode
+    from worker.policy import Episode
+    from worker.scripted import ScriptedPolicy
     from worker.tasks import _record_step
 
     n, rounds = args.steps, 3

@@ -24,11 +24,7 @@ from marshmallow import (
 from shared.models import registry as model_registry
 from shared.settings import Settings
 from shared.states import PRIORITIES, TERMINAL, ExitCode, Status
-
-OFFLINE_AGENTS = ("scripted", "heuristic")
-"""``agent_type`` values that run with no model provider (implemented in ``worker/agents.py``)."""
-
-KINDS = ("browser", "desktop")
+from shared.task import DEFAULT_TEMPERATURE, KINDS, OFFLINE_AGENTS
 
 IGNORED_PARAMS = ("computer_id", "on_missing_computer", "keep_alive", "terminate_on_completion", "harness_version",
                   "stream_deltas", "agent_icon", "environment_id", "thread_id")
@@ -78,7 +74,7 @@ def make_start_schema(settings: Settings) -> Schema:
                                strict=True)
         max_duration_seconds = fields.Int(load_default=s.default_max_duration,
                                           validate=validate.Range(1, s.max_duration_limit), strict=True)
-        temperature = fields.Float(load_default=0.2, validate=validate.Range(0, 2), allow_nan=False)
+        temperature = fields.Float(load_default=DEFAULT_TEMPERATURE, validate=validate.Range(0, 2), allow_nan=False)
         screenshot_mode = fields.Str(load_default="url", validate=validate.OneOf(["url", "base64"]))
         viewport_width = fields.Int(load_default=1280, strict=True,
                                     validate=validate.Range(s.viewport_min_width, s.viewport_max_width))

@@ -11,7 +11,6 @@ import shutil
 
 import pytest
 
-from worker.agents import Decision, Episode, StepRecord
 from worker.computer import Action, ActionResult, Observation, Target
 from worker.heuristic import (
     Autocomplete,
@@ -29,6 +28,7 @@ from worker.heuristic import (
     shown_reward,
     start_cover_visible,
 )
+from worker.policy import Decision, Episode, StepRecord
 
 # --- snapshots as Playwright writes them (captured from MiniWoB++ pages, trimmed) ----------------------------------
 COVER = '- text: "Last reward: - Last 10 average: - Time left: - Episodes done: 0 START"'

@@ -15,9 +15,9 @@ from shared.control import ControlChannel
 from shared.settings import Settings
 from shared.states import ExitCode, Status
 from shared.store import TaskStore, new_task_id, now
-from worker.agents import Decision, Episode, PolicyError, StepRecord
 from worker.computer import Action, ActionError, Observation, Target, execute
 from worker.loop import MAX_FAILED_STEPS, Outcome, run_episode
+from worker.policy import Decision, Episode, PolicyError, StepRecord
 
 pytestmark = pytest.mark.redis
 

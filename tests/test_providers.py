@@ -35,9 +35,10 @@ from tests.fakes.chat import FakeChat, last_user
 from tests.fakes.chat import images_in as chat_images
 from tests.fakes.responses import FakeResponses, call_outputs, first_image, user_texts
 from tests.fakes.server import Session, Turn, check_data_url
-from worker.agents import Episode, StepRecord, make_policy
+from worker.agents import make_policy
 from worker.computer import Observation
 from worker.loop import MAX_FAILED_STEPS, Outcome, run_episode
+from worker.policy import Episode, StepRecord
 from worker.providers.base import ActionBuilder, AnswerError, Frame, Screen
 from worker.providers.openai_compat import map_qwen, map_ui_tars, parse_qwen, parse_ui_tars
 
@@ -848,7 +849,7 @@ def test_observation_frames_are_scaled_only_when_the_spec_says() -> None:
 
 
 def test_a_model_without_its_key_or_provider_fails_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker.agents import PolicyError
+    from worker.policy import PolicyError
 
     monkeypatch.delenv("TZAFON_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)

@@ -1,4 +1,4 @@
-"""The scripted agent's grammar (``worker.agents.parse_script``), key-chord names (``normalize_key``) and the
+"""The scripted agent's grammar (``worker.scripted.parse_script``), key-chord names (``normalize_key``) and the
 browser's network guard (``NetworkGuard``). Pure functions: no Redis, no browser, no network traffic (the guard is
 only ever given IP literals, which it parses without resolving or connecting)."""
 
@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from worker.agents import PolicyError, ScriptedPolicy, parse_script
 from worker.computer import Action, ActionError, NetworkGuard, Target, normalize_key
+from worker.policy import PolicyError
+from worker.scripted import ScriptedPolicy, parse_script
 
 # --- parse_script: one line per command of the grammar -------------------------------------------------------------
 

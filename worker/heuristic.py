@@ -28,8 +28,8 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 
-from worker.agents import Decision, Episode
 from worker.computer import Action, Observation, Target
+from worker.policy import Decision, Episode
 
 # --- the ARIA outline -------------------------------------------------------------------------------------------------
 

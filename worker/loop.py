@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from shared.control import ControlChannel
 from shared.states import ExitCode
-from worker.agents import Episode, Policy, PolicyError, StepRecord
 from worker.computer import ActionResult, Computer, Observation, execute
+from worker.policy import Episode, Policy, PolicyError, StepRecord
 
 MAX_FAILED_STEPS = 5
 """Consecutive steps whose actions all failed before the task fails (exit code 1)."""

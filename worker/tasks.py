@@ -30,12 +30,14 @@ from shared.queue import RUN_TASK, make_celery, task_ended
 from shared.settings import Settings, load_settings
 from shared.states import ExitCode
 from shared.store import TaskStore, now
+from shared.task import DEFAULT_TEMPERATURE
 from shared.tenants import Tenants
-from worker.agents import Episode, PolicyError, StepRecord, make_policy
+from worker.agents import make_policy
 from worker.browser import BrowserHost
 from worker.computer import Computer, Observation
 from worker.desktop import DesktopHost
 from worker.loop import Outcome, run_episode
+from worker.policy import Episode, PolicyError, StepRecord
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +159,7 @@ def run_claimed(rt: Runtime, task_id: str) -> Outcome:
     params = record.get("params") or {}
     episode = Episode(
         task_id=task_id, instruction=record["instruction"], kind=record["kind"], model=record.get("model") or "",
-        temperature=0.2 if record.get("temperature") is None else record["temperature"],
+        temperature=DEFAULT_TEMPERATURE if record.get("temperature") is None else record["temperature"],
         system_prompt=params.get("system_prompt"),
         context=params.get("context") or [], max_steps=record["max_steps"],
     )
@@ -165,7 +167,7 @@ def run_claimed(rt: Runtime, task_id: str) -> Outcome:
     deadline = time.monotonic() + started_at + record["max_duration_seconds"] - now()
 
     try:
-        policy = make_policy(record.get("agent_type"), episode, settings=rt.settings)
+        policy = make_policy(record.get("agent_type"), episode, rt.settings)
     except PolicyError as exc:
         return _end(store, task_id, Outcome(ExitCode.FAILED, error=str(exc)))
     except Exception as exc:  # a bug in an agent must end the task, not leave it running

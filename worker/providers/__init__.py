@@ -21,7 +21,7 @@ from typing import Any
 
 from shared.models import ModelSpec, resolve_model
 from shared.settings import Settings
-from worker.agents import Episode, PolicyError
+from worker.policy import Episode, PolicyError
 from worker.providers.anthropic_cua import AnthropicComputerPolicy
 from worker.providers.base import ModelPolicy
 from worker.providers.northstar import NorthstarPolicy

@@ -53,8 +53,8 @@ from typing import Any
 
 import anthropic
 
-from worker.agents import Decision, Episode, PolicyError
 from worker.computer import Action
+from worker.policy import Decision, Episode, PolicyError
 from worker.providers.base import (
     SCROLL_NOTCH_PX,
     AnswerError,

@@ -29,8 +29,8 @@ from PIL import Image
 
 from shared.models import ModelSpec
 from shared.settings import Settings
-from worker.agents import Decision, Episode, PolicyError, StepRecord
 from worker.computer import Action, Observation
+from worker.policy import Decision, Episode, PolicyError, StepRecord
 
 JPEG_QUALITY = 85
 """Quality of screenshots re-encoded after scaling (unscaled ones are sent as the computer took them)."""

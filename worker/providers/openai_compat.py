@@ -68,8 +68,8 @@ from typing import Any
 
 import openai
 
-from worker.agents import Decision, Episode
 from worker.computer import Action
+from worker.policy import Decision, Episode
 from worker.providers.base import (
     SCROLL_NOTCH_PX,
     ActionBuilder,

@@ -16,8 +16,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from worker.agents import Decision, Episode, PolicyError
 from worker.computer import Action
+from worker.policy import Decision, Episode, PolicyError
 from worker.providers.base import (
     AnswerError,
     Frame,

@@ -1,0 +1,90 @@
+"""The decide step's types: the ``Policy`` protocol and what a policy reads and returns.
+
+A leaf module: offline agents (``worker/scripted.py``, ``worker/heuristic/``), the model adapters
+(``worker/providers/``), the loop and the registry (``worker/agents.py``) all import it, and it imports only the
+action vocabulary (``worker/computer.py``).
+
+A policy turns an ``Observation`` plus the ``Episode`` so far into a ``Decision`` (one or more ``Action``s and an
+optional thought); the loop records each step as a ``StepRecord``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from shared.task import DEFAULT_TEMPERATURE
+from worker.computer import Action, ActionResult, Observation
+
+__all__ = ["Decision", "Episode", "Policy", "PolicyError", "StepRecord"]
+
+
+class PolicyError(Exception):
+    """The policy cannot go on. Raised while building the policy (a bad script line, an unknown agent), the task
+    fails with exit code 1; raised by ``decide`` (a model error after retries), with exit code 7."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do next. A ``done``/``fail`` action ends the episode after the actions before it have run.
+
+    ``error``: the policy could not turn (part of) the model's answer into actions (malformed, or an action with no
+    equivalent): the listed ``actions`` run, then the step counts as a failed step with this error (the loop's
+    ``MAX_FAILED_STEPS`` ends a task that keeps failing). ``ask_user``: a question for the user (a safety check, a
+    model's ``call_user``): the loop pauses the task with it and runs ``actions`` once the user resumes or answers
+    with a message. ``usage``: this step's model usage ``{input_tokens, output_tokens, total_tokens, calls,
+    cost_usd}`` (tokens, calls, USD or None), summed on the task record by the worker.
+    """
+
+    actions: list[Action]
+    thought: str | None = None
+    error: str | None = None
+    ask_user: str | None = None
+    usage: dict[str, Any] | None = None
+
+
+@dataclass
+class StepRecord:
+    """One finished step as the policy and the events see it."""
+
+    step: int
+    actions: list[Action]
+    results: list[ActionResult]
+    thought: str | None
+    url: str
+    messages: list[str] = field(default_factory=list)
+    """Injected user messages delivered to the policy at this step."""
+    usage: dict[str, Any] | None = None
+    """The decision's model usage (see :class:`Decision`), None for offline agents."""
+
+
+@dataclass
+class Episode:
+    """Everything a policy may read about its task besides the current observation.
+
+    ``messages`` holds every injected message so far (oldest first); ``new_messages`` those not yet shown to the
+    policy, delivered at this step. ``context`` is the task's prior turns (``[{"role", "content"}]``).
+    """
+
+    task_id: str
+    instruction: str
+    kind: str = "browser"
+    model: str = ""
+    temperature: float = DEFAULT_TEMPERATURE
+    system_prompt: str | None = None
+    context: list[dict[str, str]] = field(default_factory=list)
+    max_steps: int = 100
+    history: list[StepRecord] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    new_messages: list[str] = field(default_factory=list)
+
+
+class Policy(Protocol):
+    """Chooses the next actions. ``needs_accessibility`` asks the computer for the ARIA snapshot each step."""
+
+    @property
+    def needs_accessibility(self) -> bool:
+        """Whether the next observation should carry the ARIA snapshot (it costs ~16 ms in a browser)."""
+        ...
+
+    def decide(self, observation: Observation, episode: Episode) -> Decision: ...
