@@ -62,6 +62,36 @@ class ControlState:
         return self.status in TERMINAL
 
 
+class LocalControl:
+    """An in-memory control channel for episodes run without Redis (development harnesses, tests): nobody pauses
+    or cancels; :meth:`send_message` queues a message for the policy's next step, as ``inject_message`` does."""
+
+    def __init__(self) -> None:
+        self.state = ControlState()
+
+    def send_message(self, content: str) -> None:
+        self.state.pending.append(content)
+
+    def poll(self) -> ControlState:
+        return self.state
+
+    def refresh(self) -> ControlState:
+        return self.state
+
+    def wait_while_paused(self, deadline: float, on_tick: Callable[[], None] | None = None) -> ControlState:
+        return self.state
+
+    def ask(self, question: str, deadline: float) -> ControlState:
+        """Nobody can answer: the question is dropped and the episode goes on."""
+        log.info("no user to ask (local control): %s", question)
+        return self.state
+
+    def take_messages(self) -> list[str]:
+        messages, self.state.pending = self.state.pending, []
+        self.state.delivered += len(messages)
+        return messages
+
+
 class ControlChannel:
     """The worker's end of a task's control channel. Not thread-safe; one per running task.
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from shared.control import ControlChannel
+from shared.control import ControlState
 from shared.states import ExitCode
 from worker.computer import ActionResult, Computer, Observation, execute
 from worker.policy import Episode, Policy, PolicyError, StepRecord
@@ -34,6 +35,17 @@ class Outcome:
     error: str | None = None
 
 
+class Control(Protocol):
+    """The worker's end of a task's control channel, as the loop uses it: ``shared.control.ControlChannel`` (Redis)
+    or ``shared.control.LocalControl`` (in memory: nobody pauses or cancels)."""
+
+    def poll(self) -> ControlState: ...
+    def refresh(self) -> ControlState: ...
+    def wait_while_paused(self, deadline: float) -> ControlState: ...
+    def ask(self, question: str, deadline: float) -> ControlState: ...
+    def take_messages(self) -> list[str]: ...
+
+
 StepCallback = Callable[[StepRecord, Observation], bool]
 """Called after each step with the record and the observation the step acted on; returns False when the task was
 ended by someone else (e.g. cancelled) and the loop must stop."""
@@ -43,7 +55,7 @@ def run_episode(
     computer: Computer,
     policy: Policy,
     episode: Episode,
-    control: ControlChannel,
+    control: Control,
     on_step: StepCallback,
     deadline: float,
     first_step: int = 1,
@@ -108,7 +120,7 @@ def run_episode(
             return Outcome(ExitCode.FAILED, error=f"{MAX_FAILED_STEPS} failed steps in a row; last: {last_error}")
 
 
-def _checkpoint(control: ControlChannel, deadline: float, clock: Callable[[], float], fresh: bool) -> Outcome | None:
+def _checkpoint(control: Control, deadline: float, clock: Callable[[], float], fresh: bool) -> Outcome | None:
     """Honour the user's wishes before going on: hold while paused; return the outcome that ends the episode
     (cancelled, or timed out, also while paused), else None. ``fresh`` reads the status from Redis instead of
     trusting that every pub/sub notice has arrived (one round trip: used right before acting)."""
