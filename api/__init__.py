@@ -8,25 +8,27 @@ and one reader per process fans task events out to the streams (``api/fanout.py`
 from __future__ import annotations
 
 import gc
-from typing import Any
 
 import redis
 from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException
 
+from api import errors, openapi
+from api.fanout import EndWatcher, EventHub
+from api.routes import BLUEPRINTS, sock
+from api.state import EXTENSION, AppState
 from shared.queue import RunTaskMessages, make_celery
-from shared.schemas import make_start_schema
+from shared.schemas import make_message_schema, make_start_schema
 from shared.settings import Settings, load_settings
 from shared.store import TaskStore
+from shared.tenants import RateLimiter, check_rate_limit
 
 
 def create_app(test_config: Settings | None = None) -> Flask:
-    """Build the API app. ``test_config`` replaces the environment's settings (tests, embedding)."""
-    from api import openapi
-    from api.fanout import EndWatcher, EventHub
-    from api.routes import ApiError, authenticate, bp, sock
-    from shared.tenants import RateLimiter, Tenants, check_rate_limit
+    """Build the API app. ``test_config`` replaces the environment's settings (tests, embedding).
 
+    Raises:
+        ValueError: a setting is unusable (a malformed default rate limit or model registry).
+    """
     settings = test_config or load_settings()
     try:
         check_rate_limit(settings.default_rate_limit)
@@ -34,29 +36,23 @@ def create_app(test_config: Settings | None = None) -> Flask:
         raise ValueError(f"LODESTAR_DEFAULT_RATE_LIMIT: {exc}") from None
     _raise_open_file_limit()
     app = Flask(__name__)
-    app.config["LODESTAR"] = settings
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = TaskStore.from_settings(settings)
-    app.extensions["lodestar.store"] = store
-    app.extensions["lodestar.celery"] = celery = make_celery(settings)
-    app.extensions["lodestar.messages"] = RunTaskMessages(celery)
-    app.extensions["lodestar.start_schema"] = make_start_schema(settings)
-
-    tenants = Tenants(store)
-    app.extensions["lodestar.tenants"] = tenants
-    app.extensions["lodestar.waits"] = EndWatcher(store.redis, f"{store.prefix}:ended")
-    app.extensions["lodestar.events"] = EventHub(store)
-
-    app.extensions["lodestar.ratelimits"] = RateLimiter(settings.redis_url, f"{settings.key_prefix}:ratelimit")
-    app.before_request(authenticate)  # and the tenant's rate limit
-
-    app.register_blueprint(bp)
+    celery = make_celery(settings)
+    app.extensions[EXTENSION] = AppState(
+        settings=settings, store=store, celery=celery, messages=RunTaskMessages(celery),
+        start_schema=make_start_schema(settings), message_schema=make_message_schema(settings),
+        waits=EndWatcher(store), events=EventHub(store),
+        rate_limits=RateLimiter(settings.redis_url, store.keys.ratelimit))
+    errors.register(app)
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
     sock.init_app(app)
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
         try:
-            store.redis.ping()
+            store.ping()
         except redis.RedisError as exc:
             return jsonify({"status": "unavailable", "redis": str(exc)}), 503
         return jsonify({"status": "ok", "redis": "ok"}), 200
@@ -64,19 +60,6 @@ def create_app(test_config: Settings | None = None) -> Flask:
     @app.get("/openapi.json")
     def openapi_json() -> Response:
         return jsonify(openapi.build_spec(settings))
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> Response:
-        body: dict[str, Any] = {"type": (exc.name or "error").lower().replace(" ", "_"), "message": exc.description}
-        resp = jsonify({"error": body})
-        resp.status_code = exc.code or 500
-        if exc.code == 429:
-            resp.headers["x-should-retry"] = "true"
-        return resp
-
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError) -> Response:  # raised by authenticate(), outside the blueprint's handlers
-        return exc.response()
 
     # Everything built so far (modules, the app, schemas, the Celery app) lives as long as the process: keep it out
     # of the garbage collector's full passes, which otherwise stop every stream of a gevent process for ~90 ms

@@ -25,8 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from shared.states import TERMINAL
-
 if TYPE_CHECKING:
     from shared.store import TaskStore
 
@@ -36,9 +34,9 @@ log = logging.getLogger(__name__)
 class EndWatcher:
     """Wakes waiters when a task ends. Thread-safe; the listener thread starts on the first :meth:`wait`."""
 
-    def __init__(self, client: redis.Redis, channel: str):
-        self._client = client
-        self._channel = channel
+    def __init__(self, store: TaskStore):
+        self._store = store
+        self._channel = store.keys.ended
         self._waiters: dict[str, set[threading.Event]] = defaultdict(set)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -52,7 +50,7 @@ class EndWatcher:
 
     def _listen(self) -> None:
         while not self._stopped.is_set():
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._store.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self._channel)
                 self._wake_all()  # anything that ended while we were (re)connecting
@@ -188,7 +186,7 @@ class EventHub:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
-        self._wake_channel = f"{store.prefix}:hub:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wake_channel = store.keys.hub(f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
 
     # -- subscriber side ---------------------------------------------------------------------------------------------
     def frames(self, task_id: str, after: int, keepalive: float) -> Iterator[Delivery | None]:
@@ -223,10 +221,10 @@ class EventHub:
                     current = store.get(task_id)
                     if current is None:
                         return
-                    if current.get("event_seq", 0) > after:
+                    if current.event_seq > after:
                         fresh = [Delivery(seq, event) for seq, event in store.read_events(task_id, after)]
                     if not fresh:
-                        if current["status"] in TERMINAL:
+                        if current.ended:
                             return
                         yield None
                         continue
@@ -239,7 +237,7 @@ class EventHub:
             self._leave(feed)
 
     def _join(self, task_id: str, after: int) -> _Feed:
-        key = self._store.key(task_id, "events")
+        key = self._store.keys.events(task_id)
         with self._lock:
             feed = self._feeds.get(key)
             new = feed is None
@@ -257,7 +255,7 @@ class EventHub:
     def _leave(self, feed: _Feed) -> None:
         with self._lock:
             feed.subscribers -= 1
-            key = self._store.key(feed.task_id, "events")
+            key = self._store.keys.events(feed.task_id)
             if not feed.subscribers and self._feeds.get(key) is feed:
                 del self._feeds[key]
                 self._dirty = True  # unsubscribed at the hub's next turn; no need to wake it
@@ -265,7 +263,7 @@ class EventHub:
     def _wake(self) -> None:
         """Make the hub's wait for a message return, so that it subscribes to the new task's channel now."""
         try:
-            self._store.redis.publish(self._wake_channel, "1")
+            self._store.publish(self._wake_channel, "1")
         except redis.RedisError as exc:  # the hub subscribes within ``poll`` seconds anyway
             log.warning("event hub: wake-up failed (%s)", exc)
 
@@ -277,9 +275,8 @@ class EventHub:
 
     # -- the reader thread -------------------------------------------------------------------------------------------
     def _run(self) -> None:
-        client = redis.Redis(connection_pool=self._store.redis.connection_pool)
         while not self._stopped.is_set():
-            pubsub = client.pubsub()
+            pubsub = self._store.pubsub()
             subscribed: dict[str, _Feed] = {}
             try:
                 pubsub.subscribe(self._wake_channel)

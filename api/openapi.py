@@ -14,10 +14,10 @@ from shared.schemas import (
     IGNORED_PARAMS,
     ErrorSchema,
     EventSchema,
-    MessageSchema,
     StatusResponseSchema,
     TaskSchema,
     TaskStartResponseSchema,
+    make_message_schema,
     make_start_schema,
 )
 from shared.settings import Settings
@@ -164,7 +164,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     spec.components.schema("TaskStart", schema=make_start_schema(settings))
     for name, schema in (("TaskStartResponse", TaskStartResponseSchema), ("Task", TaskSchema),
-                         ("StatusResponse", StatusResponseSchema), ("Message", MessageSchema),
+                         ("StatusResponse", StatusResponseSchema), ("Message", make_message_schema(settings)),
                          ("Error", ErrorSchema), ("Event", EventSchema)):
         spec.components.schema(name, schema=schema)
     for path, operations in OPERATIONS.items():

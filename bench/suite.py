@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,8 @@ import requests
 from lodestar.stack import Stack, free_port, local_redis
 from shared.queue import enqueue, make_celery
 from shared.settings import load_settings
-from shared.states import ExitCode
+from shared.states import ExitCode, Status
+from shared.task import Task
 
 KEY = "bench-key"
 
@@ -100,6 +101,13 @@ def raw_send_rate(redis_url: str, n: int) -> float:
     rate = n / (time.perf_counter() - started)
     redis.Redis.from_url(redis_url).flushdb()
     return rate
+
+
+def bench_task(task_id: str, tenant: str, status: Status = Status.QUEUED) -> Task:
+    """A task record written straight into the store (rows that measure the store, not the API)."""
+    from shared.store import now
+
+    return Task(task_id=task_id, tenant=tenant, instruction="bench", created_at=now(), model="m", status=status)
 
 
 def task_body(i: int = 0) -> dict[str, Any]:
@@ -226,7 +234,7 @@ def raw_pubsub_latencies(url: str, n: int, interval: float) -> list[float]:
 
 def bench_control(args: argparse.Namespace) -> Row:
     from shared import control
-    from shared.store import TaskStore, new_task_id, now
+    from shared.store import TaskStore, new_task_id
 
     n = args.messages
     ctx = mp.get_context("spawn")
@@ -235,8 +243,7 @@ def bench_control(args: argparse.Namespace) -> Row:
         # Lodestar: send_message (state + notice in one Lua call) -> ControlChannel.poll in another process
         store = TaskStore.from_settings(load_settings(redis_url=url))
         task_id = new_task_id()
-        store.create({"task_id": task_id, "tenant": "t_bench", "status": "running", "kind": "browser",
-                      "model": "m", "created_at": now()})
+        store.create(bench_task(task_id, "t_bench", Status.RUNNING))
         ready, out = ctx.Event(), ctx.Queue()
         proc = ctx.Process(target=_control_listener, args=(url, task_id, ready, out, n))
         proc.start()
@@ -334,7 +341,7 @@ def _events_row(args: argparse.Namespace, name: str, n_tasks: int, interval: flo
     import asyncio
     import threading
 
-    from shared.store import TaskStore, new_task_id, now
+    from shared.store import TaskStore, new_task_id
     from shared.tenants import env_tenant
 
     streams = args.streams
@@ -343,8 +350,9 @@ def _events_row(args: argparse.Namespace, name: str, n_tasks: int, interval: flo
         with bench_stack(url, workers=False, extra={"LODESTAR_API_CONNECTIONS": str(streams + 100)}) as base:
             store = TaskStore.from_settings(load_settings(redis_url=url))
             tasks = [new_task_id() for _ in range(n_tasks)]
-            store.create_many([{"task_id": t, "tenant": env_tenant(KEY), "status": "running", "kind": "browser",
-                                "model": "m", "created_at": now()} for t in tasks])
+            pipe = store.redis.pipeline(transaction=True)
+            store.create_many(pipe, [bench_task(t, env_tenant(KEY), Status.RUNNING) for t in tasks])
+            pipe.execute()
             port = int(base.rsplit(":", 1)[1])
 
             def produce() -> None:
@@ -490,7 +498,7 @@ def _median_ms(call: Callable[[], Any], n: int = 30) -> float:
 
 def bench_growth(args: argparse.Namespace) -> Row:
     """Latency of list, status and stream calls with few vs many stored tasks, and on a young vs a long task."""
-    from shared.store import TaskStore, new_task_id, now
+    from shared.store import TaskStore, new_task_id
     from shared.tenants import env_tenant
 
     small, large = 1000, args.queued
@@ -522,15 +530,14 @@ def bench_growth(args: argparse.Namespace) -> Row:
 
         def stream_ms(events: int) -> float:
             task_id = new_task_id()
-            store.create({"task_id": task_id, "tenant": env_tenant(KEY), "status": "running", "kind": "browser",
-                          "model": "m", "created_at": now()})
+            store.create(bench_task(task_id, env_tenant(KEY), Status.RUNNING))
             for start in range(0, events, 1000):
                 pipe = store.redis.pipeline(transaction=False)
                 for i in range(start, min(events, start + 1000)):
-                    pipe.xadd(store.key(task_id, "events"), {"data": json.dumps({"type": "bench", "n": i})},
+                    pipe.xadd(store.keys.events(task_id), {"data": json.dumps({"type": "bench", "n": i})},
                               id=f"0-{i + 2}")
                 pipe.execute()
-            store.redis.hset(store.key(task_id), "event_seq", events + 1)
+            store.redis.hset(store.keys.task(task_id), "event_seq", events + 1)
 
             def last_event() -> None:
                 with http.get(f"{base}/agent/tasks/{task_id}/events", headers={"Last-Event-ID": str(events)},
@@ -600,12 +607,12 @@ def bench_step(args: argparse.Namespace) -> Row:
     doing the same screenshot (CDP JPEG) and click, in one browser, alternating rounds to share the noise."""
     from bench.miniwob import serve_miniwob
     from shared.control import ControlChannel
-    from shared.store import TaskStore, new_task_id, now
+    from shared.store import TaskStore, new_task_id
     from worker.browser import BrowserHost
     from worker.loop import run_episode
     from worker.policy import Episode
+    from worker.runner import record_step
     from worker.scripted import ScriptedPolicy
-    from worker.tasks import _record_step
 
     n, rounds = args.steps, 3
     with bench_redis() as url, serve_miniwob() as (pages, _board):
@@ -628,13 +635,12 @@ def bench_step(args: argparse.Namespace) -> Row:
             computer = host.open(640, 480)
             computer.navigate(page_url)
             task_id = new_task_id()
-            store.create({"task_id": task_id, "tenant": "t_bench", "status": "queued", "kind": "browser",
-                          "model": "m", "created_at": now(), "max_steps": n + 1})
+            store.create(replace(bench_task(task_id, "t_bench"), max_steps=n + 1))
             store.claim(task_id, "bench")
             control = ControlChannel(store, task_id)
             episode = Episode(task_id=task_id, instruction="\n".join(["click 80,120"] * n), max_steps=n + 1)
             policy = ScriptedPolicy(episode.instruction)
-            on_step = functools.partial(_record_step, store, task_id)
+            on_step = functools.partial(record_step, store, task_id)
             started = time.perf_counter()
             outcome = run_episode(computer, policy, episode, control, on_step, deadline=time.monotonic() + 600)
             ours_ms.append((time.perf_counter() - started) * 1000 / (n + 1))

@@ -106,9 +106,8 @@ def keys(args: argparse.Namespace) -> int:
     """``lodestar keys create|list|revoke|limits`` against the Redis of ``LODESTAR_REDIS_URL``."""
     from shared.settings import load_settings
     from shared.store import TaskStore
-    from shared.tenants import Tenants
 
-    tenants = Tenants(TaskStore.from_settings(load_settings()))
+    tenants = TaskStore.from_settings(load_settings()).tenants
     try:
         return _keys(tenants, args)
     except ValueError as exc:  # a bad --rate-limit

@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
 
 from shared.states import TERMINAL, ExitCode, Status
 from shared.store import ApplyResult, TaskStore
@@ -103,8 +102,8 @@ class ControlChannel:
         self.store = store
         self.task_id = task_id
         self.state = ControlState()
-        self._pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(store.channel(task_id))
+        self._pubsub = store.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(store.keys.control(task_id))
         self._handlers: dict[str, Callable[[], None]] = {
             "pause": self.handle_status, "resume": self.handle_status,
             "cancel": self.handle_status, "message": self.handle_message,
@@ -113,16 +112,12 @@ class ControlChannel:
 
     def sync(self) -> ControlState:
         """Read status and undelivered messages from Redis (after subscribing: nothing is missed)."""
-        status, delivered = cast(list[bytes | None], self.store.redis.hmget(
-            self.store.key(self.task_id), ["status", "messages_delivered"]))
-        self.state.status = (status or b"").decode()
-        self.state.delivered = int(delivered or 0)
+        self.state.status, self.state.delivered = self.store.control_snapshot(self.task_id)
         self.handle_message()
         return self.state
 
     def handle_status(self) -> None:
-        raw = self.store.redis.hget(self.store.key(self.task_id), "status")
-        self.state.status = (raw or b"").decode()  # type: ignore[union-attr]
+        self.state.status = str(self.store.status(self.task_id) or "")
 
     def handle_message(self) -> None:
         start = self.state.delivered + len(self.state.pending)
@@ -189,7 +184,7 @@ class ControlChannel:
         messages, self.state.pending = self.state.pending, []
         if messages:
             self.state.delivered += len(messages)
-            self.store.redis.hset(self.store.key(self.task_id), "messages_delivered", self.state.delivered)
+            self.store.set_delivered(self.task_id, self.state.delivered)
         return messages
 
     def close(self) -> None:

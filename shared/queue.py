@@ -33,7 +33,8 @@ for webhook deliveries, which every worker also serves."""
 
 
 def make_celery(settings: Settings) -> Celery:
-    """A Celery app on ``settings.redis_url`` configured for agent tasks (long, late-acked, prioritised)."""
+    """A Celery app on ``settings.redis_url`` configured for agent tasks (long, late-acked, prioritised); the
+    settings themselves are kept in ``app.conf.lodestar_settings``."""
     app = Celery("lodestar", broker=settings.redis_url)
     transport = {
         "queue_order_strategy": "priority",
@@ -58,6 +59,7 @@ def make_celery(settings: Settings) -> Celery:
         # the moment a worker receives it, and queued tasks are listed by Lodestar's own API
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
+        lodestar_settings=settings,  # what the worker's tasks run with (worker/tasks.py)
     )
     return app
 
@@ -152,11 +154,11 @@ def release_deferred(app: Celery, store: TaskStore, tenant: str) -> int:
     """
     ids = store.next_deferred(tenant)
     for i, task_id in enumerate(ids):
-        record = store.get(task_id)
-        if record is None:
+        task = store.get(task_id)
+        if task is None:
             continue
         try:
-            enqueue(app, task_id, record["kind"], record.get("priority") or "normal")
+            enqueue(app, task_id, task.kind, task.priority)
         except Exception:
             store.return_deferred(tenant, ids[i:])
             raise

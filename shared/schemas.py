@@ -7,7 +7,6 @@ the OpenAPI document (``api/openapi.py``).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import (
@@ -23,8 +22,8 @@ from marshmallow import (
 
 from shared.models import registry as model_registry
 from shared.settings import Settings
-from shared.states import PRIORITIES, TERMINAL, ExitCode, Status
-from shared.task import DEFAULT_TEMPERATURE, KINDS, OFFLINE_AGENTS
+from shared.states import PRIORITIES, ExitCode, Status
+from shared.task import DEFAULT_TEMPERATURE, DEFAULT_VIEWPORT, KINDS, OFFLINE_AGENTS
 
 IGNORED_PARAMS = ("computer_id", "on_missing_computer", "keep_alive", "terminate_on_completion", "harness_version",
                   "stream_deltas", "agent_icon", "environment_id", "thread_id")
@@ -76,9 +75,9 @@ def make_start_schema(settings: Settings) -> Schema:
                                           validate=validate.Range(1, s.max_duration_limit), strict=True)
         temperature = fields.Float(load_default=DEFAULT_TEMPERATURE, validate=validate.Range(0, 2), allow_nan=False)
         screenshot_mode = fields.Str(load_default="url", validate=validate.OneOf(["url", "base64"]))
-        viewport_width = fields.Int(load_default=1280, strict=True,
+        viewport_width = fields.Int(load_default=DEFAULT_VIEWPORT[0], strict=True,
                                     validate=validate.Range(s.viewport_min_width, s.viewport_max_width))
-        viewport_height = fields.Int(load_default=720, strict=True,
+        viewport_height = fields.Int(load_default=DEFAULT_VIEWPORT[1], strict=True,
                                      validate=validate.Range(s.viewport_min_height, s.viewport_max_height))
         start_url = fields.Url(schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=4096))
         system_prompt = fields.Str(validate=validate.Length(max=s.max_system_prompt_chars))
@@ -124,10 +123,14 @@ def make_start_schema(settings: Settings) -> Schema:
     return TaskStartSchema()
 
 
-class MessageSchema(Schema):
-    """Body of POST /agent/tasks/{id}/messages."""
+def make_message_schema(settings: Settings) -> Schema:
+    """The schema of POST /agent/tasks/{id}/messages bodies: ``{"message": str}`` of 1 to
+    ``settings.max_message_chars`` characters."""
 
-    message = fields.Str(required=True, validate=validate.Length(1, 10_000))
+    class MessageSchema(Schema):
+        message = fields.Str(required=True, validate=validate.Length(1, settings.max_message_chars))
+
+    return MessageSchema()
 
 
 class TaskStartResponseSchema(Schema):
@@ -159,6 +162,8 @@ class TaskSchema(Schema):
     created_at = fields.Str()
     started_at = fields.Str(allow_none=True)
     finished_at = fields.Str(allow_none=True)
+    attempt = fields.Int(metadata={"description": "How many times a worker has started the task (1 on its first "
+                                  "run; more after its worker was lost)."})
     steps_taken = fields.Int()
     max_steps = fields.Int()
     progress = fields.Float(metadata={"description": "steps_taken / max_steps, 1.0 once ended"})
@@ -192,27 +197,3 @@ class EventSchema(Schema):
     type = fields.Str(required=True)
     task_id = fields.Str(required=True)
     ts = fields.Float(required=True, metadata={"description": "epoch seconds"})
-
-
-def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") if ts else None
-
-
-def task_json(record: dict[str, Any], base_url: str = "") -> dict[str, Any]:
-    """The public JSON of a task record (shape: :class:`TaskSchema`); screenshot URLs start with ``base_url``."""
-    steps = record.get("steps_taken") or 0
-    ended = record["status"] in TERMINAL
-    shot = steps or None  # every step stores the screenshot it acted on
-    return {
-        "task_id": record["task_id"], "status": record["status"], "exit_code": record.get("exit_code"),
-        "kind": record.get("kind"), "model": record.get("model"), "agent_type": record.get("agent_type"),
-        "priority": record.get("priority"), "instruction": record.get("instruction"),
-        "created_at": _iso(record.get("created_at")), "started_at": _iso(record.get("started_at")),
-        "finished_at": _iso(record.get("finished_at")), "steps_taken": steps, "max_steps": record.get("max_steps"),
-        "progress": 1.0 if ended else round(min(steps / max(record.get("max_steps") or 1, 1), 1.0), 4),
-        "message": record.get("message"), "result": record.get("result"), "error": record.get("error"),
-        "current_url": record.get("current_url"),
-        "last_screenshot_url": f"{base_url}/agent/tasks/{record['task_id']}/screenshots/{shot}" if shot else None,
-        "metadata": record.get("metadata") or {}, "idempotency_key": record.get("idempotency_key"),
-        "usage": record.get("usage"), "cost": record.get("cost_usd"),
-    }

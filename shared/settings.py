@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from shared import task
+
 ENV_PREFIX = "LODESTAR_"
 
 
@@ -73,15 +75,15 @@ class Settings:
     """Seconds between SSE comment lines on an idle stream (keeps proxies from closing it)."""
 
     # --- Task limits and defaults (the documented Lightcone defaults) -----------------
-    default_model: str = "tzafon.northstar-cua-fast"
+    default_model: str = task.DEFAULT_MODEL
     kinds: tuple[str, ...] = ("browser",)
     """Kinds of environment this deployment has workers for; a task of another kind is refused with 422
     instead of waiting forever on a queue nobody serves."""
     default_kind: str = "browser"
     """Kind used when a start request gives neither ``kind`` nor ``start_url``."""
-    default_max_steps: int = 100
+    default_max_steps: int = task.DEFAULT_MAX_STEPS
     max_steps_limit: int = 1000
-    default_max_duration: int = 1800
+    default_max_duration: int = task.DEFAULT_MAX_DURATION
     """Seconds of wall-clock time a task may run when the request does not say."""
     max_duration_limit: int = 7000
     """Longest ``max_duration_seconds`` a task may ask for; keep it below ``visibility_timeout``."""

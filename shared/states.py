@@ -20,6 +20,11 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
 
+    @property
+    def ended(self) -> bool:
+        """A terminal status: the task will never change again."""
+        return self in TERMINAL
+
 
 TERMINAL: frozenset[Status] = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT})
 

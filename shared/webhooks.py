@@ -32,15 +32,15 @@ import logging
 import secrets
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import Any
 
 import requests
 from celery import Celery
 
 from shared.netguard import NetworkGuard
-from shared.schemas import task_json
 from shared.states import TERMINAL
 from shared.store import TaskStore, now
+from shared.task import screenshot_urls
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,12 @@ def schedule(app: Celery, store: TaskStore, task_id: str, event: str | None = No
     ``webhook_events: "all"``, unless ``force`` (a redelivery). Never raises for a broker error (logged): a
     webhook must not fail the task it reports on.
     """
-    record = store.get(task_id)
-    if record is None or not record.get("webhook_url"):
+    task = store.get(task_id)
+    if task is None or not task.webhook_url:
         return None
-    event = event or f"task.{record['status']}"
+    event = event or f"task.{task.status}"
     terminal = event in {f"task.{s}" for s in TERMINAL}
-    if not (terminal or force or record.get("webhook_events") == "all"):
+    if not (terminal or force or task.webhook_events == "all"):
         return None
     delivery_id = "dlv_" + secrets.token_hex(12)
     try:
@@ -106,12 +106,13 @@ def deliver(store: TaskStore, secret: str, task_id: str, delivery_id: str, event
 
     Refuses (without sending) URLs on private addresses unless ``webhook_allowed_hosts`` lists them.
     """
-    record = store.get(task_id)
-    if record is None:
+    task = store.get(task_id)
+    if task is None or not task.webhook_url:
         return Attempt(delivery_id, event, "", attempt, now(), False, error="the task no longer exists")
-    url = record["webhook_url"]
+    url = task.webhook_url
     settings = store.settings
-    payload = {"event": event, "delivery_id": delivery_id, "task": task_json(record, settings.public_base_url)}
+    task_json = task.to_json(screenshot_urls(settings.public_base_url))
+    payload = {"event": event, "delivery_id": delivery_id, "task": task_json}
     body = json.dumps(payload, separators=(",", ":")).encode()
     timestamp = int(time.time())
     started = time.perf_counter()
@@ -132,20 +133,13 @@ def deliver(store: TaskStore, secret: str, task_id: str, delivery_id: str, event
         except requests.RequestException as exc:
             result = Attempt(delivery_id, event, url, attempt, now(), False, error=type(exc).__name__ + ": " +
                              str(exc)[:300], duration_ms=round((time.perf_counter() - started) * 1000, 1))
-    key = store.key(task_id, "webhooks")
-    pipe = store.redis.pipeline(transaction=False)
-    pipe.rpush(key, json.dumps(asdict(result)))
-    pipe.ltrim(key, -200, -1)
-    ttl = cast(int, store.redis.ttl(store.key(task_id)))
-    if ttl and ttl > 0:
-        pipe.expire(key, ttl)
-    pipe.execute()
+    store.record_webhook_attempt(task_id, asdict(result))
     return result
 
 
 def attempts(store: TaskStore, task_id: str) -> list[dict[str, Any]]:
     """Every recorded delivery attempt of a task, oldest first."""
-    return [json.loads(a) for a in cast(list[bytes], store.redis.lrange(store.key(task_id, "webhooks"), 0, -1))]
+    return store.webhook_attempts(task_id)
 
 
 def backoff(attempt: int) -> int:

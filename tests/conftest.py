@@ -25,7 +25,9 @@ import requests
 
 from lodestar.stack import Stack, free_port, local_redis
 from shared.settings import Settings, load_settings
-from shared.store import TaskStore
+from shared.states import Status
+from shared.store import TaskStore, new_task_id, now
+from shared.task import Task
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PAGES = Path(__file__).parent / "pages"
@@ -83,6 +85,27 @@ def store(settings: Settings) -> Iterator[TaskStore]:
     s = TaskStore.from_settings(settings)
     yield s
     s.redis.close()
+
+
+def make_task(store: TaskStore, status: Status = Status.QUEUED, **fields: Any) -> str:
+    """Write a task of tenant "t_test" in ``status`` (with its first event, seq 1) straight into the store;
+    returns its id. ``fields`` override the record's (``shared.task.Task``) fields."""
+    values: dict[str, Any] = {"tenant": "t_test", "instruction": "test", "max_steps": 10, **fields}
+    task_id = values.pop("task_id", None) or new_task_id()
+    store.create(Task(task_id=task_id, created_at=now(), status=status, **values))
+    return task_id
+
+
+def app_state(app: Any) -> Any:
+    """The ``api.state.AppState`` of a Flask app built by ``api.create_app``."""
+    from api.state import EXTENSION
+
+    return app.extensions[EXTENSION]
+
+
+def snapshot(store: TaskStore, task_id: str) -> tuple[dict[bytes, bytes], int]:
+    """The task's raw hash and event count: equal snapshots mean nothing was written."""
+    return store.redis.hgetall(store.keys.task(task_id)), store.redis.xlen(store.keys.events(task_id))
 
 
 @dataclass

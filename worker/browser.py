@@ -55,8 +55,9 @@ class BrowserHost:
         log.info("chromium %s launched in %.0f ms", self._browser.version, (time.perf_counter() - started) * 1000)
         return self._browser
 
-    def open(self, width: int, height: int) -> BrowserComputer:
-        """A fresh, isolated browser context with one page at ``width`` x ``height`` CSS pixels.
+    def open(self, width: int, height: int, *, persistent: bool = False, owner: str = "") -> BrowserComputer:
+        """A fresh, isolated browser context with one page at ``width`` x ``height`` CSS pixels (``persistent`` and
+        ``owner`` are accepted for the ``Host`` protocol; browser contexts are never kept between tasks).
 
         Takes the spare context :meth:`warm` prepared (never used by another task) when there is one: creating a
         context costs ~130 ms that would otherwise delay the task's first step.

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from api.fanout import EventHub
-from shared.states import ExitCode
-from shared.store import TaskStore, new_task_id, now
+from shared.states import ExitCode, Status
+from shared.store import TaskStore
+from tests.conftest import make_task
 
 pytestmark = pytest.mark.redis
 
@@ -25,10 +26,7 @@ def hub(store: TaskStore) -> Iterator[EventHub]:
 
 
 def running_task(store: TaskStore) -> str:
-    task_id = new_task_id()
-    store.create({"task_id": task_id, "tenant": "t_test", "status": "running", "kind": "browser", "model": "m",
-                  "created_at": now()})
-    return task_id
+    return make_task(store, Status.RUNNING)
 
 
 class Reader(threading.Thread):
@@ -143,13 +141,13 @@ def test_the_hub_resumes_after_losing_its_redis_connection(store: TaskStore, hub
 def test_an_event_pub_sub_missed_is_read_from_the_stream(store: TaskStore, hub: EventHub) -> None:
     task_id, reader = following(store, hub, 2)
     # an event that reaches the stream but not the channel (as across a pub/sub reconnect)
-    seq = store.redis.hincrby(store.key(task_id), "event_seq", 1)
-    store.redis.xadd(store.key(task_id, "events"), {"data": '{"type": "bench", "n": 2}'}, id=f"0-{seq}")
+    seq = store.redis.hincrby(store.keys.task(task_id), "event_seq", 1)
+    store.redis.xadd(store.keys.events(task_id), {"data": '{"type": "bench", "n": 2}'}, id=f"0-{seq}")
     bench_events(store, task_id, 1, start=3)  # the next one shows the gap
     wait_for(lambda: len(reader.seen) >= 5)
     # and one missed with nothing after it: found when the stream stays quiet for a keepalive
-    seq = store.redis.hincrby(store.key(task_id), "event_seq", 1)
-    store.redis.xadd(store.key(task_id, "events"), {"data": '{"type": "bench", "n": 4}'}, id=f"0-{seq}")
+    seq = store.redis.hincrby(store.keys.task(task_id), "event_seq", 1)
+    store.redis.xadd(store.keys.events(task_id), {"data": '{"type": "bench", "n": 4}'}, id=f"0-{seq}")
     wait_for(lambda: len(reader.seen) >= 6)
     store.finish(task_id, ExitCode.COMPLETED)
     reader.join(10)
@@ -196,6 +194,6 @@ def test_a_quiet_stream_gets_keepalives_and_stops_when_the_task_is_gone(store: T
     reader = Reader(hub, task_id)
     reader.start()
     wait_for(lambda: reader.keepalives >= 2)
-    store.redis.delete(store.key(task_id))  # expired
+    store.redis.delete(store.keys.task(task_id))  # expired
     reader.join(5)
     assert not reader.is_alive() and reader.error is None

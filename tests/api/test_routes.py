@@ -20,7 +20,7 @@ from api import create_app
 from shared.settings import Settings
 from shared.states import ExitCode, Status
 from shared.store import TaskStore
-from tests.conftest import KEY, OTHER_KEY
+from tests.conftest import KEY, OTHER_KEY, app_state
 
 pytestmark = pytest.mark.redis
 
@@ -46,7 +46,7 @@ def test_create_app_builds_independent_apps(settings: Settings) -> None:
     first = create_app(test_config=api_settings(settings))
     second = create_app(test_config=api_settings(settings, default_kind="desktop"))
     # Then both serve the routes, each with its own settings
-    assert first is not second and first.config["LODESTAR"] != second.config["LODESTAR"]
+    assert first is not second and app_state(first).settings != app_state(second).settings
     for app in (first, second):
         assert app.test_client().get("/agent/tasks/task_x", headers=AUTH).status_code == 404
         assert any(rule.rule == "/agent/tasks/<task_id>/ws" for rule in app.url_map.iter_rules())
@@ -59,7 +59,7 @@ def client(app: Flask) -> FlaskClient:
 
 @pytest.fixture
 def store(app: Flask) -> TaskStore:
-    return typing.cast(TaskStore, app.extensions["lodestar.store"])
+    return app_state(app).store
 
 
 def start(client: FlaskClient, **body: Any) -> str:
@@ -247,7 +247,7 @@ def test_start_without_agent_type_runs_the_default_model(client: FlaskClient, st
     resp = client.post("/agent/tasks", json={"instruction": "book a flight"}, headers=AUTH)
     assert resp.status_code == 200, resp.get_data(as_text=True)
     record = store.get(resp.get_json()["task_id"])
-    assert record is not None and record["model"] == "tzafon.northstar-cua-fast" and record.get("agent_type") is None
+    assert record is not None and record.model == "tzafon.northstar-cua-fast" and record.agent_type is None
 
 
 @pytest.mark.parametrize("raw", [b'{"instruction": "done", "agent_type": "scripted", "temperature": NaN}',
@@ -326,14 +326,14 @@ def test_every_parameter_the_sdk_can_send_is_accepted(client: FlaskClient, store
                          "idempotency_key": body["idempotency_key"], "reused": False}
     record = store.get(resp.json["task_id"])  # type: ignore[index]
     assert record is not None
-    assert {k: record[k] for k in ("kind", "model", "agent_type", "max_steps", "max_duration_seconds", "temperature",
-                                   "screenshot_mode", "stream_mode", "viewport_width", "viewport_height",
-                                   "metadata", "idempotency_key", "instruction")} == {
+    assert {k: getattr(record, k) for k in (
+        "kind", "model", "agent_type", "max_steps", "max_duration_seconds", "temperature", "screenshot_mode",
+        "stream_mode", "viewport_width", "viewport_height", "metadata", "idempotency_key", "instruction")} == {
         k: body[k] for k in ("kind", "model", "agent_type", "max_steps", "max_duration_seconds", "temperature",
                              "screenshot_mode", "stream_mode", "viewport_width", "viewport_height", "metadata",
                              "idempotency_key", "instruction")}
-    assert record["params"] == {"start_url": body["start_url"], "system_prompt": body["system_prompt"],
-                                "context": body["context"]}
+    assert (record.start_url, record.system_prompt, record.context) == (
+        body["start_url"], body["system_prompt"], body["context"])
 
 
 LITERALS = [(name, value) for name, hint in typing.get_type_hints(TaskStartParams).items()
@@ -346,8 +346,8 @@ def test_every_literal_value_the_sdk_allows_is_accepted(client: FlaskClient, sto
     task_id = start(client, **{name: value})
     record = store.get(task_id)
     assert record is not None
-    if name in record:
-        assert record[name] == value
+    if hasattr(record, name):
+        assert getattr(record, name) == value
 
 
 def test_documented_defaults_are_applied(app: Flask, client: FlaskClient, store: TaskStore,
@@ -371,11 +371,11 @@ def test_documented_defaults_are_applied(app: Flask, client: FlaskClient, store:
     # ...and in the stored record
     record = store.get(with_url)
     assert record is not None
-    assert record["temperature"] == 0.2
-    assert (record["viewport_width"], record["viewport_height"]) == (1280, 720)
-    assert record["screenshot_mode"] == "url" and record["stream_mode"] == "verbose"
-    assert record["max_duration_seconds"] == settings.default_max_duration == 1800
-    assert record["params"] == {"start_url": "https://example.com/"}
+    assert record.temperature == 0.2
+    assert (record.viewport_width, record.viewport_height) == (1280, 720)
+    assert record.screenshot_mode == "url" and record.stream_mode == "verbose"
+    assert record.max_duration_seconds == settings.default_max_duration == 1800
+    assert (record.start_url, record.system_prompt, record.context) == ("https://example.com/", None, [])
 
 
 def test_kind_without_start_url_defaults_to_the_setting(client: FlaskClient) -> None:
@@ -387,7 +387,8 @@ def test_unknown_fields_are_ignored(client: FlaskClient, store: TaskStore) -> No
     task_id = start(client, x_unknown_option="https://example.com/hook", foo_bar_baz={"bar": 1})
     record = store.get(task_id)
     assert record is not None
-    assert "x_unknown_option" not in json.dumps(record) and "foo_bar_baz" not in json.dumps(record)
+    raw = str(store.redis.hgetall(store.keys.task(task_id)))
+    assert "x_unknown_option" not in raw and "foo_bar_baz" not in raw
 
 
 # --- priority on the Redis queue ----------------------------------------------------------------------------------
@@ -415,7 +416,7 @@ def test_priority_maps_to_the_redis_sub_queue(client: FlaskClient, store: TaskSt
     message = json.loads(store.redis.lrange("browser:9", 0, -1)[0])
     assert message["properties"]["priority"] == 9
     assert message["headers"]["task"] == "lodestar.run_task" and message["headers"]["id"] == low
-    assert store.get(low)["priority"] == "low"  # type: ignore[index]
+    assert store.get(low).priority == "low"  # type: ignore[index]
 
 
 def test_idempotency_key_reuses_the_task_per_tenant(client: FlaskClient, store: TaskStore) -> None:
@@ -531,7 +532,7 @@ def test_another_tenants_task_is_a_404(client: FlaskClient, store: TaskStore) ->
     task_id = start(client)
     assert error_of(client.get(f"/agent/tasks/{task_id}", headers=OTHER), 404)["type"] == "not_found"
     error_of(client.post(f"/agent/tasks/{task_id}/cancel", headers=OTHER), 404)
-    assert store.get(task_id)["status"] == "queued"  # type: ignore[index]
+    assert store.get(task_id).status == "queued"  # type: ignore[index]
 
 
 def test_unknown_route_and_method_are_json_errors(client: FlaskClient) -> None:
@@ -563,7 +564,7 @@ def test_pause_of_a_completed_task_is_a_final_409(client: FlaskClient, store: Ta
         assert resp.headers["x-should-retry"] == "false" and "retry-after" not in resp.headers
     resp = client.post(f"/agent/tasks/{task_id}/messages", json={"message": "too late"}, headers=AUTH)
     assert error_of(resp, 409)["type"] == "conflict" and resp.headers["x-should-retry"] == "false"
-    assert store.get(task_id)["status"] == "completed"  # type: ignore[index]
+    assert store.get(task_id).status == "completed"  # type: ignore[index]
 
 
 def test_pause_of_a_queued_task_is_a_409_worth_retrying(client: FlaskClient, store: TaskStore) -> None:
@@ -571,7 +572,7 @@ def test_pause_of_a_queued_task_is_a_409_worth_retrying(client: FlaskClient, sto
     resp = client.post(f"/agent/tasks/{task_id}/pause", headers=AUTH)
     assert error_of(resp, 409)["message"] == "cannot pause a task that is queued"
     assert resp.headers["x-should-retry"] == "true" and int(resp.headers["retry-after"]) >= 1
-    assert store.get(task_id)["status"] == "queued"  # type: ignore[index]
+    assert store.get(task_id).status == "queued"  # type: ignore[index]
 
 
 def test_pause_and_resume_of_a_running_task(client: FlaskClient, store: TaskStore) -> None:
@@ -588,7 +589,7 @@ def test_resume_of_a_queued_task_is_a_409(client: FlaskClient, store: TaskStore)
     task_id = start(client)
     resp = client.post(f"/agent/tasks/{task_id}/resume", headers=AUTH)
     assert error_of(resp, 409)["type"] == "conflict"
-    assert store.get(task_id)["status"] == "queued"  # type: ignore[index]
+    assert store.get(task_id).status == "queued"  # type: ignore[index]
 
 
 @pytest.mark.parametrize(("body", "field"), [({"message": ""}, "message"), ({}, "message"),
@@ -682,4 +683,4 @@ def test_start_stream_begins_with_the_queued_event(client: FlaskClient, store: T
     block = next(b for b in text.split("\n\n") if b.startswith("id: "))
     event = json.loads(block.split("data: ", 1)[1])
     assert block.startswith("id: 1\n") and event["seq"] == 1 and event["status"] == "queued"
-    assert store.get(event["task_id"])["status"] == Status.QUEUED  # type: ignore[index]
+    assert store.get(event["task_id"]).status == Status.QUEUED  # type: ignore[index]

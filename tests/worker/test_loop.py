@@ -14,7 +14,8 @@ from shared import control
 from shared.control import ControlChannel
 from shared.settings import Settings
 from shared.states import ExitCode, Status
-from shared.store import TaskStore, new_task_id, now
+from shared.store import TaskStore
+from tests.conftest import make_task
 from worker.computer import Action, ActionError, Observation, Target, execute
 from worker.loop import MAX_FAILED_STEPS, Outcome, run_episode
 from worker.policy import Decision, Episode, PolicyError, StepRecord
@@ -147,9 +148,7 @@ class Harness:
 @pytest.fixture
 def harness(settings: Settings) -> Iterator[Harness]:
     store = TaskStore.from_settings(settings)
-    task_id = new_task_id()
-    store.create({"task_id": task_id, "tenant": "t_test", "status": "queued", "kind": "browser",
-                  "model": "tzafon.northstar-cua-fast", "max_steps": 20, "created_at": now(), "steps_taken": 0})
+    task_id = make_task(store, max_steps=20)
     assert store.claim(task_id, "test-worker")[0] == "started"
     harness = Harness(store, task_id)
     yield harness
@@ -348,7 +347,7 @@ def test_injected_messages_reach_the_policy_on_exactly_one_step(harness: Harness
     assert [(s.step, s.messages) for s in harness.steps if s.messages] == carrying
     assert len(harness.steps) == 7
     assert harness.episode.messages == ["before start", "during step 2"]
-    assert harness.store.get(harness.task_id)["messages_delivered"] == 2  # type: ignore[index]
+    assert harness.store.get(harness.task_id).messages_delivered == 2  # type: ignore[index]
 
 
 def test_cancel_sent_while_deciding_stops_before_the_action(harness: Harness) -> None:
@@ -394,7 +393,7 @@ def test_pause_holds_the_loop_until_resumed(harness: Harness) -> None:
     # Then the move of the paused step ran only after the resume, and the task completed
     assert outcome == Outcome(ExitCode.COMPLETED, result="ok")
     assert acted_at_resume == [True]
-    assert harness.store.get(harness.task_id)["status"] == Status.RUNNING  # type: ignore[index]
+    assert harness.store.get(harness.task_id).status == Status.RUNNING  # type: ignore[index]
 
 
 def test_a_task_paused_until_its_deadline_does_not_act(harness: Harness) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import json
 import os
 import subprocess
@@ -26,9 +25,9 @@ from api import create_app
 from shared.queue import RunTaskMessages, enqueue, make_celery
 from shared.settings import Settings
 from shared.store import TaskStore
-from shared.tenants import Tenants, env_tenant
+from shared.tenants import env_tenant
 from shared.webhooks import verify
-from tests.conftest import KEY, OTHER_KEY, LiveStack, Receiver
+from tests.conftest import KEY, OTHER_KEY, LiveStack, Receiver, app_state
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 OTHER = {"Authorization": f"Bearer {OTHER_KEY}"}
@@ -86,7 +85,7 @@ def test_a_batch_that_loses_redis_midway_keeps_what_was_stored_and_reports_the_r
         settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     app = create_app(test_config=settings)
     client = app.test_client()
-    messages = app.extensions["lodestar.messages"]
+    messages = app_state(app).messages
     real, calls = messages.message, {"n": 0}
 
     def fail_after_1500(*args: Any) -> Any:  # Redis goes away while the second chunk of 1000 is being built
@@ -156,7 +155,7 @@ def test_an_idempotency_key_is_one_task_within_a_batch_and_while_its_first_reque
     assert [(t["task_id"], t["reused"]) for t in later["tasks"]] == [(first["task_id"], True)] * 2
     assert store.count(env_tenant(KEY), "queued") == 2
     # a key claimed a moment ago by a request that has not stored its task yet
-    slot = f"{store.prefix}:idempotency:{env_tenant(KEY)}:{hashlib.sha256(b'busy').hexdigest()}"
+    slot = store.keys.idempotency(env_tenant(KEY), "busy")
     store.redis.set(slot, "task_stillbeingwritten000000", ex=settings.idempotency_window)
     resp = client.post("/agent/tasks", json=task(idempotency_key="busy"), headers=AUTH)
     assert resp.status_code == 409 and resp.get_json()["error"]["type"] == "idempotency_key_in_use"
@@ -229,7 +228,7 @@ def test_cancel_a_queued_task_and_bulk_cancel_by_ids(client: FlaskClient) -> Non
 
 @pytest.mark.redis
 def test_max_queued_limit_answers_429_with_retry_after(client: FlaskClient, settings: Settings) -> None:
-    tenants = Tenants(TaskStore.from_settings(settings))
+    tenants = TaskStore.from_settings(settings).tenants
     key, principal = tenants.create_key("limited", max_queued=3)
     auth = {"Authorization": f"Bearer {key}"}
     assert [client.post("/agent/tasks", json=task(), headers=auth).status_code for _ in range(3)] == [200] * 3
@@ -244,7 +243,7 @@ def test_max_queued_limit_answers_429_with_retry_after(client: FlaskClient, sett
 
 @pytest.mark.redis
 def test_rate_limit_per_tenant(client: FlaskClient, settings: Settings) -> None:
-    key, _ = Tenants(TaskStore.from_settings(settings)).create_key("chatty", rate_limit="5/minute")
+    key, _ = TaskStore.from_settings(settings).tenants.create_key("chatty", rate_limit="5/minute")
     auth = {"Authorization": f"Bearer {key}"}
     codes = [client.get("/agent/tasks?limit=1", headers=auth).status_code for _ in range(6)]
     assert codes == [200] * 5 + [429]
@@ -256,14 +255,15 @@ def test_rate_limit_per_tenant(client: FlaskClient, settings: Settings) -> None:
 
 @pytest.mark.redis
 def test_a_rate_limit_that_is_not_rate_limit_notation_is_refused(settings: Settings) -> None:
-    tenants = Tenants(TaskStore.from_settings(settings))
+    store = TaskStore.from_settings(settings)
+    tenants = store.tenants
     with pytest.raises(ValueError, match="rate limit 'lots'"):
         tenants.create_key("bad", rate_limit="lots")
     key, principal = tenants.create_key("good", rate_limit="10/second")
     with pytest.raises(ValueError, match="per fortnight"):
         tenants.set_limits(principal.tenant, rate_limit="3 per fortnight")
     # one stored before specs were checked is ignored (logged), not a 500 on every request
-    tenants.store.redis.hset(tenants.tenant_key(principal.tenant), "rate_limit", "lots")
+    store.redis.hset(store.keys.tenant(principal.tenant), "rate_limit", "lots")
     client = create_app(test_config=settings).test_client()
     assert client.get("/agent/tasks?limit=1", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     with pytest.raises(ValueError, match="LODESTAR_DEFAULT_RATE_LIMIT"):
@@ -272,12 +272,12 @@ def test_a_rate_limit_that_is_not_rate_limit_notation_is_refused(settings: Setti
 
 @pytest.mark.redis
 def test_stored_keys_are_hashed_and_revocable(client: FlaskClient, settings: Settings) -> None:
-    store = TaskStore.from_settings(settings)
-    tenants = Tenants(store, cache_seconds=0)
+    app = create_app(test_config=settings)
+    store = app_state(app).store
+    tenants = store.tenants
+    tenants.cache_seconds = 0
     key, principal = tenants.create_key("ci")
     assert not any(key.encode() in store.redis.dump(k) or b"" for k in store.redis.keys("*apikey*"))
-    app = create_app(test_config=settings)
-    app.extensions["lodestar.tenants"] = tenants
     c = app.test_client()
     auth = {"Authorization": f"Bearer {key}"}
     task_id = c.post("/agent/tasks", json=task(), headers=auth).get_json()["task_id"]
@@ -373,7 +373,7 @@ def test_webhook_to_a_private_address_is_refused(live: LiveStack) -> None:
 @pytest.mark.worker
 @pytest.mark.browser
 def test_running_limit_holds_under_a_flood_without_starving_others(live: LiveStack) -> None:
-    tenants = Tenants(TaskStore.from_settings(Settings(redis_url=live.redis_url)))
+    tenants = TaskStore.from_settings(Settings(redis_url=live.redis_url)).tenants
     key, _ = tenants.create_key("flood", max_running=1)
     flood = live.http(key)
     ids = [flood.post(f"{live.base_url}/agent/tasks", json=task(instruction="wait 0.4\ndone")).json()["task_id"]

@@ -1,0 +1,53 @@
+"""Who a request acts for: the bearer key resolved to a tenant, the tenant's rate limit, and the tenant check on
+every task a request names (another tenant's task is a 404, as if it did not exist)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import g, request
+
+from api.errors import ApiError, not_found
+from api.state import state
+from shared.task import Task, screenshot_urls
+
+
+def authenticate() -> None:
+    """``before_request`` of every API blueprint: set ``g.principal`` and ``g.tenant`` from the bearer key.
+
+    Raises:
+        ApiError: 401 without a valid key; 429 (with ``retry-after``) past the tenant's rate limit.
+    """
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise ApiError(401, "unauthorized", "missing bearer API key (Authorization: Bearer <key>)")
+    st = state()
+    principal = st.store.tenants.resolve(key.strip())
+    if principal is None:
+        raise ApiError(401, "unauthorized", "invalid or revoked API key")
+    g.principal = principal
+    g.tenant = principal.tenant
+    if principal.rate_limit:
+        wait = st.rate_limits.retry_after(principal.tenant, principal.rate_limit)
+        if wait:
+            raise ApiError(429, "too_many_requests", f"rate limit of {principal.rate_limit} exceeded",
+                           headers={"retry-after": str(wait), "x-should-retry": "true"})
+
+
+def load_task(task_id: str) -> Task:
+    """The caller's task ``task_id``. Raises ApiError 404 when it does not exist or belongs to another tenant."""
+    task = state().store.get(task_id)
+    if task is None or task.tenant != g.tenant:
+        raise not_found(f"task {task_id}")
+    return task
+
+
+def base_url() -> str:
+    """The URL clients reach this API at: ``LODESTAR_PUBLIC_BASE_URL``, else the request's own host URL."""
+    return state().settings.public_base_url.rstrip("/") or request.host_url.rstrip("/")
+
+
+def urls() -> Callable[[Task, int], str]:
+    """The screenshot URL maker for ``Task.to_json`` in this request."""
+    return screenshot_urls(base_url())

@@ -1,0 +1,14 @@
+"""The API's routes, one blueprint per concern; each authenticates its requests (``api/auth.py``).
+
+- ``tasks.py``    start, start_stream, batch, batch summary, retrieve_status, list, wait
+- ``control.py``  pause, resume, cancel (one or many), inject_message
+- ``events.py``   events over SSE and WebSocket, step screenshots
+- ``tenant.py``   the caller's tenant, webhook attempts and redelivery
+"""
+
+from __future__ import annotations
+
+from api.routes import control, events, tasks, tenant
+
+BLUEPRINTS = (tasks.bp, control.bp, events.bp, tenant.bp)
+sock = events.sock

@@ -1,0 +1,123 @@
+"""Steering running tasks: Lightcone's ``pause``, ``resume`` and ``inject_message``, and Lodestar's cancel (one task,
+or many by ids or by filter). Each call writes the desired state and notifies the task's worker
+(``shared/control.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify
+from marshmallow import ValidationError
+
+from api.auth import authenticate, load_task
+from api.errors import ApiError, invalid, invalid_field, json_object, not_found
+from api.state import state
+from shared import control, webhooks
+from shared.queue import task_ended
+from shared.states import Status
+from shared.store import ApplyResult, TaskFilter
+
+bp = Blueprint("control", __name__)
+bp.before_request(authenticate)
+
+CANCELLABLE = ("queued", "running", "paused")
+
+
+def _answer(task_id: str, result: ApplyResult, verb: str) -> Response:
+    """``{"status"}`` after a control write, or the error: 404 (gone), 409 when the task's status refused it."""
+    if not result.found:
+        raise not_found(f"task {task_id}")
+    if not result.ok:
+        retry = verb == "pause" and result.status == Status.QUEUED  # it will start soon: waiting can help
+        headers = {"x-should-retry": "true", "retry-after": "1"} if retry else {"x-should-retry": "false"}
+        raise ApiError(409, "conflict", f"cannot {verb} a task that is {result.status}", headers=headers)
+    return jsonify({"status": str(state().store.status(task_id) or result.status)})
+
+
+@bp.post("/agent/tasks/<task_id>/pause")
+def pause_task(task_id: str) -> Response:
+    load_task(task_id)
+    st = state()
+    answer = _answer(task_id, control.send_pause(st.store, task_id), "pause")
+    webhooks.schedule(st.celery, st.store, task_id, "task.paused")
+    return answer
+
+
+@bp.post("/agent/tasks/<task_id>/resume")
+def resume_task(task_id: str) -> Response:
+    load_task(task_id)
+    st = state()
+    answer = _answer(task_id, control.send_resume(st.store, task_id), "resume")
+    webhooks.schedule(st.celery, st.store, task_id, "task.running")
+    return answer
+
+
+def _cancel(task_id: str) -> ApplyResult:
+    st = state()
+    result = control.send_cancel(st.store, task_id)
+    if result.ok:
+        task_ended(st.celery, st.store, task_id, g.tenant)
+    return result
+
+
+@bp.post("/agent/tasks/<task_id>/cancel")
+def cancel_task(task_id: str) -> Response:
+    load_task(task_id)
+    return _answer(task_id, _cancel(task_id), "cancel")
+
+
+def _filtered_ids(f: dict[str, Any]) -> list[str]:
+    """The ids of the caller's active tasks that match a bulk-cancel ``filter`` (at most ``batch_max_items``)."""
+    raw = f.get("status") or list(CANCELLABLE)
+    statuses = tuple(s for s in raw.split(",") if s) if isinstance(raw, str) else tuple(raw)
+    if not statuses or any(s not in CANCELLABLE for s in statuses):
+        raise invalid_field("filter.status", "filter.status: only queued, running and paused tasks can be "
+                            "cancelled", "Must be among: queued, running, paused.")
+    flt = TaskFilter(statuses=statuses, kind=f.get("kind"), model=f.get("model"), batch_id=f.get("batch_id"),
+                     metadata=tuple((str(k), str(v)) for k, v in (f.get("metadata") or {}).items()))
+    store, most = state().store, state().settings.batch_max_items
+    ids: list[str] = []
+    cursor = None
+    while len(ids) < most:
+        page, cursor = store.list_tasks(g.tenant, flt, 500, cursor)
+        ids += [task.task_id for task in page]
+        if cursor is None:
+            break
+    return ids[:most]
+
+
+@bp.post("/agent/tasks/cancel")
+def cancel_many() -> Response:
+    """Cancel by ``{"task_ids": [...]}`` (at most ``batch_max_items``) or by ``{"filter": {status, kind, model,
+    metadata, batch_id}}`` (active tasks only). Answers which were cancelled and why the others were not."""
+    body = json_object()
+    if isinstance(body.get("task_ids"), list):
+        ids = [str(i) for i in body["task_ids"]][: state().settings.batch_max_items]
+    elif isinstance(body.get("filter"), dict):
+        ids = _filtered_ids(body["filter"])
+    else:
+        raise invalid_field("task_ids", 'give "task_ids" (a list) or "filter" (an object)',
+                            "Missing data for required field.")
+    store = state().store
+    cancelled, skipped = [], []
+    for task_id in ids:
+        task = store.get(task_id)
+        if task is None or task.tenant != g.tenant:
+            skipped.append({"task_id": task_id, "reason": "not_found"})
+            continue
+        result = _cancel(task_id)
+        if result.ok:
+            cancelled.append(task_id)
+        else:
+            skipped.append({"task_id": task_id, "reason": f"already {result.status}"})
+    return jsonify({"cancelled": cancelled, "skipped": skipped})
+
+
+@bp.post("/agent/tasks/<task_id>/messages")
+def inject_message(task_id: str) -> Response:
+    try:
+        body = state().message_schema.load(json_object())
+    except ValidationError as exc:
+        raise invalid(exc) from None
+    load_task(task_id)
+    return _answer(task_id, control.send_message(state().store, task_id, body["message"]), "message")

@@ -1,0 +1,201 @@
+"""Starting, reading, listing and waiting for tasks: Lightcone's ``start``, ``start_stream`` and
+``retrieve_status``, and Lodestar's batch, batch summary, list and long-poll wait."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import Any, cast
+
+from flask import Blueprint, Response, g, jsonify, request
+from marshmallow import ValidationError
+
+from api import submission
+from api.auth import authenticate, load_task, urls
+from api.errors import ApiError, invalid, invalid_field, json_body, json_object, not_found, summarise
+from api.routes.events import sse
+from api.state import state
+from shared.states import Status
+from shared.store import TaskFilter, new_id
+from shared.task import Task
+
+bp = Blueprint("tasks", __name__)
+bp.before_request(authenticate)
+
+
+# --- start and batch -------------------------------------------------------------------------------------------------
+def _start_one() -> tuple[Task, bool]:
+    """Validate, store and enqueue the request's task; returns ``(task, reused)``."""
+    try:
+        params = state().start_schema.load(json_object())
+    except ValidationError as exc:
+        raise invalid(exc) from None
+    outcome = submission.start([submission.new_task(params)])[0]
+    if outcome.error is not None:
+        raise outcome.error
+    assert outcome.task is not None
+    return outcome.task, outcome.reused
+
+
+@bp.post("/agent/tasks")
+def start_task() -> Response:
+    task, reused = _start_one()
+    body: dict[str, Any] = {"task_id": task.task_id, "status": str(task.status)}
+    if task.idempotency_key:
+        body.update(idempotency_key=task.idempotency_key, reused=reused)
+    return jsonify(body)
+
+
+@bp.post("/agent/tasks/stream")
+def start_task_stream() -> Response:
+    task, _ = _start_one()
+    return sse(task, after=0)
+
+
+def _batch_items() -> list[Any]:
+    if request.mimetype in ("application/x-ndjson", "application/jsonl", "application/x-jsonlines"):
+        items = []
+        for number, line in enumerate(request.get_data(as_text=True).splitlines(), start=1):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except ValueError:
+                    raise ApiError(400, "invalid_json", f"NDJSON line {number} is not JSON") from None
+        return items
+    data = json_body()
+    if isinstance(data, dict) and isinstance(data.get("tasks"), list):
+        return cast(list[Any], data["tasks"])
+    if isinstance(data, list):
+        return data
+    raise ApiError(400, "invalid_json", 'the body must be a JSON array of tasks, {"tasks": [...]}, or NDJSON')
+
+
+@bp.post("/agent/tasks/batch")
+def start_batch() -> tuple[Response, int]:
+    """Submit up to ``batch_max_items`` tasks; each is validated on its own and the valid ones are accepted."""
+    items = _batch_items()
+    limit = state().settings.batch_max_items
+    if not items:
+        raise ApiError(422, "invalid_request", "the batch is empty")
+    if len(items) > limit:
+        raise ApiError(413, "batch_too_large", f"at most {limit} tasks per batch, got {len(items)}")
+    schema = state().start_schema
+    batch_id = new_id("batch")
+    errors: list[dict[str, Any]] = []
+    valid: list[tuple[int, Task]] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            errors.append({"index": i, "error": {"type": "invalid_request", "message": "not a JSON object"}})
+            continue
+        try:
+            valid.append((i, submission.new_task(schema.load(item), batch_id)))
+        except ValidationError as exc:
+            messages = cast(dict[str, Any], exc.messages)
+            errors.append({"index": i, "error": {"type": "invalid_request", "message": summarise(messages),
+                                                 "fields": messages}})
+    accepted: list[dict[str, Any]] = []
+    outcomes = submission.start([task for _, task in valid]) if valid else []
+    for (i, _), outcome in zip(valid, outcomes, strict=True):
+        if outcome.error is not None:
+            errors.append({"index": i, "error": {"type": outcome.error.kind, "message": outcome.error.message}})
+        elif outcome.task is not None:
+            row = {"index": i, "task_id": outcome.task.task_id, "status": str(outcome.task.status)}
+            accepted.append({**row, "reused": True} if outcome.reused else row)
+    errors.sort(key=lambda e: e["index"])
+    accepted.sort(key=lambda r: r["index"])
+    body = {"batch_id": batch_id, "accepted": len(accepted), "rejected": len(errors), "tasks": accepted,
+            "errors": errors}
+    return jsonify(body), 200 if accepted else 422
+
+
+@bp.get("/agent/batches/<batch_id>")
+def batch_summary(batch_id: str) -> Response:
+    """Counts of a batch's tasks by status (for following a batch to its end)."""
+    counts = state().store.batch_counts(g.tenant, batch_id)
+    if counts is None:
+        raise not_found(f"batch {batch_id}")
+    return jsonify(counts)
+
+
+# --- read, list, wait ------------------------------------------------------------------------------------------------
+@bp.get("/agent/tasks/<task_id>")
+def retrieve_status(task_id: str) -> Response:
+    return jsonify(load_task(task_id).to_json(urls()))
+
+
+def _time_arg(name: str) -> float | None:
+    """A query parameter that is a time: epoch seconds or ISO 8601 (422 naming it otherwise)."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            value = datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            raise invalid_field(name, f"{name} must be epoch seconds or an ISO 8601 time",
+                                "Not a valid time.") from None
+    if not math.isfinite(value):
+        raise invalid_field(name, f"{name} must be a finite time", "Not a valid time.")
+    return value
+
+
+def filter_from_args() -> TaskFilter:
+    """The list filter of the query string: ``status`` (comma-separated, repeatable), ``kind``, ``model``,
+    ``batch_id``, ``metadata.<key>`` or ``metadata[<key>]``, ``created_after``, ``created_before``."""
+    args = request.args
+    statuses = tuple(s for raw in args.getlist("status") for s in raw.split(",") if s)
+    unknown = [s for s in statuses if s not in {str(x) for x in Status}]
+    if unknown:
+        raise invalid_field("status", f"unknown status {unknown[0]!r}",
+                            f"Must be one of: {', '.join(str(s) for s in Status)}.")
+    metadata = tuple((k[len("metadata."):], v) for k, v in args.items(multi=True) if k.startswith("metadata."))
+    metadata += tuple((k[len("metadata["):-1], v) for k, v in args.items(multi=True)
+                      if k.startswith("metadata[") and k.endswith("]"))
+    return TaskFilter(statuses=statuses, kind=args.get("kind") or None, model=args.get("model") or None,
+                      metadata=metadata, batch_id=args.get("batch_id") or None,
+                      created_after=_time_arg("created_after"), created_before=_time_arg("created_before"))
+
+
+@bp.get("/agent/tasks")
+def list_tasks() -> Response:
+    """The tenant's tasks, newest first, filtered; ``next_cursor`` pages on (null at the end)."""
+    limit_raw = request.args.get("limit", "50")
+    max_limit = state().settings.list_max_limit
+    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= max_limit:
+        raise invalid_field("limit", f"limit must be an integer from 1 to {max_limit}",
+                            f"Must be between 1 and {max_limit}.")
+    flt = filter_from_args()
+    try:
+        page, cursor = state().store.list_tasks(g.tenant, flt, int(limit_raw), request.args.get("cursor"))
+    except ValueError:
+        raise invalid_field("cursor", "malformed cursor", "Not a valid cursor.") from None
+    make_url = urls()
+    return jsonify({"data": [task.to_json(make_url) for task in page], "next_cursor": cursor,
+                    "has_more": cursor is not None})
+
+
+@bp.get("/agent/tasks/<task_id>/wait")
+def wait_task(task_id: str) -> Response:
+    """Hold the request until the task ends or ``timeout`` seconds (default 30, at most ``wait_max_timeout``) pass,
+    then answer with the task (check ``exit_code``: null means it has not ended)."""
+    load_task(task_id)
+    raw = request.args.get("timeout", "30")
+    max_timeout = state().settings.wait_max_timeout
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = -1
+    if not 0 <= timeout <= max_timeout:  # also refuses nan
+        raise invalid_field("timeout", f"timeout must be between 0 and {max_timeout:g} seconds",
+                            f"Must be between 0 and {max_timeout:g}.")
+    store = state().store
+
+    def ended() -> bool:
+        status = store.status(task_id)
+        return status is None or status.ended
+
+    state().waits.wait(task_id, ended, timeout)
+    return jsonify(load_task(task_id).to_json(urls()))

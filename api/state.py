@@ -1,0 +1,46 @@
+"""What an API process holds for the life of the app: one typed object, reached from any request with
+:func:`state`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+from celery import Celery
+from flask import current_app
+from marshmallow import Schema
+
+from api.fanout import EndWatcher, EventHub
+from shared.queue import RunTaskMessages
+from shared.settings import Settings
+from shared.store import TaskStore
+from shared.tenants import RateLimiter
+
+EXTENSION = "lodestar"
+"""The key of :class:`AppState` in ``app.extensions``."""
+
+
+@dataclass(frozen=True)
+class AppState:
+    """The app's long-lived parts.
+
+    settings: the configuration. store: the task store (Redis). celery: the Celery app (sends deliveries and
+    deferred tasks). messages: the run_task message builder used at submit. start_schema / message_schema: the
+    request schemas (limits from settings). waits: the long-poll watcher. events: the SSE/WebSocket fan-out.
+    rate_limits: per-tenant request limits.
+    """
+
+    settings: Settings
+    store: TaskStore
+    celery: Celery
+    messages: RunTaskMessages
+    start_schema: Schema
+    message_schema: Schema
+    waits: EndWatcher
+    events: EventHub
+    rate_limits: RateLimiter
+
+
+def state() -> AppState:
+    """The current app's :class:`AppState` (inside a request or app context)."""
+    return cast(AppState, current_app.extensions[EXTENSION])

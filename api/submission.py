@@ -1,0 +1,78 @@
+"""Starting tasks for the caller's tenant: build the records, honour idempotency keys and the tenant's queue limit,
+store and enqueue (``TaskStore.submit``). The routes parse the request and answer; this is the part in between."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import g
+
+from api.errors import ApiError, unavailable
+from api.state import state
+from shared.store import IN_PROGRESS, InProgress, new_task_id, now
+from shared.task import Task
+
+
+@dataclass(frozen=True)
+class Started:
+    """One start's outcome: the task (an earlier one when ``reused``: its idempotency key had created it), or
+    ``error`` (an ApiError to report for this item)."""
+
+    task: Task | None
+    reused: bool = False
+    error: ApiError | None = None
+
+
+def new_task(params: Mapping[str, Any], batch_id: str | None = None) -> Task:
+    """A queued task of the caller's tenant from validated start parameters."""
+    principal = g.principal
+    return Task.from_request(params, task_id=new_task_id(), tenant=principal.tenant, created_at=now(),
+                             batch_id=batch_id, default_webhook_url=principal.webhook_url)
+
+
+def in_progress() -> ApiError:
+    return ApiError(409, "idempotency_key_in_use", "a request with this idempotency_key is still storing its "
+                    "task; retry in a moment", headers={"retry-after": "1"})
+
+
+def start(tasks: list[Task]) -> list[Started]:
+    """Start ``tasks`` (one request's worth) and return their outcomes in order. Items whose idempotency key is
+    known get the earlier task (``reused``); the others are stored and queued in chunks; items that could not
+    be stored (Redis failed midway) get a ``queue_unavailable`` error to resubmit.
+
+    Raises:
+        ApiError: 429 when the new tasks do not fit under the tenant's ``max_queued``; 503 when none could be
+            stored; a RedisError (answered 503) when Redis is down before anything was written.
+    """
+    st = state()
+    existing = st.store.claim_idempotency_keys(tasks)
+    fresh = [task for task, earlier in zip(tasks, existing, strict=True) if earlier is None]
+    _check_room(len(fresh))
+    stored = st.store.submit(fresh, st.messages) if fresh else 0
+    if fresh and not stored and len(fresh) == len(tasks):
+        raise unavailable()
+    stored_ids = {task.task_id for task in fresh[:stored]}
+    outcomes = []
+    for task, earlier in zip(tasks, existing, strict=True):
+        if isinstance(earlier, InProgress):
+            outcomes.append(Started(None, error=in_progress()))
+        elif earlier is not None:
+            outcomes.append(Started(earlier, reused=True))
+        elif task.task_id in stored_ids:
+            outcomes.append(Started(task))
+        else:
+            outcomes.append(Started(None, error=ApiError(503, "queue_unavailable",
+                                                         "not stored: Redis failed during the batch; resubmit")))
+    return outcomes
+
+
+def _check_room(new: int) -> None:
+    limit = g.principal.max_queued
+    if limit and new and state().store.count(g.tenant, "queued") + new > limit:
+        raise ApiError(429, "queue_full", f"at most {limit} queued tasks per tenant; wait for some to start",
+                       headers={"retry-after": "5"})
+
+
+__all__ = ["IN_PROGRESS", "Started", "in_progress", "new_task", "start"]

@@ -1,0 +1,92 @@
+"""Every Redis key and channel name Lodestar uses, built in one place (as rq's ``keys.py`` does).
+
+``P`` is ``Settings.key_prefix`` ("lodestar" by default), so several deployments can share one server::
+
+    P:task:{id}              hash    the task record (``shared.task.Task``; its id is the end of the key)
+    P:task:{id}:events       stream  the event log; entry ids are "0-<seq>", seq = 1, 2, 3 ... Each entry is also
+                             published on the pub/sub channel of the same name as "<seq> <json>" (``api/fanout.py``)
+    P:task:{id}:inbox        list    injected messages, JSON {"content", "ts"}, oldest first
+    P:task:{id}:shots        hash    step number -> JPEG bytes
+    P:task:{id}:lease        string  id of the worker holding the task (PX = lease_ttl)
+    P:task:{id}:webhooks     list    webhook delivery attempts, JSON, oldest first
+    P:t:{tenant}:status:{s}  zset    the tenant's task ids in status s, scored by created_at; likewise
+                                     :meta:{key}={value} and :batch:{id} (list indexes; expired ids pruned lazily)
+    P:t:{tenant}:deferred    list    queued task ids waiting for the tenant's running limit
+    P:tenant:{tenant}        hash    tenant settings (name, max_queued, max_running, rate_limit, webhook_secret...)
+    P:apikey:{sha256}        hash    a stored API key (tenant, name, key_id, created_at, revoked)
+    P:apikeys                set     the digests of every stored key
+    P:idempotency:{tenant}:{sha256 of the key}  string  the task id an idempotency key created (TTL: the window)
+    P:ratelimit              prefix  the ``limits`` library's moving windows
+    P:control:{id}           pub/sub notices {"command", "task_id"} for the task's worker
+    P:ended                  pub/sub the id of every task that ends (long-poll waiters)
+    P:hub:{host}:{pid}:{n}   pub/sub wake-ups of one API process's event hub
+
+The Lua scripts (``shared/store/lua/``) receive the prefix and build the per-tenant names the same way
+(``common.lua``); a test checks that both spell them alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+
+class Keys:
+    """Key and channel names under one prefix. Cheap to copy; no I/O."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.ended = f"{prefix}:ended"
+        self.apikeys = f"{prefix}:apikeys"
+        self.ratelimit = f"{prefix}:ratelimit"
+
+    # -- one task --------------------------------------------------------------------------------------------------
+    def task(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}"
+
+    def events(self, task_id: str) -> str:
+        """The event stream, which is also the pub/sub channel of its live events."""
+        return f"{self.prefix}:task:{task_id}:events"
+
+    def inbox(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}:inbox"
+
+    def shots(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}:shots"
+
+    def lease(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}:lease"
+
+    def webhooks(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}:webhooks"
+
+    def task_keys(self, task_id: str) -> list[str]:
+        """The keys a task's scripts touch, in the order ``apply.lua`` expects: record, events, inbox, shots,
+        lease, webhooks."""
+        return [self.task(task_id), self.events(task_id), self.inbox(task_id), self.shots(task_id),
+                self.lease(task_id), self.webhooks(task_id)]
+
+    def control(self, task_id: str) -> str:
+        return f"{self.prefix}:control:{task_id}"
+
+    # -- tenants ---------------------------------------------------------------------------------------------------
+    def index(self, tenant: str, name: str, value: str | None = None) -> str:
+        """A tenant's sorted set of task ids by ``created_at``: ``name`` "status" (value: the status), "batch"
+        (value: the batch id) or "meta" (value: "key=value")."""
+        base = f"{self.prefix}:t:{tenant}:{name}"
+        return base if value is None else f"{base}:{value}"
+
+    def deferred(self, tenant: str) -> str:
+        return f"{self.prefix}:t:{tenant}:deferred"
+
+    def tenant(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}"
+
+    def apikey(self, digest: str) -> str:
+        return f"{self.prefix}:apikey:{digest}"
+
+    def idempotency(self, tenant: str, key: str) -> str:
+        """Where an idempotency key's task id is kept (the key itself is hashed: it is the client's string)."""
+        return f"{self.prefix}:idempotency:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def hub(self, name: str) -> str:
+        return f"{self.prefix}:hub:{name}"

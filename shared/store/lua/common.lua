@@ -1,0 +1,42 @@
+-- Helpers prepended to every script of shared/store/lua (see scripts.py). Key names follow shared/store/keys.py.
+
+-- records do not store their id: it is the end of their key ("<prefix>:task:<id>")
+local function id_of(task_key, prefix)
+  return string.sub(task_key, string.len(prefix) + 7)
+end
+
+-- move a task between its tenant's status indexes (the sorted sets <prefix>:t:<tenant>:status:<status>)
+local function move_status(task_key, prefix, from, to)
+  local meta = redis.call('HMGET', task_key, 'tenant', 'created_at')
+  local base = prefix .. ':t:' .. meta[1] .. ':status:'
+  local task_id = id_of(task_key, prefix)
+  redis.call('ZREM', base .. from, task_id)
+  redis.call('ZADD', base .. to, meta[2], task_id)
+end
+
+-- the tenant's running and paused tasks
+local function running_count(prefix, tenant)
+  local base = prefix .. ':t:' .. tenant .. ':status:'
+  return redis.call('ZCARD', base .. 'running') + redis.call('ZCARD', base .. 'paused')
+end
+
+-- the tenant's max_running, else the deployment's default (0: no limit)
+local function running_limit(prefix, tenant, default)
+  local limit = redis.call('HGET', prefix .. ':tenant:' .. tenant, 'max_running')
+  if limit == false or limit == '' then return tonumber(default) end
+  return tonumber(limit)
+end
+
+-- is `status` one of the comma-separated `allowed`?
+local function status_in(status, allowed)
+  for s in string.gmatch(allowed, '[^,]+') do if s == status then return true end end
+  return false
+end
+
+-- append an event to the task's stream (id 0-<seq>) and publish it on the channel of the same name
+local function append_event(task_key, events_key, maxlen, event)
+  local seq = redis.call('HINCRBY', task_key, 'event_seq', 1)
+  redis.call('XADD', events_key, 'MAXLEN', '~', maxlen, '0-' .. seq, 'data', event)
+  redis.call('PUBLISH', events_key, seq .. ' ' .. event)
+  return seq
+end
