@@ -172,11 +172,6 @@ def parse_aria(snapshot: str | None) -> list[AriaNode]:
     return nodes
 
 
-def outline_text(nodes: list[AriaNode]) -> str:
-    """All visible words of the outline (names and inline text), one node per line."""
-    return "\n".join(t for n in nodes for t in (n.name, n.text) if t)
-
-
 # --- MiniWoB's cover and HUD (visible on the page, read like a user would) ------------------------------------------
 _START = re.compile(r"(?:^|\s)START(?:\s|$)")
 _LAST_REWARD = re.compile(r"Last reward:\s*(-?\d+(?:\.\d+)?)")
