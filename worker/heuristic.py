@@ -28,16 +28,11 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 
-from worker.computer import Action, Observation, Target
+from worker.computer import CLICKABLE_ROLES, FIELD_ROLES, TEXT_FIELD_ROLES, Action, Observation, Target
 from worker.policy import Decision, Episode
 
 # --- the ARIA outline -------------------------------------------------------------------------------------------------
 
-CLICKABLE_ROLES = frozenset({
-    "button", "link", "checkbox", "radio", "tab", "menuitem", "menuitemcheckbox", "menuitemradio", "option",
-    "switch", "treeitem",
-})
-FIELD_ROLES = frozenset({"textbox", "searchbox", "spinbutton"})
 FOCUSABLE_ROLES = frozenset({
     "textbox", "searchbox", "spinbutton", "combobox", "button", "link", "checkbox", "radio", "slider", "switch",
 })
@@ -685,7 +680,7 @@ def _reach(nodes: list[AriaNode], node: AriaNode, batch: _Batch) -> tuple[list[A
 
 
 def _ground_type(nodes: list[AriaNode], intents: list[TypeText], batch: _Batch) -> None:
-    fields = [n for n in nodes if n.role in FIELD_ROLES]
+    fields = [n for n in nodes if n.role in TEXT_FIELD_ROLES]
     if not fields:
         raise GroundingError("there is no text field on the page")
     plan: dict[int, str] = {}
@@ -768,7 +763,7 @@ def _ground_choose(nodes: list[AriaNode], intent: Choose, batch: _Batch) -> None
 
 
 def _ground_focus(nodes: list[AriaNode], intent: Focus, batch: _Batch) -> None:
-    fields = [n for n in nodes if n.role in FIELD_ROLES or n.role == "combobox"]
+    fields = [n for n in nodes if n.role in FIELD_ROLES]
     matches = _match_fields(nodes, fields, intent.field) if fields else []
     if not matches:
         raise GroundingError(f'no field matches "{intent.field or "the text field"}"')
