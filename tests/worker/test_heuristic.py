@@ -12,22 +12,20 @@ import shutil
 import pytest
 
 from worker.computer import Action, ActionResult, Observation, Target
-from worker.heuristic import (
+from worker.heuristic import HeuristicPolicy
+from worker.heuristic.aria import parse_aria
+from worker.heuristic.grounding import ground
+from worker.heuristic.instructions import (
     Autocomplete,
     Choose,
     Click,
     Focus,
-    HeuristicPolicy,
     PressKey,
     TypeText,
     follows_page,
-    ground,
-    page_instruction,
-    parse_aria,
     parse_instruction,
-    shown_reward,
-    start_cover_visible,
 )
+from worker.heuristic.miniwob import page_instruction, shown_reward, start_cover_visible
 from worker.policy import Decision, Episode, StepRecord
 
 # --- snapshots as Playwright writes them (captured from MiniWoB++ pages, trimmed) ----------------------------------
