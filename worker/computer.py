@@ -56,7 +56,8 @@ class Target:
 # things to click or fields to fill, then names them with Target("role", ...), which resolves any role.
 # The two copies had drifted apart; reconciled so:
 # - clickable: the browser's nine roles keep their order (it decides what a "text" Target clicks); menuitemcheckbox
-#   and menuitemradio, which the heuristic already clicked, come last, so they change nothing that resolved before.
+#   and menuitemradio, which the heuristic already clicked, come last: a match of the nine is still picked first,
+#   and such a menu item now wins over the label or plain text that matched before.
 # - fields: combobox (a <select>, or an input with suggestions) is a field: the browser finds it by its label and
 #   the heuristic can focus it; but the heuristic types only into TEXT_FIELD_ROLES, as before (a <select> is set with
 #   the "select" action, not typed into).
