@@ -15,7 +15,7 @@ from typing import Any
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, Playwright, Route, sync_playwright
 
 from shared.settings import Settings
-from worker.computer import ActionError, NetworkGuard, Observation, Target
+from worker.computer import CLICKABLE_ROLES, FIELD_ROLES, ActionError, NetworkGuard, Observation, Target
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +24,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
 ]
 """Flags from STACK-NOTES: without the background-networking ones Chromium floods a closed network."""
-
-_CLICKABLE_ROLES = ("button", "link", "checkbox", "radio", "tab", "menuitem", "option", "switch", "treeitem")
-_FIELD_ROLES = ("textbox", "searchbox", "combobox", "spinbutton")
 
 
 class BrowserHost:
@@ -234,10 +231,10 @@ class BrowserComputer:
             return [
                 page.get_by_label(name, exact=exact),
                 page.get_by_placeholder(name, exact=exact),
-                *(page.get_by_role(role, name=name, exact=exact) for role in _FIELD_ROLES),  # type: ignore[arg-type]
+                *(page.get_by_role(role, name=name, exact=exact) for role in FIELD_ROLES),  # type: ignore[arg-type]
             ]
         return [
-            *(page.get_by_role(role, name=name, exact=exact) for role in _CLICKABLE_ROLES),  # type: ignore[arg-type]
+            *(page.get_by_role(role, name=name, exact=exact) for role in CLICKABLE_ROLES),  # type: ignore[arg-type]
             page.get_by_label(name, exact=exact),
             page.get_by_text(name, exact=exact),
         ]

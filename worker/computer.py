@@ -21,8 +21,8 @@ from shared.netguard import NetworkGuard
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ACTIONS", "Action", "ActionError", "ActionResult", "Computer", "NetworkGuard", "Observation", "Target",
-           "execute", "normalize_key"]
+__all__ = ["ACTIONS", "CLICKABLE_ROLES", "FIELD_ROLES", "TEXT_FIELD_ROLES", "Action", "ActionError", "ActionResult",
+           "Computer", "NetworkGuard", "Observation", "Target", "execute", "normalize_key"]
 
 ActionType = Literal[
     "click", "double_click", "triple_click", "right_click", "scroll", "type", "key", "move", "drag", "wait",
@@ -48,6 +48,28 @@ class Target:
     def describe(self) -> str:
         which = f" #{self.nth + 1}" if self.nth else ""
         return f'{self.role or self.by} "{self.name}"{which}'
+
+
+# --- roles: one table for the browser and the heuristic agent ------------------------------------------------------
+# The browser tries these roles, in this order, for a Target by "text" (CLICKABLE_ROLES) or by "label" (FIELD_ROLES),
+# and takes the first visible match; the heuristic agent (worker/heuristic/) grounds outline nodes of these roles as
+# things to click or fields to fill, then names them with Target("role", ...), which resolves any role.
+# The two copies had drifted apart; reconciled so:
+# - clickable: the browser's nine roles keep their order (it decides what a "text" Target clicks); menuitemcheckbox
+#   and menuitemradio, which the heuristic already clicked, come last: a match of the nine is still picked first,
+#   and such a menu item now wins over the label or plain text that matched before.
+# - fields: combobox (a <select>, or an input with suggestions) is a field: the browser finds it by its label and
+#   the heuristic can focus it; but the heuristic types only into TEXT_FIELD_ROLES, as before (a <select> is set with
+#   the "select" action, not typed into).
+CLICKABLE_ROLES: tuple[str, ...] = (
+    "button", "link", "checkbox", "radio", "tab", "menuitem", "option", "switch", "treeitem",
+    "menuitemcheckbox", "menuitemradio",
+)
+"""ARIA roles of elements a user clicks, in the order a Target by "text" tries them."""
+FIELD_ROLES: tuple[str, ...] = ("textbox", "searchbox", "combobox", "spinbutton")
+"""ARIA roles of form fields, in the order a Target by "label" tries them."""
+TEXT_FIELD_ROLES: tuple[str, ...] = ("textbox", "searchbox", "spinbutton")
+"""The fields that take typed text: ``FIELD_ROLES`` without combobox."""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """The heuristic policy: instruction and ARIA-outline parsing (no browser), then real MiniWoB++ pages in Chromium.
 
-The browser test plays 10 seeded episodes of each core MiniWoB++ family and reads the page's own score
-(``WOB_RAW_REWARD_GLOBAL``); the policy itself only ever sees screenshots and ARIA snapshots.
+The roles table it shares with the browser (``worker/computer.py``) is checked from both sides: what the heuristic
+grounds, and what a Target by text resolves to in Chromium. The MiniWoB++ test plays 10 seeded episodes of each
+core family and reads the page's own score (``WOB_RAW_REWARD_GLOBAL``); the policy itself only ever sees screenshots
+and ARIA snapshots.
 """
 
 from __future__ import annotations
@@ -11,23 +13,23 @@ import shutil
 
 import pytest
 
-from worker.computer import Action, ActionResult, Observation, Target
-from worker.heuristic import (
+from shared.settings import load_settings
+from tests.conftest import chromium_available, need
+from worker.computer import CLICKABLE_ROLES, FIELD_ROLES, TEXT_FIELD_ROLES, Action, ActionResult, Observation, Target
+from worker.heuristic import HeuristicPolicy
+from worker.heuristic.aria import parse_aria
+from worker.heuristic.grounding import GroundingError, ground
+from worker.heuristic.instructions import (
     Autocomplete,
     Choose,
     Click,
     Focus,
-    HeuristicPolicy,
     PressKey,
     TypeText,
     follows_page,
-    ground,
-    page_instruction,
-    parse_aria,
     parse_instruction,
-    shown_reward,
-    start_cover_visible,
 )
+from worker.heuristic.miniwob import page_instruction, shown_reward, start_cover_visible
 from worker.policy import Decision, Episode, StepRecord
 
 # --- snapshots as Playwright writes them (captured from MiniWoB++ pages, trimmed) ----------------------------------
@@ -267,6 +269,47 @@ def test_policy_fails_on_what_it_cannot_ground_or_understand() -> None:
     assert decisions[-1].actions[0].type == "fail" and "Frobnicate" in (decisions[-1].actions[0].text or "")
     vague = HeuristicPolicy("Make the page nicer")
     assert vague.decide(obs(LOGIN), Episode(task_id="t", instruction="x")).actions[0].type == "fail"
+
+
+# --- the roles table shared with the browser -------------------------------------------------------------------------
+BROWSER_CLICKABLE_BEFORE = ("button", "link", "checkbox", "radio", "tab", "menuitem", "option", "switch", "treeitem")
+
+
+def test_the_roles_table_keeps_the_browsers_order_and_separates_fields() -> None:
+    assert CLICKABLE_ROLES[:len(BROWSER_CLICKABLE_BEFORE)] == BROWSER_CLICKABLE_BEFORE  # the order picks the match
+    assert set(CLICKABLE_ROLES) - set(BROWSER_CLICKABLE_BEFORE) == {"menuitemcheckbox", "menuitemradio"}
+    assert set(TEXT_FIELD_ROLES) == set(FIELD_ROLES) - {"combobox"}
+    assert not set(CLICKABLE_ROLES) & set(FIELD_ROLES)
+
+
+def test_ground_clicks_every_clickable_role_by_role_and_never_types_into_a_combobox() -> None:
+    for role in CLICKABLE_ROLES:
+        actions, _ = ground(parse_aria(f'- {role} "Bold"'), parse_instruction('Click on "Bold".'))
+        assert actions == [Action("click", target=Target("role", "Bold", role=role))], role
+    combo = parse_aria('- text: Country\n- combobox "Country"')
+    assert ground(combo, parse_instruction("Focus into the country field."))[0] == [
+        Action("click", target=Target("role", "Country", role="combobox"))]
+    with pytest.raises(GroundingError, match="no text field"):
+        ground(combo, parse_instruction('Enter "France" into the country field.'))
+
+
+@pytest.mark.browser
+def test_a_text_target_resolves_each_clickable_role_before_plain_text_in_chromium() -> None:
+    need(chromium_available(), "Chromium is not installed (apt-get install chromium)")
+    from worker.browser import BrowserHost
+
+    host = BrowserHost(load_settings(env={}))
+    try:
+        computer = host.open(640, 480)
+        for role in CLICKABLE_ROLES:
+            computer.page.set_content(f'<p>Bold</p><div role="{role}" tabindex="0" id="it">Bold</div>')
+            box = computer.page.locator("#it").bounding_box()
+            assert box is not None
+            centre = (int(box["x"] + box["width"] / 2), int(box["y"] + box["height"] / 2))
+            assert computer.locate(Target("text", "Bold")) == centre, role
+            assert computer.locate(Target("role", "Bold", role=role)) == centre, role
+    finally:
+        host.close()
 
 
 # --- real pages ------------------------------------------------------------------------------------------------------
