@@ -1,9 +1,10 @@
 """Developer harness for the heuristic policy on MiniWoB++: runs the policy in-process, no API, queue or Redis.
 
-For each task family and seed: open the page, seed its RNG, then loop observe -> ``HeuristicPolicy.decide`` ->
-``execute`` (as ``worker/loop.py`` does: a batch stops at its first failed action) until ``done``/``fail`` or
-``--max-steps``, and read the page's own score (``WOB_RAW_REWARD_GLOBAL``). Only this harness evaluates JavaScript
-on the page (seeding and scoring); the policy sees the screenshot and the ARIA snapshot.
+For each task family and seed: open the page, seed its RNG, then run the worker's own see-decide-act loop
+(``worker.loop.run_episode``) with ``HeuristicPolicy``, an in-memory control channel (``LocalControl``: nobody
+pauses or cancels) and steps recorded in memory instead of Redis, until it ends (``done``/``fail``, max steps, too
+many failed steps), and read the page's own score (``WOB_RAW_REWARD_GLOBAL``). Only this harness evaluates
+JavaScript on the page (seeding and scoring); the policy sees the screenshot and the ARIA snapshot.
 
     .venv/bin/python -m bench.miniwob_dev --episodes 20 --tasks click-button,click-link,login-user [-v]
 
@@ -24,16 +25,19 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from shared.control import LocalControl
 from shared.settings import load_settings
+from shared.states import ExitCode
 from worker.browser import BrowserComputer, BrowserHost
-from worker.computer import execute
+from worker.computer import Observation
 from worker.heuristic import HeuristicPolicy
+from worker.loop import Outcome
+from worker.loop import run_episode as run_loop
 from worker.policy import Episode, Policy, StepRecord
 
 CORE_TASKS = ("click-button", "click-link", "click-dialog", "enter-text", "focus-text", "login-user",
               "enter-password", "click-checkboxes")
 """The families the heuristic policy is held to (>= 80% success each)."""
-EXTRA_TASKS = ("click-dialog-2", "click-tab", "enter-text-2", "click-option", "use-autocomplete")
 INSTRUCTION = "Follow the instruction on the page."
 
 
@@ -73,7 +77,7 @@ class EpisodeResult:
     steps: int
     seconds: float
     ending: str
-    """The policy's terminal action ("done: ..." / "fail: ...") or "max steps"."""
+    """How the loop ended: "done: <result>", "fail: <reason>", "max steps", or "<exit code>: <error>"."""
     thoughts: list[str] = field(default_factory=list)
 
     @property
@@ -89,40 +93,40 @@ def run_episode(
     make_policy: Callable[[str], Policy] = HeuristicPolicy,
     instruction: str = INSTRUCTION,
     max_steps: int = 12,
+    max_seconds: float = 300.0,
 ) -> EpisodeResult:
-    """Play one seeded episode of ``task`` with a fresh policy and return the page's own score."""
+    """Play one seeded episode of ``task`` with a fresh policy through ``worker.loop.run_episode``; returns the
+    page's own score. Playwright errors from opening or scoring the page propagate."""
     page = computer.page
     page.goto(f"{base_url}/miniwob/{task}.html", wait_until="load")
     page.evaluate("(seed) => Math.seedrandom(seed)", f"{task}-{seed}")
     policy = make_policy(instruction)
     episode = Episode(task_id=f"{task}-{seed}", instruction=instruction, max_steps=max_steps)
+    steps: list[StepRecord] = []
+
+    def on_step(record: StepRecord, observation: Observation) -> bool:
+        steps.append(record)
+        return True
+
     started = time.perf_counter()
-    ending = "max steps"
-    steps = 0
-    for step in range(1, max_steps + 1):
-        steps = step
-        observation = computer.observe(accessibility=policy.needs_accessibility)
-        decision = policy.decide(observation, episode)
-        results = []
-        terminal = None
-        for action in decision.actions:
-            if action.type in ("done", "fail"):
-                terminal = action
-                break
-            result = execute(computer, action)
-            results.append(result)
-            if not result.ok:
-                break
-        episode.history.append(StepRecord(step, list(decision.actions), results, decision.thought, observation.url))
-        if terminal is not None and all(r.ok for r in results):
-            ending = f"{terminal.type}: {terminal.text}"
-            break
+    outcome = run_loop(computer, policy, episode, LocalControl(), on_step, deadline=time.monotonic() + max_seconds)
     seconds = time.perf_counter() - started
     done, raw, reward = page.evaluate("[WOB_DONE_GLOBAL, WOB_RAW_REWARD_GLOBAL, WOB_REWARD_GLOBAL]")
     return EpisodeResult(
-        task, seed, float(raw) if done else None, float(reward) if done else None, steps, seconds, ending,
-        [f"{r.step}: {r.thought} {[x.error for x in r.results if not x.ok] or ''}" for r in episode.history],
+        task, seed, float(raw) if done else None, float(reward) if done else None, len(steps), seconds,
+        _ending(outcome),
+        [f"{r.step}: {r.thought} {[x.error for x in r.results if not x.ok] or ''}" for r in steps],
     )
+
+
+def _ending(outcome: Outcome) -> str:
+    if outcome.code == ExitCode.COMPLETED:
+        return f"done: {outcome.result or ''}"
+    if outcome.code == ExitCode.FAILED:
+        return f"fail: {outcome.error or ''}"
+    if outcome.code == ExitCode.MAX_STEPS:
+        return "max steps"
+    return f"{outcome.code.name.lower()}: {outcome.error or ''}"
 
 
 def run(tasks: list[str], episodes: int, first_seed: int = 0, verbose: bool = False,
@@ -164,6 +168,7 @@ def table(results: dict[str, list[EpisodeResult]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.miniwob_dev``: run the episodes and print the success table; returns 0."""
     parser = argparse.ArgumentParser(prog="python -m bench.miniwob_dev", description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=20, help="seeded episodes per task (default 20)")
     parser.add_argument("--tasks", default=",".join(CORE_TASKS), help="comma-separated MiniWoB++ task names")

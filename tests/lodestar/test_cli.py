@@ -1,0 +1,127 @@
+"""``lodestar`` (``lodestar/cli.py``): the parser, defaults from settings, one-line errors for a missing extra or a
+bad setting, and ``lodestar up`` running the whole stack on an embedded Redis until SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+import lodestar.stack
+from lodestar.cli import build_parser, main
+from lodestar.stack import free_port
+from tests.conftest import chromium_available, need
+
+
+def test_cli_lists_its_commands() -> None:
+    help_text = build_parser().format_help()
+    for command in ("up", "api", "worker", "flower", "bench"):
+        assert command in help_text
+
+
+def test_building_the_parser_imports_no_benchmark_celery_or_settings() -> None:
+    code = ("import sys; from lodestar.cli import build_parser; build_parser(); print(sorted(m for m in "
+            "('bench.suite', 'celery', 'shared.settings', 'worker', 'api') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_defaults_come_from_settings_when_the_command_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, int, Path]] = []
+    monkeypatch.setattr(lodestar.stack, "up", lambda port, concurrency, data_dir: calls.append(
+        (port, concurrency, data_dir)) or 0)
+    monkeypatch.setenv("LODESTAR_WORKER_CONCURRENCY", "3")
+    monkeypatch.setenv("LODESTAR_API_PORT", "8123")
+    # Given settings in the environment, when `lodestar up` runs without options, then it uses them
+    assert main(["up"]) == 0
+    # and options win over them
+    assert main(["up", "--port", "9000", "--concurrency", "2", "--data-dir", "elsewhere"]) == 0
+    assert calls == [(8123, 3, Path("var")), (9000, 2, Path("elsewhere"))]
+
+
+def test_a_bad_setting_is_one_line_and_help_still_works(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LODESTAR_WORKER_CONCURRENCY", "many")
+    # Given a variable that does not parse, --help still works
+    with pytest.raises(SystemExit) as exited:
+        main(["worker", "--help"])
+    assert exited.value.code == 0
+    assert "LODESTAR_WORKER_CONCURRENCY" in capsys.readouterr().out
+    # When a command reads settings, it stops with one line naming the variable, exit code 2
+    assert main(["worker"]) == 2
+    assert capsys.readouterr().err == "lodestar: LODESTAR_WORKER_CONCURRENCY: expected an integer, got 'many'\n"
+
+
+@pytest.mark.parametrize(("argv", "blocked", "expected"), [
+    (["worker"], "playwright", "lodestar worker needs the worker extra: pip install 'lodestar[worker]' "
+                               "(missing: playwright)"),
+    (["api"], "flask_sock", "lodestar api needs the api extra: pip install 'lodestar[api]' (missing: flask_sock)"),
+    (["flower"], "flower", "lodestar flower needs the flower extra: pip install 'lodestar[flower]' "
+                           "(missing: flower)"),
+    (["bench", "miniwob", "--url", "http://127.0.0.1:1"], "miniwob",
+     "lodestar bench miniwob needs the bench extra: pip install 'lodestar[bench]' (missing: miniwob)"),
+    (["up"], "gevent", "lodestar up needs the all extra: pip install 'lodestar[all]' (missing: gevent)"),
+    (["bench", "step"], "mss", "lodestar bench step needs the all extra: pip install 'lodestar[all]' "
+                               "(missing: mss)"),
+])
+def test_a_missing_extra_is_one_line_naming_it(argv: list[str], blocked: str, expected: str,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a package of the extra that cannot be imported (None in sys.modules: importing it fails)
+    monkeypatch.setitem(sys.modules, blocked, None)
+    # When the command runs, it stops before starting anything, with one line naming the extra
+    assert main(argv) == 2
+    assert capsys.readouterr().err == expected + "\n"
+
+
+@pytest.mark.browser
+@pytest.mark.worker
+def test_up_runs_the_stack_on_embedded_redis_and_stops_on_sigterm(tmp_path: Path) -> None:
+    need(chromium_available(), "Chromium is not installed")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("LODESTAR_REDIS_URL", "LODESTAR_API_KEYS")}
+    proc = subprocess.Popen([sys.executable, "-m", "lodestar.cli", "up", "--port", str(port), "--data-dir",
+                             str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # Given `lodestar up` printed its dev key
+        key = None
+        output = []
+        deadline = time.monotonic() + 90
+        while key is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            if not line and proc.poll() is not None:
+                break
+            output.append(line)
+            match = re.search(r"API key: (\S+)", line)
+            key = match.group(1) if match else None
+        assert key, "".join(output)
+        # When a client submits a task with it
+        http = requests.Session()
+        http.headers["Authorization"] = f"Bearer {key}"
+        base = f"http://127.0.0.1:{port}"
+        task_id = http.post(f"{base}/agent/tasks", json={"agent_type": "scripted", "instruction": 'done "up"'},
+                            timeout=10).json()["task_id"]
+        task: dict = {}
+        for _ in range(600):
+            task = http.get(f"{base}/agent/tasks/{task_id}", timeout=10).json()
+            if task["exit_code"] is not None:
+                break
+            time.sleep(0.1)
+        # Then it runs to completion, and SIGTERM stops the API, the worker and the embedded Redis
+        assert (task["status"], task["result"]) == ("completed", "up"), task
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{base}/healthz", timeout=2)
+        leftovers = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, text=True).stdout
+        assert leftovers.strip() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
