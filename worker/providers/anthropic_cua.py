@@ -15,7 +15,8 @@ mapped; the new screenshot in the last one) followed by injected messages as tex
 ``model_screenshots_kept`` are replaced by a text placeholder. Coordinates are pixels of the screenshot sent,
 scaled down first to at most ~1.15 MP and 1568 px a side (``max_pixels`` / ``max_long_edge``).
 
-Action mapping (Anthropic ``input.action`` -> ``worker.computer.Action``):
+Action mapping (Anthropic ``input.action`` -> ``worker.computer.Action``; the table is :data:`ACTIONS`, its
+pointer and typing entries ``base.COORDINATE_ACTIONS``, shared with Qwen-VL):
 
 =====================================  ======================================================================
 Anthropic                              Lodestar
@@ -35,10 +36,11 @@ key{text: "ctrl+s"}                    key (xdotool names; "a b" presses a then 
 hold_key{text, duration}               approximated: the chord pressed once, then a wait of ``duration``
 scroll{coordinate, scroll_direction,   scroll by ``scroll_amount`` x 100 px (wheel notches) in the direction
   scroll_amount}
-wait{duration}                         wait (seconds, at most 60)
+wait{duration}                         wait (seconds, at most 60; 1 s when absent)
 cursor_position                        no action: answered from the tracked pointer ("X=..,Y=..", model px)
 zoom{region}                           no action: the next tool_result carries that region of the new
                                        screenshot at full resolution
+any other action                       failed step naming it (is_error tool_result)
 stop_reason end_turn, no tool_use      done, with the answer's text as the result
 stop_reason refusal                    fail with the text
 other stop without tool_use            failed step (e.g. max_tokens); the model is asked to go on
@@ -56,7 +58,11 @@ import anthropic
 from worker.computer import Action
 from worker.policy import Decision, Episode, PolicyError
 from worker.providers.base import (
+    COORDINATE_ACTIONS,
+    SCROLL_DIRECTIONS,
     SCROLL_NOTCH_PX,
+    ActionBuilder,
+    ActionMap,
     AnswerError,
     Frame,
     ModelPolicy,
@@ -64,14 +70,64 @@ from worker.providers.base import (
     fail,
     int_of,
     last_step_problems,
+    no_action,
     number_of,
     parse_json_body,
+    table_entry,
     text_of,
+    wait_seconds,
 )
 
 BETAS = {"computer_20250124": "computer-use-2025-01-24", "computer_20251124": "computer-use-2025-11-24"}
 PLACEHOLDER = "(an older screenshot, omitted)"
-_POINTER_ACTIONS = ("left_click", "right_click", "middle_click", "double_click", "triple_click", "scroll")
+HELD_KEYS_REFUSED = ("left_click", "right_click", "middle_click", "double_click", "triple_click", "scroll")
+"""Pointer actions refused when they carry ``text`` (keys held during the action are not supported)."""
+
+
+# --- the action table ---------------------------------------------------------------------------------------------
+def _key(b: ActionBuilder, a: dict[str, Any]) -> list[Action]:
+    """``key{text}``: xdotool chords separated by spaces ("ctrl+a BackSpace" presses one, then the other)."""
+    chords = text_of(a.get("text")).split()
+    if not chords:
+        raise AnswerError("key needs text such as 'ctrl+s'")
+    return [action for chord in chords for action in b.key(chord)]
+
+
+def _hold_key(b: ActionBuilder, a: dict[str, Any]) -> list[Action]:
+    """``hold_key{text, duration}``, approximated: the chord pressed once, then a wait of ``duration`` seconds."""
+    return [*b.key(text_of(a.get("text"))), *b.wait(a.get("duration") or 0)]
+
+
+def _scroll(b: ActionBuilder, a: dict[str, Any]) -> list[Action]:
+    """``scroll{coordinate, scroll_direction, scroll_amount}``: ``scroll_amount`` wheel notches of
+    ``SCROLL_NOTCH_PX`` in the direction."""
+    amount = number_of(a.get("scroll_amount"), "scroll_amount") * SCROLL_NOTCH_PX
+    direction = SCROLL_DIRECTIONS.get(text_of(a.get("scroll_direction")))
+    if direction is None:
+        raise AnswerError(f"scroll_direction must be up, down, left or right, not {a.get('scroll_direction')!r}")
+    return b.scroll(a.get("coordinate"), direction[0] * amount, direction[1] * amount)
+
+
+def _zoom_region(a: dict[str, Any]) -> list[float]:
+    """``zoom{region: [x0, y0, x1, y1]}`` (model coordinates; cropped when the tool_result is built)."""
+    region = a.get("region")
+    if not isinstance(region, list) or len(region) != 4:
+        raise AnswerError("zoom needs region [x0, y0, x1, y1]")
+    return region
+
+
+ACTIONS: dict[str, ActionMap[dict[str, Any]]] = {
+    **COORDINATE_ACTIONS,  # left/right/middle/double/triple_click, mouse_move, left_click_drag, type
+    "screenshot": no_action,  # the tool_result carries the next screenshot
+    "left_mouse_down": lambda b, a: b.mouse_down(a.get("coordinate")),
+    "left_mouse_up": lambda b, a: b.mouse_up(a.get("coordinate")),
+    "key": _key,
+    "hold_key": _hold_key,
+    "scroll": _scroll,
+    "wait": wait_seconds("duration", default=1),
+}
+"""Anthropic ``input.action`` (or a per-action tool name) -> entry: the table in the module docstring, but for
+``cursor_position`` and ``zoom``, which return data instead of acting (``AnthropicComputerPolicy._map``)."""
 
 
 @dataclass
@@ -248,63 +304,28 @@ class AnthropicComputerPolicy(ModelPolicy):
         return Decision([], thought=text, error=f"anthropic: the answer stopped ({stop}) without an action")
 
     def _map(self, block: dict[str, Any], use: ToolUse) -> list[Action]:
-        """One ``tool_use`` -> Actions (the table in the module docstring). Raises AnswerError."""
-        b = self.builder
+        """One ``tool_use`` -> Actions through :data:`ACTIONS` (the table in the module docstring);
+        ``cursor_position`` and ``zoom`` act on nothing and set what ``use``'s tool_result returns instead.
+        Raises AnswerError: no input object, ``text`` (held keys) on a pointer action, an unknown action, or values
+        the entry cannot use."""
         data = block.get("input")
         if not isinstance(data, dict):
             raise AnswerError("a tool_use needs an input object")
         action = data.get("action") if block.get("name") == "computer" else block.get("name")
-        coord = data.get("coordinate")
-        if action in _POINTER_ACTIONS and data.get("text"):
+        if action in HELD_KEYS_REFUSED and data.get("text"):
             raise AnswerError(f"{action} with held keys {data.get('text')!r} is not supported")
-        match action:
-            case "screenshot":
-                return []
-            case "left_click":
-                return b.click(coord)
-            case "right_click":
-                return b.click(coord, button="right")
-            case "middle_click":
-                return b.click(coord, button="middle")
-            case "double_click" | "triple_click":
-                return b.click(coord, count=2 if action == "double_click" else 3)
-            case "left_click_drag":
-                return b.drag(data.get("start_coordinate"), coord)
-            case "left_mouse_down":
-                return b.mouse_down(coord)
-            case "left_mouse_up":
-                return b.mouse_up(coord)
-            case "mouse_move":
-                return b.move(coord)
-            case "type":
-                return b.type(data.get("text"))
-            case "key":
-                chords = text_of(data.get("text")).split()
-                if not chords:
-                    raise AnswerError("key needs text such as 'ctrl+s'")
-                return [a for chord in chords for a in b.key(chord)]
-            case "hold_key":
-                return [*b.key(text_of(data.get("text"))), *b.wait(data.get("duration") or 0)]
-            case "scroll":
-                amount = number_of(data.get("scroll_amount"), "scroll_amount") * SCROLL_NOTCH_PX
-                dx, dy = {"up": (0, -amount), "down": (0, amount), "left": (-amount, 0),
-                          "right": (amount, 0)}.get(text_of(data.get("scroll_direction")), (None, None))
-                if dx is None or dy is None:
-                    raise AnswerError(f"scroll_direction must be up, down, left or right, not "
-                                      f"{data.get('scroll_direction')!r}")
-                return b.scroll(coord, dx, dy)
-            case "wait":
-                return b.wait(data.get("duration") if data.get("duration") is not None else 1)
-            case "cursor_position":
-                if b.cursor is None or b.frame is None:
-                    raise AnswerError("the pointer has not been placed yet")
-                x, y = self.screen.from_viewport(b.frame, *b.cursor)
-                use.answer = f"X={x},Y={y}"
-                return []
-            case "zoom":
-                region = data.get("region")
-                if not isinstance(region, list) or len(region) != 4:
-                    raise AnswerError("zoom needs region [x0, y0, x1, y1]")
-                use.zoom = region
-                return []
-        raise AnswerError(f"unknown computer action {action!r}")
+        if action == "cursor_position":
+            use.answer = self._cursor_position()
+            return []
+        if action == "zoom":
+            use.zoom = _zoom_region(data)
+            return []
+        return table_entry(ACTIONS, action, "computer action")(self.builder, data)
+
+    def _cursor_position(self) -> str:
+        """``cursor_position``'s answer: the tracked pointer in the model's coordinates, ``"X=..,Y=.."``."""
+        b = self.builder
+        if b.cursor is None or b.frame is None:
+            raise AnswerError("the pointer has not been placed yet")
+        x, y = self.screen.from_viewport(b.frame, *b.cursor)
+        return f"X={x},Y={y}"

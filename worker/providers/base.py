@@ -1,5 +1,6 @@
 """Pieces every provider adapter shares: screenshot preparation and the ONE coordinate conversion, the action
-builder that turns model-space values into viewport ``Action``s, SDK error reporting, usage and cost.
+builder that turns model-space values into viewport ``Action``s, the pieces of the action tables, SDK error
+reporting, usage and cost.
 
 Coordinate spaces (``ModelSpec.coordinates``, ``/work/shared/PROVIDERS.md``):
 
@@ -12,6 +13,14 @@ Coordinate spaces (``ModelSpec.coordinates``, ``/work/shared/PROVIDERS.md``):
   sending, so the server's own resize is a no-op and the mapping is the ``pixels`` one.
 
 :meth:`Screen.to_viewport` is the only place model coordinates become viewport CSS pixels.
+
+Action tables: each adapter maps its provider's action names through a dict ``name -> ActionMap`` (a function of
+the builder and the provider's action record), looked up with :func:`table_entry`, so a name missing from the
+table is a failed step naming it. The factories below (:func:`click_at`, :func:`move_to`, :func:`drag_between`,
+:func:`wait_seconds`, :func:`refuse`, :func:`no_action`) build the entries that only differ in where a point or a
+value is read; provider-specific cases (scroll amounts, key chords, terminal actions) are functions in the
+adapter's module. :data:`COORDINATE_ACTIONS` is the part of Anthropic's computer tool that Qwen-VL's
+``computer_use`` function repeats name for name.
 """
 
 from __future__ import annotations
@@ -21,9 +30,9 @@ import io
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias, TypeVar
 
 from PIL import Image
 
@@ -309,6 +318,88 @@ def done(text: Any = None) -> Action:
 def fail(text: Any = None) -> Action:
     """The terminal ``fail`` action with ``text`` as the task's error."""
     return Action("fail", text=str(text) if text else "the model gave up")
+
+
+# --- action tables -----------------------------------------------------------------------------------------------
+A = TypeVar("A")
+ActionMap: TypeAlias = Callable[[ActionBuilder, A], list[Action]]
+"""One entry of an action table: ``(builder, the provider's action record) -> Actions`` (model-space values in,
+viewport ``Action``s out). The record is the action's JSON object (Responses API, Anthropic, Qwen) or a parsed
+call (UI-TARS). Raises :class:`AnswerError` for values it cannot use."""
+Read: TypeAlias = Callable[[A], Any]
+"""Where an entry reads a value (a point, a duration) in the provider's action record."""
+
+SCROLL_DIRECTIONS: dict[str, tuple[int, int]] = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}
+"""A named scroll direction -> the signs of ``(dx, dy)`` (positive: right / down), for providers that give a
+direction and an amount apart (Anthropic ``scroll_direction``, UI-TARS ``direction``)."""
+
+
+def table_entry(table: Mapping[str, ActionMap[A]], name: Any, what: str) -> ActionMap[A]:
+    """``table[name]``. Raises AnswerError ``"unknown <what> <name>"`` when the table has no such entry (or the
+    name is not a string, as a raw JSON field may be)."""
+    entry = table.get(name) if isinstance(name, str) else None
+    if entry is None:
+        raise AnswerError(f"unknown {what} {name!r}")
+    return entry
+
+
+def arg(name: str) -> Read[dict[str, Any]]:
+    """Reads the field ``name`` of a JSON action object (None when absent)."""
+    return lambda a: a.get(name)
+
+
+def click_at(point: Read[A], button: str = "left", count: int = 1) -> ActionMap[A]:
+    """A click (:meth:`ActionBuilder.click`) at the point ``point`` reads (None: at the pointer)."""
+    return lambda b, a: b.click(point(a), button=button, count=count)
+
+
+def move_to(point: Read[A]) -> ActionMap[A]:
+    """A pointer move (:meth:`ActionBuilder.move`) to the point ``point`` reads."""
+    return lambda b, a: b.move(point(a))
+
+
+def drag_between(start: Read[A], end: Read[A]) -> ActionMap[A]:
+    """A drag (:meth:`ActionBuilder.drag`) from ``start`` (None: the pointer) to ``end``; ``start`` is read first."""
+    return lambda b, a: b.drag(start(a), end(a))
+
+
+def wait_seconds(name: str, default: float) -> ActionMap[dict[str, Any]]:
+    """A wait of the field ``name`` in seconds (:meth:`ActionBuilder.wait`; ``default`` when the field is absent
+    or null)."""
+    def wait(b: ActionBuilder, a: dict[str, Any]) -> list[Action]:
+        value = a.get(name)
+        return b.wait(value if value is not None else default)
+    return wait
+
+
+def no_action(b: ActionBuilder, a: object) -> list[Action]:
+    """An entry that does nothing (e.g. ``screenshot``: every step sends a fresh one anyway)."""
+    return []
+
+
+def refuse(names: Iterable[str], reason: str) -> dict[str, ActionMap[Any]]:
+    """Entries for documented actions Lodestar cannot perform: each raises AnswerError ``"<name>: <reason>"`` (a
+    failed step that tells the model why)."""
+    def entry(name: str) -> ActionMap[Any]:
+        def unsupported(b: ActionBuilder, a: object) -> list[Action]:
+            raise AnswerError(f"{name}: {reason}")
+        return unsupported
+    return {name: entry(name) for name in names}
+
+
+COORDINATE_ACTIONS: dict[str, ActionMap[dict[str, Any]]] = {
+    "left_click": click_at(arg("coordinate")),
+    "right_click": click_at(arg("coordinate"), button="right"),
+    "middle_click": click_at(arg("coordinate"), button="middle"),  # refused by the builder: left and right only
+    "double_click": click_at(arg("coordinate"), count=2),
+    "triple_click": click_at(arg("coordinate"), count=3),
+    "mouse_move": move_to(arg("coordinate")),
+    "left_click_drag": drag_between(arg("start_coordinate"), arg("coordinate")),
+    "type": lambda b, a: b.type(a.get("text")),
+}
+"""The pointer and typing actions of Anthropic's computer tool (PROVIDERS.md section 3), which Qwen-VL's
+``computer_use`` function (section 4) repeats with the same names and fields: ``coordinate: [x, y]`` in the
+model's space (absent: at the pointer), ``start_coordinate`` of a drag (absent: from the pointer), ``text``."""
 
 
 # --- the policy base ----------------------------------------------------------------------------------------------

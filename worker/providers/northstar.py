@@ -7,21 +7,23 @@ Wire format: PROVIDERS.md section 1. ``POST {base}/v1/responses`` (base: the ent
 Coordinates are normalized 0-999 by default (``px = int(v / 1000 * viewport)``), or screenshot pixels with the
 entry's ``"coordinates": "pixels"`` (an older doc says pixels). Continuation: ``previous_response_id``.
 
-Action mapping (Northstar -> ``worker.computer.Action``):
+Action mapping (Northstar -> ``worker.computer.Action``; the table is ``responses_api.responses_actions``, shared
+with OpenAI, with Northstar's scroll clamp and default wait):
 
 =====================================  ======================================================================
 Northstar                              Lodestar
 =====================================  ======================================================================
-click{x,y,button}                      click (left), right_click (right); middle/wheel: failed step
+click{x,y,button}                      click (left), right_click (right); middle/wheel: failed step;
+                                       back/forward: key Alt+ArrowLeft / Alt+ArrowRight (browser history)
 double_click / triple_click            double_click / triple_click
 right_click                            right_click
 drag{path} / drag{x,y,end_x,end_y}     drag from the first to the last point (intermediate points dropped)
-keypress{keys} / key{keys}             key (one chord; "ctrl+c" or ["ctrl", "c"])
+keypress{keys} / key{keys|key}         key (one chord; "ctrl+c" or ["ctrl", "c"])
 move{x,y}                              move
 scroll{x,y,scroll_x,scroll_y}          scroll by the pixel deltas, each clamped to +-500
 hscroll{x,y,scroll_x|amount}           scroll horizontally (clamped to +-500)
 type{text,x?,y?} / point_and_type      click at x,y first when given, then type
-wait{ms|seconds?}                      wait (1 s when no duration is given)
+wait{ms} / wait{seconds|duration}      wait (1 s when no duration, or 0, is given; at most 60 s)
 screenshot                             nothing (every step sends a fresh screenshot)
 mouse_down / mouse_up                  move to the press point; the release becomes one drag (or a click)
 key_down / key_up                      failed step: held keys are not supported (the model is told why)
@@ -42,8 +44,8 @@ from typing import Any, ClassVar
 
 import tzafon
 
-from worker.providers.base import Frame
-from worker.providers.responses_api import ResponsesPolicy
+from worker.providers.base import ActionMap, Frame
+from worker.providers.responses_api import ResponsesPolicy, responses_actions
 
 
 class NorthstarPolicy(ResponsesPolicy):
@@ -53,8 +55,8 @@ class NorthstarPolicy(ResponsesPolicy):
 
     provider = "northstar"
     sdk_error = tzafon.LightconeError
-    scroll_limit: ClassVar[int] = 500
-    default_wait: ClassVar[float] = 1.0
+    actions: ClassVar[dict[str, ActionMap[dict[str, Any]]]] = responses_actions(scroll_limit=500, default_wait=1.0)
+    """The Responses API table with Northstar's scroll clamp (+-500 px) and ``wait`` (1 s)."""
 
     def _make_client(self) -> Any:
         return tzafon.Lightcone(**self._client_options())

@@ -17,7 +17,7 @@ Two dialects (``ModelSpec.dialect``):
   ``message.tool_calls`` or ``<tool_call>{"name": "computer_use", "arguments": {...}}</tool_call>`` in the text,
   parsed by :func:`parse_qwen`. Qwen2.5-VL answers in pixels of the smart-resized image, Qwen3-VL in 0-1000.
 
-UI-TARS mapping:
+UI-TARS mapping (the table is :data:`UI_TARS_ACTIONS`):
 
 =====================================  ======================================================================
 UI-TARS                                Lodestar
@@ -30,14 +30,16 @@ drag / select(start_box, end_box)      drag
 hotkey(key='ctrl c') / press(key)      key, one chord (space- or plus-separated)
 keydown / keyup                        failed step: holding keys is not supported
 type(content='...')                    type; a trailing "\\n" becomes an Enter key press
-scroll(start_box?, direction)          scroll 500 px in the direction (UI-TARS gives no magnitude)
+scroll(start_box?, direction)          scroll 500 px in the direction (UI-TARS gives no magnitude; down when
+                                       no direction is given)
 wait()                                 wait 5 s (the prompt's convention)
 finished(content=...)                  done with the content
 call_user()                            the task pauses with the thought as the question (ask_user)
 anything else                          failed step naming the action
 =====================================  ======================================================================
 
-Qwen-VL mapping:
+Qwen-VL mapping (the table is :data:`QWEN_ACTIONS`; its pointer and typing entries are
+``base.COORDINATE_ACTIONS``, shared with Anthropic's computer tool, which Qwen's ``computer_use`` repeats):
 
 =====================================  ======================================================================
 Qwen computer_use action               Lodestar
@@ -51,7 +53,7 @@ key{keys: [...]}                       key, one chord
 type{text}                             type
 scroll{pixels} / hscroll{pixels}       scroll; positive pixels scroll up / right; values of at most 25 are
                                        wheel notches (x 100 px, as Qwen's pyautogui harness scrolls)
-wait{time}                             wait (seconds)
+wait{time}                             wait (seconds; 1 s when absent)
 terminate{status}                      done, or fail when status is failure
 answer{text}                           done with the text
 anything else                          failed step naming the action
@@ -71,18 +73,28 @@ import openai
 from worker.computer import Action
 from worker.policy import Decision, Episode
 from worker.providers.base import (
+    COORDINATE_ACTIONS,
+    SCROLL_DIRECTIONS,
     SCROLL_NOTCH_PX,
     ActionBuilder,
+    ActionMap,
     AnswerError,
     Frame,
     ModelPolicy,
+    click_at,
     done,
+    drag_between,
     fail,
     int_of,
     last_step_problems,
+    move_to,
+    no_action,
     number_of,
     parse_json_body,
+    refuse,
+    table_entry,
     text_of,
+    wait_seconds,
 )
 
 PLACEHOLDER = "(an older screenshot, omitted)"
@@ -247,6 +259,68 @@ def parse_ui_tars(text: str) -> UITarsAnswer:
     return UITarsAnswer(thought, calls)
 
 
+def _start(call: UITarsCall) -> list[float]:
+    """The call's ``start_box`` point. Raises AnswerError when it has none."""
+    if call.start is None:
+        raise AnswerError(f"{call.name} needs start_box")
+    return list(call.start)
+
+
+def _end(call: UITarsCall) -> list[float]:
+    """The call's ``end_box`` point. Raises AnswerError when it has none."""
+    if call.end is None:
+        raise AnswerError(f"{call.name} needs end_box")
+    return list(call.end)
+
+
+def _hotkey(b: ActionBuilder, call: UITarsCall) -> list[Action]:
+    """``hotkey(key='ctrl c')`` / ``press(key)``: one chord, its keys separated by spaces or "+"."""
+    key = call.args.get("key") or call.args.get("hotkey") or ""
+    return b.key(key.replace("+", " ").split())
+
+
+def _type_content(b: ActionBuilder, call: UITarsCall) -> list[Action]:
+    """``type(content='...')``: a trailing newline (the prompt's way to submit) becomes an Enter key press."""
+    content = call.args.get("content", "")
+    enter = content.endswith("\n")
+    text = content.rstrip("\n") if enter else content
+    return [*(b.type(text) if text else []), *(b.key("Enter") if enter else [])]
+
+
+def _ui_tars_scroll(b: ActionBuilder, call: UITarsCall) -> list[Action]:
+    """``scroll(start_box?, direction)``: ``UI_TARS_SCROLL_PX`` in the direction (down when none is given), at
+    the point, else at the pointer."""
+    direction = (call.args.get("direction") or "down").strip().lower()
+    sign = SCROLL_DIRECTIONS.get(direction)
+    if sign is None:
+        raise AnswerError(f"scroll direction {direction!r}")
+    start = list(call.start) if call.start else None
+    return b.scroll(start, sign[0] * UI_TARS_SCROLL_PX, sign[1] * UI_TARS_SCROLL_PX)
+
+
+UI_TARS_ACTIONS: dict[str, ActionMap[UITarsCall]] = {
+    "click": click_at(_start),
+    "left_single": click_at(_start),
+    "left_double": click_at(_start, count=2),
+    "left_triple": click_at(_start, count=3),
+    "right_single": click_at(_start, button="right"),
+    "hover": move_to(_start),
+    "mouse_move": move_to(_start),
+    "move_to": move_to(_start),
+    "drag": drag_between(_start, _end),
+    "select": drag_between(_start, _end),
+    "hotkey": _hotkey,
+    "press": _hotkey,
+    **refuse(("keydown", "keyup"), "holding keys is not supported; use hotkey"),
+    "type": _type_content,
+    "scroll": _ui_tars_scroll,
+    "wait": lambda b, call: b.wait(UI_TARS_WAIT_SECONDS),
+    "finished": lambda b, call: [done(call.args.get("content"))],
+    "call_user": no_action,  # map_ui_tars turns it into Decision.ask_user
+}
+"""UI-TARS action name -> entry (the UI-TARS table in the module docstring)."""
+
+
 def map_ui_tars(answer: UITarsAnswer, b: ActionBuilder) -> Decision:
     """UI-TARS calls -> a Decision in viewport pixels (``b`` converts the coordinates). An unmappable call ends
     the list with ``Decision.error``; ``call_user`` sets ``ask_user``; ``finished`` ends with done."""
@@ -254,7 +328,7 @@ def map_ui_tars(answer: UITarsAnswer, b: ActionBuilder) -> Decision:
     thought = answer.thought or None
     for call in answer.calls:
         try:
-            actions += _ui_tars_call(call, b)
+            actions += table_entry(UI_TARS_ACTIONS, call.name, "UI-TARS action")(b, call)
         except AnswerError as exc:
             return Decision(actions, thought=thought, error=f"openai-compat (ui-tars): {exc}")
         if call.name == "call_user":
@@ -262,50 +336,6 @@ def map_ui_tars(answer: UITarsAnswer, b: ActionBuilder) -> Decision:
         if actions and actions[-1].type == "done":
             break
     return Decision(actions, thought=thought)
-
-
-def _ui_tars_call(call: UITarsCall, b: ActionBuilder) -> list[Action]:
-    name, args = call.name, call.args
-    needs_start = name in ("click", "left_single", "left_double", "right_single", "left_triple", "hover",
-                           "mouse_move", "move_to", "drag", "select")
-    if needs_start and call.start is None:
-        raise AnswerError(f"{name} needs start_box")
-    start = list(call.start) if call.start else None
-    if name in ("click", "left_single"):
-        return b.click(start)
-    if name in ("left_double", "left_triple"):
-        return b.click(start, count=2 if name == "left_double" else 3)
-    if name == "right_single":
-        return b.click(start, button="right")
-    if name in ("hover", "mouse_move", "move_to"):
-        return b.move(start)
-    if name in ("drag", "select"):
-        if call.end is None:
-            raise AnswerError(f"{name} needs end_box")
-        return b.drag(start, list(call.end))
-    if name in ("hotkey", "press"):
-        key = args.get("key") or args.get("hotkey") or ""
-        return b.key(key.replace("+", " ").split())
-    if name in ("keydown", "keyup"):
-        raise AnswerError(f"{name}: holding keys is not supported; use hotkey")
-    if name == "type":
-        content = args.get("content", "")
-        enter = content.endswith("\n")
-        text = content.rstrip("\n") if enter else content
-        return [*(b.type(text) if text else []), *(b.key("Enter") if enter else [])]
-    if name == "scroll":
-        direction = (args.get("direction") or "down").strip().lower()
-        delta = {"down": (0, 1), "up": (0, -1), "right": (1, 0), "left": (-1, 0)}.get(direction)
-        if delta is None:
-            raise AnswerError(f"scroll direction {direction!r}")
-        return b.scroll(start, delta[0] * UI_TARS_SCROLL_PX, delta[1] * UI_TARS_SCROLL_PX)
-    if name == "wait":
-        return b.wait(UI_TARS_WAIT_SECONDS)
-    if name == "finished":
-        return [done(args.get("content"))]
-    if name == "call_user":
-        return []
-    raise AnswerError(f"unknown UI-TARS action {name!r}")
 
 
 # --- Qwen-VL -----------------------------------------------------------------------------------------------------
@@ -359,6 +389,37 @@ def parse_qwen(message: dict[str, Any]) -> QwenAnswer:
     return QwenAnswer(_TOOL_CALL.sub("", text).strip(), calls)
 
 
+def _qwen_pixels(value: Any) -> float:
+    """A Qwen scroll amount in pixels: values of at most ``QWEN_NOTCH_LIMIT`` are wheel notches (x
+    ``SCROLL_NOTCH_PX``, as Qwen's pyautogui harness scrolls)."""
+    pixels = number_of(value, "pixels")
+    return pixels * SCROLL_NOTCH_PX if abs(pixels) <= QWEN_NOTCH_LIMIT else pixels
+
+
+def _qwen_key(b: ActionBuilder, a: dict[str, Any]) -> list[Action]:
+    """``key{keys: [...]}``: one chord (a "ctrl+c" string is read too)."""
+    keys = a.get("keys")
+    return b.key(keys if isinstance(keys, list) else text_of(keys).split("+"))
+
+
+def _qwen_terminate(b: ActionBuilder, a: dict[str, Any]) -> list[Action]:
+    """``terminate{status}``: fail when the status is failure, else done (without a result)."""
+    status = text_of(a.get("status")).lower()
+    return [fail("the model ended the task as failed") if status == "failure" else done(None)]
+
+
+QWEN_ACTIONS: dict[str, ActionMap[dict[str, Any]]] = {
+    **COORDINATE_ACTIONS,  # left/right/middle/double/triple_click, mouse_move, left_click_drag, type
+    "key": _qwen_key,
+    "scroll": lambda b, a: b.scroll(a.get("coordinate"), 0, -_qwen_pixels(a.get("pixels"))),  # positive: up
+    "hscroll": lambda b, a: b.scroll(a.get("coordinate"), _qwen_pixels(a.get("pixels")), 0),
+    "wait": wait_seconds("time", default=1),
+    "terminate": _qwen_terminate,
+    "answer": lambda b, a: [done(a.get("text"))],
+}
+"""Qwen ``computer_use`` action -> entry (the Qwen-VL table in the module docstring)."""
+
+
 def map_qwen(answer: QwenAnswer, b: ActionBuilder) -> Decision:
     """Qwen ``computer_use`` calls -> a Decision in viewport pixels; an unmappable call ends the list with
     ``Decision.error``."""
@@ -366,50 +427,12 @@ def map_qwen(answer: QwenAnswer, b: ActionBuilder) -> Decision:
     thought = answer.thought or None
     for call in answer.calls:
         try:
-            actions += _qwen_call(call, b)
+            actions += table_entry(QWEN_ACTIONS, call["action"], "computer_use action")(b, call)
         except AnswerError as exc:
             return Decision(actions, thought=thought, error=f"openai-compat (qwen): {exc}")
         if actions and actions[-1].type in ("done", "fail"):
             break
     return Decision(actions, thought=thought)
-
-
-def _qwen_scroll(value: Any) -> float:
-    pixels = number_of(value, "pixels")
-    return pixels * SCROLL_NOTCH_PX if abs(pixels) <= QWEN_NOTCH_LIMIT else pixels
-
-
-def _qwen_call(a: dict[str, Any], b: ActionBuilder) -> list[Action]:
-    action, coord = a["action"], a.get("coordinate")
-    match action:
-        case "left_click":
-            return b.click(coord)
-        case "right_click":
-            return b.click(coord, button="right")
-        case "middle_click":
-            return b.click(coord, button="middle")
-        case "double_click" | "triple_click":
-            return b.click(coord, count=2 if action == "double_click" else 3)
-        case "mouse_move":
-            return b.move(coord)
-        case "left_click_drag":
-            return b.drag(a.get("start_coordinate"), coord)
-        case "key":
-            return b.key(a.get("keys") if isinstance(a.get("keys"), list) else text_of(a.get("keys")).split("+"))
-        case "type":
-            return b.type(a.get("text"))
-        case "scroll":
-            return b.scroll(coord, 0, -_qwen_scroll(a.get("pixels")))
-        case "hscroll":
-            return b.scroll(coord, _qwen_scroll(a.get("pixels")), 0)
-        case "wait":
-            return b.wait(a.get("time") if a.get("time") is not None else 1)
-        case "terminate":
-            status = text_of(a.get("status")).lower()
-            return [fail("the model ended the task as failed") if status == "failure" else done(None)]
-        case "answer":
-            return [done(a.get("text"))]
-    raise AnswerError(f"unknown computer_use action {action!r}")
 
 
 def qwen_tool(width: int, height: int) -> dict[str, Any]:

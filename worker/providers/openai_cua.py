@@ -16,7 +16,8 @@ Coordinates are pixels of the screenshot sent (the viewport size unless the entr
 "image_url": "data:image/jpeg;base64,..."}`` and ``acknowledged_safety_checks`` once the user (or
 ``LODESTAR_AUTO_APPROVE_SAFETY_CHECKS``) approved them. Continuation: ``previous_response_id``.
 
-Action mapping (OpenAI -> ``worker.computer.Action``):
+Action mapping (OpenAI -> ``worker.computer.Action``; the table is ``responses_api.responses_actions``, shared
+with Northstar, with OpenAI's scroll clamp and default wait):
 
 =====================================  ======================================================================
 OpenAI                                 Lodestar
@@ -33,6 +34,9 @@ scroll{x,y,scroll_x,scroll_y}          scroll by the pixel deltas (clamped to +-
 type{text}                             type
 wait                                   wait 2 s (no duration on the wire; the usual convention)
 screenshot                             nothing (every step sends a fresh screenshot)
+Northstar's other types                as in ``northstar.py`` (one table serves both providers):
+                                       triple_click, right_click, hscroll, point_and_type, mouse_down /
+                                       mouse_up, key_down / key_up, navigate, terminate / done / answer, key
 no computer_call in the answer         done, with the final ``message`` text as the result
 pending_safety_checks [{id,code,msg}]  the task pauses with the messages as the question; resume or a message
                                        approves, and the checks go back as ``acknowledged_safety_checks``

@@ -2,7 +2,9 @@
 
 Three layers:
 
-- parsers and the registry, with no network (UI-TARS box syntaxes and coordinate spaces, Qwen tool calls);
+- parsers, the action tables and the registry, with no network (UI-TARS box syntaxes and coordinate spaces, Qwen
+  tool calls; every documented action type of each provider has a table entry and each entry is in its module's
+  docstring table; an unknown type is a failed step naming it; example rows of each mapping);
 - each adapter running a real multi-step task in real Chromium on ``tests/pages/form.html`` (the loop in-process,
   a stub control channel): the form gets filled (the site's ``/__submitted`` hit), clicks land where the page's
   elements are at a non-default viewport, continuation ids, injected messages, retries and errors;
@@ -16,10 +18,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -39,8 +42,21 @@ from worker.agents import make_policy
 from worker.computer import Observation
 from worker.loop import MAX_FAILED_STEPS, Outcome, run_episode
 from worker.policy import Episode, StepRecord
-from worker.providers.base import ActionBuilder, AnswerError, Frame, Screen
-from worker.providers.openai_compat import map_qwen, map_ui_tars, parse_qwen, parse_ui_tars
+from worker.providers import adapter_for, anthropic_cua, northstar, openai_compat, openai_cua
+from worker.providers.base import COORDINATE_ACTIONS, ActionBuilder, AnswerError, Frame, ModelPolicy, Screen
+from worker.providers.openai_compat import (
+    QWEN_ACTIONS,
+    UI_TARS_ACTIONS,
+    UI_TARS_PROMPT,
+    QwenAnswer,
+    UITarsAnswer,
+    UITarsCall,
+    map_qwen,
+    map_ui_tars,
+    parse_qwen,
+    parse_ui_tars,
+    qwen_tool,
+)
 
 KEYS = {"lightcone": "tz-test-key", "openai": "sk-test-key", "anthropic": "ant-test-key", "chat": "vllm-test-key"}
 PRICES = {"tzafon.*": [1.0, 4.0], "openai/*": [3.0, 12.0], "anthropic/*": [3.0, 15.0], "openai-compat/*": [0.1, 0.2]}
@@ -417,6 +433,199 @@ def test_registry_knows_the_built_in_names_and_operator_entries() -> None:
                       ({"x": {"model": "y"}}, "provider"), ({"openai/x": {"colour": 1}}, "colour")]:
         with pytest.raises(ValueError, match=part):
             ModelRegistry(json.dumps(bad))
+
+
+# === 1b. the action tables (no network) =============================================================================
+DOCUMENTED = {
+    "northstar": {"click", "double_click", "triple_click", "right_click", "drag", "keypress", "key", "move", "scroll",
+                  "hscroll", "type", "point_and_type", "wait", "screenshot", "mouse_down", "mouse_up", "key_down",
+                  "key_up", "navigate", "terminate", "done", "answer"},
+    "openai": {"click", "double_click", "drag", "keypress", "move", "screenshot", "scroll", "type", "wait"},
+    "anthropic": {"screenshot", "left_click", "right_click", "middle_click", "double_click", "triple_click",
+                  "left_click_drag", "left_mouse_down", "left_mouse_up", "mouse_move", "type", "key", "hold_key",
+                  "scroll", "wait", "cursor_position", "zoom"},
+    "ui-tars": {"click", "left_double", "right_single", "drag", "hotkey", "type", "scroll", "wait", "finished",
+                "call_user"},
+    "qwen": {"key", "type", "mouse_move", "left_click", "right_click", "double_click", "left_click_drag", "scroll",
+             "wait", "terminate", "answer"},
+}
+"""Each provider's action types as PROVIDERS.md lists them (its sections 1-4: the providers' documented formats)."""
+ANTHROPIC_ANSWERED = {"cursor_position", "zoom"}
+"""Anthropic actions that return data in their tool_result: handled in ``AnthropicComputerPolicy._map``, not the
+table."""
+
+
+def _table_and_doc(provider: str) -> tuple[Mapping[str, Any], str]:
+    """The provider's action table (Anthropic's with the answered actions) and the docstring section with its
+    mapping table."""
+    compat = openai_compat.__doc__ or ""
+    qwen_at = compat.index("Qwen-VL mapping")
+    return {
+        "northstar": (northstar.NorthstarPolicy.actions, northstar.__doc__ or ""),
+        "openai": (openai_cua.OpenAIComputerPolicy.actions, openai_cua.__doc__ or ""),
+        "anthropic": ({**anthropic_cua.ACTIONS, **dict.fromkeys(ANTHROPIC_ANSWERED)}, anthropic_cua.__doc__ or ""),
+        "ui-tars": (UI_TARS_ACTIONS, compat[compat.index("UI-TARS mapping"):qwen_at]),
+        "qwen": (QWEN_ACTIONS, compat[qwen_at:]),
+    }[provider]
+
+
+@pytest.mark.parametrize("provider", list(DOCUMENTED))
+def test_every_documented_action_type_has_a_table_entry_named_in_the_module_docstring(provider: str) -> None:
+    table, doc = _table_and_doc(provider)
+    assert DOCUMENTED[provider] - set(table) == set()
+    undocumented = [name for name in table if not re.search(rf"(?<!\w){re.escape(name)}(?!\w)", doc)]
+    assert undocumented == [], f"{provider}: table entries missing from the module docstring's table"
+
+
+def test_the_tables_match_what_the_models_are_told() -> None:
+    prompt_actions = re.findall(r"^(\w+)\(", UI_TARS_PROMPT.split("## Action Space")[1], flags=re.M)
+    assert len(prompt_actions) == 10 and set(prompt_actions) <= set(UI_TARS_ACTIONS)
+    assert set(qwen_tool(1000, 1000)["function"]["parameters"]["properties"]["action"]["enum"]) == set(QWEN_ACTIONS)
+    # Qwen's computer_use repeats Anthropic's pointer and typing actions: one shared set of entries
+    for name, entry in COORDINATE_ACTIONS.items():
+        assert anthropic_cua.ACTIONS[name] is entry and QWEN_ACTIONS[name] is entry
+    # Northstar and OpenAI share the Responses API table; they differ in the scroll clamp and the default wait
+    assert set(northstar.NorthstarPolicy.actions) == set(openai_cua.OpenAIComputerPolicy.actions)
+
+
+def _offline(model: str) -> ModelPolicy:
+    """The adapter for ``model`` with no client, in screenshot pixels of a 1000x700 viewport sent as it is."""
+    spec = ModelRegistry().resolve(model)
+    assert spec is not None
+    spec = replace(spec, coordinates="pixels", max_pixels=None, max_long_edge=None)
+    policy = adapter_for(spec)(spec, Episode(task_id="t", instruction="x", model=model), load_settings(env={}),
+                               client=object())
+    policy.builder.frame = _frame((1000, 700), (1000, 700))
+    return policy
+
+
+def _decide(provider: str, actions: list[Any]) -> tuple[Any, Any]:
+    """Run ``actions`` (the provider's records) through the provider's decision code: ``(Decision, the state that
+    answers the calls next turn)``."""
+    if provider in ("northstar", "openai"):
+        policy: Any = _offline(NORTHSTAR if provider == "northstar" else OPENAI_GA)
+        call = {"type": "computer_call", "call_id": "call_1", "actions": actions}
+        return policy._parse({"id": "resp_1", "output": [call]}, Episode(task_id="t", instruction="x")), policy.calls
+    if provider == "anthropic":
+        policy = _offline(CLAUDE)
+        uses = [{"type": "tool_use", "id": f"tu_{i}", "name": "computer", "input": a} for i, a in enumerate(actions)]
+        return policy._parse({"content": uses, "stop_reason": "tool_use"}, Episode(task_id="t", instruction="x")), \
+            policy.pending
+    builder = _builder("pixels", (1000, 700), (1000, 700))
+    if provider == "ui-tars":
+        return map_ui_tars(UITarsAnswer("", [UITarsCall(**a) for a in actions]), builder), None
+    return map_qwen(QwenAnswer("", actions), builder), None
+
+
+UNKNOWN = [
+    ("northstar", {"type": "click", "x": 1, "y": 2}, {"type": "juggle", "balls": 3}, "unknown action type 'juggle'"),
+    ("openai", {"type": "click", "x": 1, "y": 2}, {"type": "juggle"}, "unknown action type 'juggle'"),
+    ("anthropic", {"action": "left_click", "coordinate": [1, 2]}, {"action": "juggle"},
+     "unknown computer action 'juggle'"),
+    ("anthropic", {"action": "left_click", "coordinate": [1, 2]}, {"action": 5}, "unknown computer action 5"),
+    ("ui-tars", {"name": "click", "start": (1, 2)}, {"name": "juggle"}, "unknown UI-TARS action 'juggle'"),
+    ("qwen", {"action": "left_click", "coordinate": [1, 2]}, {"action": "juggle"},
+     "unknown computer_use action 'juggle'"),
+]
+
+
+@pytest.mark.parametrize(("provider", "first", "unknown", "message"), UNKNOWN,
+                         ids=[f"{p}-{u}" for p, _, u, _ in UNKNOWN])
+def test_an_unknown_action_type_is_a_failed_step_that_names_it(provider: str, first: dict[str, Any],
+                                                                unknown: dict[str, Any], message: str) -> None:
+    decision, answered = _decide(provider, [first, unknown, first])
+    assert decision.error is not None and decision.error.endswith(message), decision.error
+    assert [(a.type, a.x, a.y) for a in decision.actions] == [("click", 1, 2)]  # what came before it still runs
+    if provider == "anthropic":  # each tool_use is answered: the unknown one with the reason, the next not run
+        assert [u.error for u in answered] == [None, message, "not run: an earlier action in this turn could not "
+                                                                "be used"]
+    elif answered is not None:  # the computer_call is answered (with the next screenshot), the reason recorded
+        assert [(c.call_id, c.error) for c in answered] == [("call_1", message)]
+
+
+REFUSED = [
+    ("northstar", {"type": "key_down", "key": "shift"}, "key_down: holding keys down is not supported"),
+    ("openai", {"type": "click", "x": 1, "y": 2, "keys": ["ctrl"]}, "click with held keys ['ctrl'] is not supported"),
+    ("openai", {"type": "click", "x": 1, "y": 2, "button": "wheel"}, "middle button clicks are not supported"),
+    ("anthropic", {"action": "middle_click", "coordinate": [1, 2]}, "middle button clicks are not supported"),
+    ("anthropic", {"action": "left_click", "coordinate": [1, 2], "text": "shift"}, "left_click with held keys"),
+    ("ui-tars", {"name": "keyup", "args": {"key": "shift"}}, "keyup: holding keys is not supported; use hotkey"),
+    ("ui-tars", {"name": "click"}, "click needs start_box"),
+    ("qwen", {"action": "middle_click", "coordinate": [1, 2]}, "middle button clicks are not supported"),
+]
+
+
+@pytest.mark.parametrize(("provider", "action", "message"), REFUSED, ids=[m for _, _, m in REFUSED])
+def test_documented_actions_that_cannot_be_mapped_are_failed_steps_saying_why(provider: str, action: dict[str, Any],
+                                                                             message: str) -> None:
+    decision, _ = _decide(provider, [action])
+    assert decision.actions == [] and message in (decision.error or ""), decision.error
+
+
+MAPPED = [  # (provider, the provider's actions, the Lodestar actions: Action.to_dict(), pixels of a 1000x700 screen)
+    ("northstar", [{"type": "click", "x": 10, "y": 20, "button": "right"}],
+     [{"type": "right_click", "x": 10, "y": 20}]),
+    ("northstar", [{"type": "click", "button": "back"}], [{"type": "key", "keys": "Alt+ArrowLeft"}]),
+    ("northstar", [{"type": "drag", "path": [{"x": 1, "y": 2}, {"x": 5, "y": 5}, {"x": 30, "y": 40}]}],
+     [{"type": "drag", "x": 1, "y": 2, "x2": 30, "y2": 40}]),
+    ("northstar", [{"type": "drag", "x": 1, "y": 2, "end_x": 30, "end_y": 40}],
+     [{"type": "drag", "x": 1, "y": 2, "x2": 30, "y2": 40}]),
+    ("northstar", [{"type": "key", "keys": "ctrl+C"}], [{"type": "key", "keys": "ctrl+c"}]),
+    ("northstar", [{"type": "point_and_type", "x": 5, "y": 6, "text": "hi"}],
+     [{"type": "click", "x": 5, "y": 6}, {"type": "type", "text": "hi"}]),
+    ("northstar", [{"type": "scroll", "x": 5, "y": 6, "scroll_y": 5000}],
+     [{"type": "scroll", "x": 5, "y": 6, "dy": 500}]),
+    ("northstar", [{"type": "hscroll", "amount": -40}], [{"type": "scroll", "dx": -40}]),
+    ("northstar", [{"type": "wait"}, {"type": "wait", "ms": 1500}],
+     [{"type": "wait", "seconds": 1.0}, {"type": "wait", "seconds": 1.5}]),
+    ("northstar", [{"type": "mouse_down", "x": 1, "y": 2}, {"type": "mouse_up", "x": 30, "y": 40}],
+     [{"type": "move", "x": 1, "y": 2}, {"type": "drag", "x": 1, "y": 2, "x2": 30, "y2": 40}]),
+    ("northstar", [{"type": "screenshot"}, {"type": "navigate", "url": "https://example.com/"}],
+     [{"type": "navigate", "url": "https://example.com/"}]),
+    ("northstar", [{"type": "terminate", "status": "failure", "reason": "stuck"}], [{"type": "fail", "text": "stuck"}]),
+    ("northstar", [{"type": "answer", "result": "42"}], [{"type": "done", "text": "42"}]),
+    ("openai", [{"type": "keypress", "keys": ["CTRL", "A"]}], [{"type": "key", "keys": "CTRL+a"}]),
+    ("openai", [{"type": "scroll", "x": 5, "y": 6, "scroll_x": -9000, "scroll_y": 300}],
+     [{"type": "scroll", "x": 5, "y": 6, "dx": -2000, "dy": 300}]),
+    ("openai", [{"type": "wait"}], [{"type": "wait", "seconds": 2.0}]),
+    ("anthropic", [{"action": "left_click_drag", "start_coordinate": [1, 2], "coordinate": [30, 40]}],
+     [{"type": "drag", "x": 1, "y": 2, "x2": 30, "y2": 40}]),
+    ("anthropic", [{"action": "key", "text": "ctrl+a BackSpace"}],
+     [{"type": "key", "keys": "ctrl+a"}, {"type": "key", "keys": "BackSpace"}]),
+    ("anthropic", [{"action": "hold_key", "text": "shift", "duration": 2}],
+     [{"type": "key", "keys": "shift"}, {"type": "wait", "seconds": 2.0}]),
+    ("anthropic", [{"action": "scroll", "coordinate": [5, 6], "scroll_direction": "left", "scroll_amount": 3}],
+     [{"type": "scroll", "x": 5, "y": 6, "dx": -300}]),
+    ("anthropic", [{"action": "mouse_move", "coordinate": [7, 8]}, {"action": "cursor_position"},
+                   {"action": "screenshot"}, {"action": "wait"}],
+     [{"type": "move", "x": 7, "y": 8}, {"type": "wait", "seconds": 1.0}]),
+    ("ui-tars", [{"name": "left_double", "start": (10, 20)}], [{"type": "double_click", "x": 10, "y": 20}]),
+    ("ui-tars", [{"name": "select", "start": (1, 2), "end": (30, 40)}],
+     [{"type": "drag", "x": 1, "y": 2, "x2": 30, "y2": 40}]),
+    ("ui-tars", [{"name": "hotkey", "args": {"key": "ctrl shift t"}}], [{"type": "key", "keys": "ctrl+shift+t"}]),
+    ("ui-tars", [{"name": "type", "args": {"content": "hi\n"}}],
+     [{"type": "type", "text": "hi"}, {"type": "key", "keys": "Enter"}]),
+    ("ui-tars", [{"name": "scroll", "start": (5, 6), "args": {"direction": "up"}}, {"name": "wait"}],
+     [{"type": "scroll", "x": 5, "y": 6, "dy": -500}, {"type": "wait", "seconds": 5.0}]),
+    ("ui-tars", [{"name": "finished", "args": {"content": "ok"}}], [{"type": "done", "text": "ok"}]),
+    ("qwen", [{"action": "key", "keys": ["ctrl", "a"]}, {"action": "key", "keys": "alt+F4"}],
+     [{"type": "key", "keys": "ctrl+a"}, {"type": "key", "keys": "alt+F4"}]),
+    ("qwen", [{"action": "scroll", "pixels": -5}, {"action": "scroll", "pixels": 300},
+              {"action": "hscroll", "pixels": 300}],
+     [{"type": "scroll", "dy": 500}, {"type": "scroll", "dy": -300}, {"type": "scroll", "dx": 300}]),
+    ("qwen", [{"action": "wait", "time": 3}, {"action": "terminate", "status": "failure"}],
+     [{"type": "wait", "seconds": 3.0}, {"type": "fail", "text": "the model ended the task as failed"}]),
+    ("qwen", [{"action": "answer", "text": "42"}], [{"type": "done", "text": "42"}]),
+]
+
+
+@pytest.mark.parametrize(("provider", "actions", "expected"), MAPPED,
+                         ids=[f"{p}-{'+'.join(str(a.get('type') or a.get('action') or a.get('name')) for a in acts)}"
+                              for p, acts, _ in MAPPED])
+def test_the_mapping_tables_by_example(provider: str, actions: list[dict[str, Any]],
+                                      expected: list[dict[str, Any]]) -> None:
+    decision, _ = _decide(provider, actions)
+    assert decision.error is None and [a.to_dict() for a in decision.actions] == expected
 
 
 # === 2. each adapter in real Chromium ===============================================================================
