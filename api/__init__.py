@@ -16,7 +16,7 @@ from api import errors, openapi
 from api.fanout import EndWatcher, EventHub
 from api.routes import BLUEPRINTS, sock
 from api.state import EXTENSION, AppState
-from shared.queue import RunTaskMessages, make_celery
+from shared.queue import Dispatcher, make_celery
 from shared.schemas import make_message_schema, make_start_schema
 from shared.settings import Settings, load_settings
 from shared.store import TaskStore
@@ -38,9 +38,8 @@ def create_app(test_config: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = TaskStore.from_settings(settings)
-    celery = make_celery(settings)
     app.extensions[EXTENSION] = AppState(
-        settings=settings, store=store, celery=celery, messages=RunTaskMessages(celery),
+        settings=settings, store=store, dispatcher=Dispatcher(make_celery(settings), store),
         start_schema=make_start_schema(settings), message_schema=make_message_schema(settings),
         waits=EndWatcher(store), events=EventHub(store),
         rate_limits=RateLimiter(settings.redis_url, store.keys.ratelimit))

@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import cast
 
-from celery import Celery
 from flask import current_app
 from marshmallow import Schema
 
 from api.fanout import EndWatcher, EventHub
-from shared.queue import RunTaskMessages
+from shared.queue import Dispatcher
 from shared.settings import Settings
 from shared.store import TaskStore
 from shared.tenants import RateLimiter
@@ -24,16 +23,15 @@ EXTENSION = "lodestar"
 class AppState:
     """The app's long-lived parts.
 
-    settings: the configuration. store: the task store (Redis). celery: the Celery app (sends deliveries and
-    deferred tasks). messages: the run_task message builder used at submit. start_schema / message_schema: the
+    settings: the configuration. store: the task store (Redis). dispatcher: sends run messages and webhook
+    deliveries on the Celery broker (``dispatcher.app`` is the Celery app). start_schema / message_schema: the
     request schemas (limits from settings). waits: the long-poll watcher. events: the SSE/WebSocket fan-out.
     rate_limits: per-tenant request limits.
     """
 
     settings: Settings
     store: TaskStore
-    celery: Celery
-    messages: RunTaskMessages
+    dispatcher: Dispatcher
     start_schema: Schema
     message_schema: Schema
     waits: EndWatcher

@@ -50,7 +50,9 @@ def start(tasks: list[Task]) -> list[Started]:
     existing = st.store.claim_idempotency_keys(tasks)
     fresh = [task for task, earlier in zip(tasks, existing, strict=True) if earlier is None]
     _check_room(len(fresh))
-    stored = st.store.submit(fresh, st.messages) if fresh else 0
+    stored = st.store.submit(fresh, st.dispatcher.messages) if fresh else 0
+    if stored and st.dispatcher.messages is None:  # the broker is not the store's Redis: send the messages now
+        st.dispatcher.send_new(fresh[:stored])
     if fresh and not stored and len(fresh) == len(tasks):
         raise unavailable()
     stored_ids = {task.task_id for task in fresh[:stored]}

@@ -27,8 +27,12 @@ def send_pause(store: TaskStore, task_id: str) -> ApplyResult:
 
 
 def send_resume(store: TaskStore, task_id: str) -> ApplyResult:
-    """paused -> running; the worker continues where it stopped."""
-    return store.transition(task_id, Status.RUNNING, notice="resume", only_from=(Status.PAUSED,), source="api")
+    """paused -> running: the worker that holds the task continues where it stopped. A paused task no worker holds
+    (its worker shut down or let it go after ``pause_timeout``) goes back to ``queued`` instead (``requeued``): the
+    caller sends its run message (``shared.queue.Dispatcher.dispatch``), and it starts again in a fresh
+    environment."""
+    found, status, seq, outcome = store.recovery.resume(task_id)
+    return ApplyResult(found != -1, found == 1, status or None, seq, requeued=outcome == "requeued")
 
 
 def send_message(store: TaskStore, task_id: str, content: str) -> ApplyResult:

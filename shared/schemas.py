@@ -86,7 +86,7 @@ def make_start_schema(settings: Settings) -> Schema:
                                values=fields.Str(validate=validate.Length(max=512)),
                                validate=validate.Length(max=s.max_metadata_keys))
         idempotency_key = fields.Str(validate=validate.Length(1, 255))
-        priority = fields.Str(load_default="normal", validate=validate.OneOf(list(PRIORITIES)),
+        priority = fields.Str(load_default="normal", validate=validate.OneOf(PRIORITIES),
                               metadata={"description": "Lodestar: high | normal | low."})
         stream_mode = fields.Str(load_default="verbose", validate=validate.OneOf(["verbose", "concise"]))
         thread_id = fields.Str(validate=validate.Length(max=255))

@@ -45,14 +45,41 @@ class Settings:
     reader per API process (``api/fanout.py``), so this bounds concurrent requests, not open streams."""
     key_prefix: str = "lodestar"
     """Prefix of every Redis key Lodestar writes, so several deployments can share a server."""
-    visibility_timeout: int = 7200
-    """Seconds before an unacknowledged Celery message is delivered again (Redis transport).
-    Must exceed the longest task; the per-task lease stops a redelivered message from running a
-    task twice while its first worker is alive."""
-    lease_ttl: int = 30
-    """Seconds a worker's claim on a task lives without a heartbeat (renewed every lease_ttl/3)."""
-    max_attempts: int = 2
-    """How many times a task may be started after worker losses before it fails with exit code 6."""
+    broker_url: str = ""
+    """Celery broker: empty means ``redis_url`` (the default: Redis is broker and store), or an ``amqp://`` URL to
+    run the queues on RabbitMQ (priorities through ``x-max-priority``; Redis stays the store for state, events and
+    control). See docs/reliability.md for when to choose which."""
+    visibility_timeout: int = 3600
+    """Seconds before the Redis transport delivers an unacknowledged Celery message again. Correctness does not
+    depend on it: a message delivered again for a task another worker holds is dropped, and a dead worker's
+    task is found by the reaper through its lease (``lease_ttl``), not through its message."""
+    lease_ttl: int = 15
+    """Seconds a worker's claim on a task lives without a heartbeat (renewed every lease_ttl/3). A killed worker's
+    task is requeued by the reaper about this long after its last heartbeat."""
+    reaper_interval: float = 5.0
+    """Seconds between two rounds of the reaper (run by one worker of the fleet at a time, under a Redis lock):
+    requeue tasks whose lease expired, send run messages and webhook deliveries that are due, start deferred
+    tasks that now fit their tenant's running limit."""
+    max_attempts: int = 3
+    """How many times a task may be started (its first run included) before a lost worker fails it with exit
+    code 6. A task handed back by a worker that shuts down does not use up an attempt."""
+    shutdown_grace: float = 30.0
+    """Seconds a running task may go on after its worker is asked to stop (SIGTERM to the worker or to its whole
+    process group) before it is handed back to the queue; paused tasks are handed back at once. Keep systemd's
+    ``TimeoutStopSec`` and Kubernetes' ``terminationGracePeriodSeconds`` above it."""
+    pause_timeout: float = 0.0
+    """Seconds a task may stay paused on its worker before the worker lets it go (0: never). See
+    ``pause_timeout_action``."""
+    pause_timeout_action: str = "release"
+    """What ``pause_timeout`` does: "release" frees the worker's slot and closes the environment, and the task
+    stays ``paused`` (a resume queues it again, to restart in a fresh environment on any worker); "end" cancels
+    the task (exit code 4)."""
+    environment_retries: int = 0
+    """Times a task whose browser or desktop crashed under it is started again (a fresh environment, a new
+    attempt) before it fails with exit code 5."""
+    redis_retry_seconds: float = 10.0
+    """Seconds a worker keeps retrying a Redis command through a connection error (a Redis restart) before it
+    gives the task up to the reaper. The API does not retry (it answers 503 at once)."""
 
     # --- API ---------------------------------------------------------------------------
     api_keys: tuple[str, ...] = ()
@@ -86,7 +113,8 @@ class Settings:
     default_max_duration: int = task.DEFAULT_MAX_DURATION
     """Seconds of wall-clock time a task may run when the request does not say."""
     max_duration_limit: int = 7000
-    """Longest ``max_duration_seconds`` a task may ask for; keep it below ``visibility_timeout``."""
+    """Longest ``max_duration_seconds`` a task may ask for. With RabbitMQ, keep its ``consumer_timeout`` above it
+    (a worker holds a task's message until the task ends)."""
     max_instruction_chars: int = 20_000
     max_system_prompt_chars: int = 20_000
     max_context_turns: int = 100

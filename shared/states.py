@@ -30,15 +30,19 @@ TERMINAL: frozenset[Status] = frozenset({Status.COMPLETED, Status.FAILED, Status
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.QUEUED: frozenset({Status.RUNNING, Status.CANCELLED, Status.FAILED}),
-    Status.RUNNING: frozenset({Status.PAUSED, Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT}),
-    Status.PAUSED: frozenset({Status.RUNNING, Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT}),
+    Status.RUNNING: frozenset({Status.QUEUED, Status.PAUSED, Status.COMPLETED, Status.FAILED, Status.CANCELLED,
+                               Status.TIMED_OUT}),
+    Status.PAUSED: frozenset({Status.QUEUED, Status.RUNNING, Status.COMPLETED, Status.FAILED, Status.CANCELLED,
+                              Status.TIMED_OUT}),
     Status.COMPLETED: frozenset(),
     Status.FAILED: frozenset(),
     Status.CANCELLED: frozenset(),
     Status.TIMED_OUT: frozenset(),
 }
 """Allowed moves, from -> {to}. Paused tasks may end directly: a step in flight when the pause arrived may finish
-the task, and cancel and the time limit apply while paused."""
+the task, and cancel and the time limit apply while paused. Back to ``queued`` only when a task is requeued: its
+worker was lost (the reaper), its worker shut down and handed it back, or a released paused task was resumed;
+users' calls never requeue (``shared/control.py``)."""
 
 
 def sources(to: Status) -> frozenset[Status]:
@@ -62,7 +66,7 @@ class ExitCode(IntEnum):
     ENVIRONMENT_ERROR = 5
     """The browser or desktop could not start or crashed (status ``failed``)."""
     WORKER_LOST = 6
-    """The worker running it died ``max_attempts`` times (status ``failed``)."""
+    """Its worker was lost and it had been started ``max_attempts`` times (status ``failed``)."""
     POLICY_ERROR = 7
     """The model or agent raised an error the loop could not recover from (status ``failed``)."""
 
@@ -79,5 +83,5 @@ EXIT_STATUS: dict[ExitCode, Status] = {
 }
 """The terminal status each exit code ends in."""
 
-PRIORITIES: dict[str, int] = {"high": 0, "normal": 4, "low": 9}
-"""API priority -> Celery/kombu Redis priority (0 is served first on the Redis transport)."""
+PRIORITIES = ("high", "normal", "low")
+"""Task priorities, highest first (their numbers on each broker: ``shared.queue.priority_of``)."""

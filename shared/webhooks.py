@@ -1,8 +1,11 @@
 """Webhooks: signed POSTs of a task's JSON to the URL given at start (or the tenant's default) when it ends.
 
-Each delivery is a Celery task (``lodestar.deliver_webhook`` on the ``webhooks`` queue, served by every worker)
-retried with exponential backoff (2, 4, 8 ... s, at most 10 minutes apart) up to ``webhook_max_attempts``.
-Every attempt is recorded on the task (GET /agent/tasks/{id}/webhooks).
+Every delivery is first recorded in the store's outbox (``shared/store/deliveries.py``): a task's end in the same
+atomic write that ends it, other events when they happen. A worker sends it (``lodestar.deliver_webhook`` on the
+``webhooks`` queue, served by every worker); a failed attempt is due again after an exponential backoff (2, 4, 8 ...
+s, at most 10 minutes apart) up to ``webhook_max_attempts``, and the reaper hands due deliveries to workers, also
+those whose sender died. At least once, with the same ``Lodestar-Delivery`` id on every try. Every attempt is
+recorded on the task (GET /agent/tasks/{id}/webhooks).
 
 Request::
 
@@ -29,23 +32,20 @@ import hashlib
 import hmac
 import json
 import logging
-import secrets
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import requests
-from celery import Celery
 
 from shared.netguard import NetworkGuard
+from shared.queue import Dispatcher, send_delivery
 from shared.states import TERMINAL
-from shared.store import TaskStore, now
-from shared.task import screenshot_urls
+from shared.store import Delivery, TaskStore, now, now_ms
+from shared.task import Task, screenshot_urls
 
 log = logging.getLogger(__name__)
 
-DELIVER_WEBHOOK = "lodestar.deliver_webhook"
-WEBHOOK_QUEUE = "webhooks"
 
 
 def sign(secret: str, timestamp: int | str, body: bytes) -> str:
@@ -77,35 +77,36 @@ class Attempt:
     duration_ms: float = 0.0
 
 
-def schedule(app: Celery, store: TaskStore, task_id: str, event: str | None = None,
-             force: bool = False) -> str | None:
-    """Queue a delivery of the task's current JSON if it has a webhook URL; returns the delivery id or None.
+def schedule(dispatcher: Dispatcher, task: Task, event: str | None = None, force: bool = False) -> str | None:
+    """Record a delivery of the task's JSON in the outbox and ask a worker to send it, if the task has a webhook
+    URL; returns the delivery id or None.
 
     ``event`` defaults to "task.<current status>". Non-terminal events are sent only to tasks started with
-    ``webhook_events: "all"``, unless ``force`` (a redelivery). Never raises for a broker error (logged): a
-    webhook must not fail the task it reports on.
+    ``webhook_events: "all"``, unless ``force`` (a redelivery). A task's end is recorded by the write that ends it
+    (``TaskStore.finish``), not here. Never raises (logged): a webhook must not fail the task it reports on.
     """
-    task = store.get(task_id)
-    if task is None or not task.webhook_url:
+    if not task.webhook_url:
         return None
     event = event or f"task.{task.status}"
     terminal = event in {f"task.{s}" for s in TERMINAL}
     if not (terminal or force or task.webhook_events == "all"):
         return None
-    delivery_id = "dlv_" + secrets.token_hex(12)
     try:
-        app.send_task(DELIVER_WEBHOOK, args=[task_id, delivery_id, event, 1], queue=WEBHOOK_QUEUE)
+        delivery_id = dispatcher.store.deliveries.add(task.task_id, task.tenant, event, now_ms())
     except Exception as exc:
-        log.error("could not queue webhook %s for %s: %s", event, task_id, exc)
+        log.error("could not record webhook %s for %s: %s", event, task.task_id, exc)
         return None
+    send_delivery(dispatcher.app, delivery_id)
     return delivery_id
 
 
-def deliver(store: TaskStore, secret: str, task_id: str, delivery_id: str, event: str, attempt: int) -> Attempt:
-    """POST the task's JSON to its webhook URL once and record the attempt. A 2xx answer is success.
+def deliver(store: TaskStore, secret: str, delivery: Delivery) -> Attempt:
+    """POST the task's JSON to its webhook URL once (attempt number ``delivery.attempt``) and record the attempt on
+    the task. A 2xx answer is success.
 
     Refuses (without sending) URLs on private addresses unless ``webhook_allowed_hosts`` lists them.
     """
+    task_id, delivery_id, event, attempt = delivery.task_id, delivery.delivery_id, delivery.event, delivery.attempt
     task = store.get(task_id)
     if task is None or not task.webhook_url:
         return Attempt(delivery_id, event, "", attempt, now(), False, error="the task no longer exists")

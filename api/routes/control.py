@@ -16,6 +16,7 @@ from shared import control, webhooks
 from shared.queue import task_ended
 from shared.states import Status
 from shared.store import ApplyResult, TaskFilter
+from shared.task import Task
 
 bp = Blueprint("control", __name__)
 bp.before_request(authenticate)
@@ -36,34 +37,39 @@ def _answer(task_id: str, result: ApplyResult, verb: str) -> Response:
 
 @bp.post("/agent/tasks/<task_id>/pause")
 def pause_task(task_id: str) -> Response:
-    load_task(task_id)
+    task = load_task(task_id)
     st = state()
     answer = _answer(task_id, control.send_pause(st.store, task_id), "pause")
-    webhooks.schedule(st.celery, st.store, task_id, "task.paused")
+    webhooks.schedule(st.dispatcher, task, "task.paused")
     return answer
 
 
 @bp.post("/agent/tasks/<task_id>/resume")
 def resume_task(task_id: str) -> Response:
-    load_task(task_id)
+    """Resume a paused task: its worker continues; or, when no worker holds it any more (released after
+    ``pause_timeout``, or its worker shut down), it is queued again and starts afresh on the next free worker."""
+    task = load_task(task_id)
     st = state()
-    answer = _answer(task_id, control.send_resume(st.store, task_id), "resume")
-    webhooks.schedule(st.celery, st.store, task_id, "task.running")
+    result = control.send_resume(st.store, task_id)
+    answer = _answer(task_id, result, "resume")
+    if result.requeued:
+        st.dispatcher.dispatch([task_id])
+    else:
+        webhooks.schedule(st.dispatcher, task, "task.running")
     return answer
 
 
-def _cancel(task_id: str) -> ApplyResult:
+def _cancel(task: Task) -> ApplyResult:
     st = state()
-    result = control.send_cancel(st.store, task_id)
+    result = control.send_cancel(st.store, task.task_id)
     if result.ok:
-        task_ended(st.celery, st.store, task_id, g.tenant)
+        task_ended(st.dispatcher, task, result.delivery_id)
     return result
 
 
 @bp.post("/agent/tasks/<task_id>/cancel")
 def cancel_task(task_id: str) -> Response:
-    load_task(task_id)
-    return _answer(task_id, _cancel(task_id), "cancel")
+    return _answer(task_id, _cancel(load_task(task_id)), "cancel")
 
 
 def _filtered_ids(f: dict[str, Any]) -> list[str]:
@@ -105,7 +111,7 @@ def cancel_many() -> Response:
         if task is None or task.tenant != g.tenant:
             skipped.append({"task_id": task_id, "reason": "not_found"})
             continue
-        result = _cancel(task_id)
+        result = _cancel(task)
         if result.ok:
             cancelled.append(task_id)
         else:

@@ -27,7 +27,7 @@ def webhook_redeliver(task_id: str) -> tuple[Response, int]:
     if not task.webhook_url:
         raise ApiError(409, "conflict", "the task has no webhook_url", headers={"x-should-retry": "false"})
     st = state()
-    delivery = webhooks.schedule(st.celery, st.store, task_id, force=True)
+    delivery = webhooks.schedule(st.dispatcher, task, force=True)
     if delivery is None:
         raise ApiError(503, "queue_unavailable", "could not queue the delivery", headers={"retry-after": "1"})
     return jsonify({"delivery_id": delivery}), 202

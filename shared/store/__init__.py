@@ -6,10 +6,15 @@
 - ``listing.py``   listing a tenant's tasks from its indexes; batch summaries
 - ``submit.py``    idempotency keys; records and their Celery messages in one MULTI/EXEC
 - ``tenants.py``   stored API keys and tenant settings
+- ``recovery.py``  requeues (a lost worker, a hand-back), resumes, the dispatch outbox, the reaper lock
+- ``deliveries.py`` the webhook outbox
 """
 
-from shared.store.core import ApplyResult, TaskStore, new_id, new_task_id, now
+from shared.store.core import ApplyResult, LeaseLost, TaskStore, new_id, new_task_id, now, now_ms
+from shared.store.deliveries import Delivery
 from shared.store.listing import TaskFilter
+from shared.store.recovery import Requeue
 from shared.store.submit import IN_PROGRESS, InProgress
 
-__all__ = ["IN_PROGRESS", "ApplyResult", "InProgress", "TaskFilter", "TaskStore", "new_id", "new_task_id", "now"]
+__all__ = ["IN_PROGRESS", "ApplyResult", "Delivery", "InProgress", "LeaseLost", "Requeue", "TaskFilter", "TaskStore",
+           "new_id", "new_task_id", "now", "now_ms"]

@@ -21,26 +21,41 @@ from redis.client import PubSub
 from shared.settings import Settings
 from shared.states import EXIT_STATUS, ExitCode, Status, sources
 from shared.store import listing, submit
+from shared.store.deliveries import Deliveries, new_delivery_id
 from shared.store.keys import Keys
+from shared.store.recovery import Recovery
 from shared.store.scripts import Scripts
 from shared.store.tenants import Tenants
 from shared.task import Task, encode_fields
 
 
+class LeaseLost(Exception):
+    """A worker's write was refused because the worker no longer holds the task's lease (it was requeued after the
+    lease expired, e.g. while the worker was cut off from Redis): the worker must stop acting on the task at once,
+    close its environment and leave the task to whoever holds it now (fencing)."""
+
+
 @dataclass(frozen=True)
 class ApplyResult:
-    """Outcome of a guarded write. ``found`` False: no such task. ``ok`` False: its status (``status``) refused it.
-    ``seq``: the seq of the event written (0: none)."""
+    """Outcome of a guarded write. ``found`` False: no such task. ``ok`` False: its status (``status``) refused it,
+    or (``lost`` True) the writing worker no longer holds its lease. ``seq``: the seq of the event written (0: none).
+    """
 
     found: bool
     ok: bool
     status: str | None
     seq: int = 0
+    lost: bool = False
+    delivery_id: str | None = None
+    """The id of the end's webhook delivery, when the write ended a task that has a ``webhook_url``."""
+    requeued: bool = False
+    """A resume of a task no worker held: it went back to ``queued`` and its run message is due (``send_resume``)."""
 
     @classmethod
-    def from_reply(cls, reply: list[Any]) -> ApplyResult:
-        found, status, seq = reply
-        return cls(found != -1, found == 1, status.decode() if status else None, int(seq))
+    def from_reply(cls, reply: list[Any], delivery_id: str | None = None) -> ApplyResult:
+        found, status, seq = reply[:3]
+        return cls(found != -1, found == 1, status.decode() if status else None, int(seq), lost=found == -2,
+                   delivery_id=delivery_id if found == 1 else None)
 
 
 def new_id(prefix: str) -> str:
@@ -62,6 +77,11 @@ def now() -> float:
     return time.time()
 
 
+def now_ms() -> int:
+    """Wall-clock time in milliseconds since the epoch (the scores of the leases, dispatch and deliveries sets)."""
+    return int(time.time() * 1000)
+
+
 class TaskStore:
     """All Redis access for task state. Thread-safe (redis-py's pool); one instance per process is enough.
 
@@ -72,6 +92,8 @@ class TaskStore:
     Attributes:
         keys: the key names (``shared/store/keys.py``).
         tenants: stored API keys and tenant settings (``shared/store/tenants.py``).
+        recovery: requeues, resumes, the dispatch outbox, the reaper lock (``shared/store/recovery.py``).
+        deliveries: the webhook outbox (``shared/store/deliveries.py``).
         redis: the client itself, for tests and operators' tools; application code goes through the methods.
     """
 
@@ -81,6 +103,8 @@ class TaskStore:
         self.keys = Keys(settings.key_prefix)
         self.tenants = Tenants(client, self.keys, settings)
         self._scripts = Scripts.register(client)
+        self.recovery = Recovery(client, self.keys, settings, self._scripts)
+        self.deliveries = Deliveries(client, self.keys, settings, self._scripts)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TaskStore:
@@ -148,10 +172,19 @@ class TaskStore:
         return submit.claim_idempotency_keys(self.redis, self.keys, tasks, self.settings.idempotency_window,
                                              self.get)
 
-    def submit(self, tasks: Sequence[Task], messages: submit.Messages) -> int:
-        """Store and enqueue new tasks atomically per chunk; returns how many were (a prefix of ``tasks``). See
-        :func:`shared.store.submit.submit`."""
-        return submit.submit(self.redis, self.keys, tasks, messages, self.create_many)
+    def submit(self, tasks: Sequence[Task], messages: submit.Messages | None) -> int:
+        """Store new tasks with their run messages (or, without ``messages``, in the dispatch outbox) atomically per
+        chunk; returns how many were stored (a prefix of ``tasks``). See :func:`shared.store.submit.submit`."""
+        return submit.submit(self.redis, self.keys, tasks, messages, self.create_many, now_ms())
+
+    def push_messages(self, messages: Sequence[tuple[str, str]], front: bool = False) -> None:
+        """Push Celery messages ``(list key, message text)`` onto the Redis broker's lists (this store's Redis):
+        behind the others of their list (LPUSH; the consumer pops the other end), or with ``front`` where they are
+        popped next (RPUSH)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key, message in messages:
+            (pipe.rpush if front else pipe.lpush)(key, message)
+        pipe.execute()
 
     def list_tasks(self, tenant: str, filters: listing.TaskFilter, limit: int,
                    cursor: str | None = None) -> tuple[list[Task], str | None]:
@@ -169,15 +202,11 @@ class TaskStore:
 
     def next_deferred(self, tenant: str) -> list[str]:
         """Pop the deferred task ids of ``tenant`` that now fit under its running limit and are still queued
-        (oldest first; cancelled ones are dropped). The caller enqueues each and gives back, with
-        :meth:`return_deferred`, any it could not enqueue."""
-        ids = self._scripts.next_deferred(args=[self.keys.prefix, tenant, self.settings.default_max_running])
+        (oldest first; cancelled ones are dropped), each put in the dispatch outbox (its run message is due: the
+        caller sends it, or the reaper does)."""
+        ids = self._scripts.next_deferred(args=[self.keys.prefix, tenant, self.settings.default_max_running,
+                                                now_ms()])
         return [i.decode() for i in ids]
-
-    def return_deferred(self, tenant: str, task_ids: list[str]) -> None:
-        """Put ids back at the front of the tenant's deferred list, in their order."""
-        if task_ids:
-            self.redis.lpush(self.keys.deferred(tenant), *reversed(task_ids))
 
     # -- guarded writes ----------------------------------------------------------------------------------------------
     def apply(
@@ -189,20 +218,25 @@ class TaskStore:
         event: Mapping[str, Any] | None = None,
         expire: int = 0,
         notice: str | None = None,
+        holder: str | None = None,
     ) -> ApplyResult:
-        """Atomically: check the status is in ``allowed_from`` (None: any), set ``fields`` (names of
-        :class:`~shared.task.Task` fields), append ``event``, expire the task's keys after ``expire`` seconds (0:
-        keep), and publish control ``notice`` (a command name).
+        """Atomically: check the status is in ``allowed_from`` (None: any) and, when ``holder`` names a worker,
+        that it still holds the task's lease (fencing: else ``lost``); set ``fields`` (names of
+        :class:`~shared.task.Task` fields), append ``event``; when ``expire`` > 0 (the task ended): expire the
+        task's keys after ``expire`` seconds, drop its lease and add its end's webhook delivery to the outbox; and
+        publish control ``notice`` (a command name).
 
         Raises:
             KeyError: a field that is not a stored field of Task.
         """
-        args = self._apply_args(task_id, allowed_from, fields, event, expire, notice)
-        return ApplyResult.from_reply(self._scripts.apply(keys=self.keys.task_keys(task_id), args=args))
+        delivery_id = new_delivery_id() if expire else ""
+        args = self._apply_args(task_id, allowed_from, fields, event, expire, notice, holder, delivery_id)
+        return ApplyResult.from_reply(self._scripts.apply(keys=self.keys.task_keys(task_id), args=args),
+                                      delivery_id or None)
 
     def _apply_args(self, task_id: str, allowed_from: Iterable[Status | str] | None,
                     fields: Mapping[str, Any] | None, event: Mapping[str, Any] | None, expire: int,
-                    notice: str | None) -> list[Any]:
+                    notice: str | None, holder: str | None = None, delivery_id: str = "") -> list[Any]:
         args: list[Any] = [
             # None: any status; an empty set: none ("-" matches no status)
             (",".join(str(s) for s in allowed_from) or "-") if allowed_from is not None else "",
@@ -212,6 +246,9 @@ class TaskStore:
             self.keys.control(task_id) if notice else "",
             json.dumps({"command": notice, "task_id": task_id}) if notice else "",
             self.keys.prefix,
+            holder or "",
+            delivery_id,
+            now_ms(),
         ]
         for name, value in encode_fields(fields or {}).items():
             args += [name, value]
@@ -230,10 +267,12 @@ class TaskStore:
 
     def finish(
         self, task_id: str, code: ExitCode, *, result: str | None = None, error: str | None = None,
-        fields: Mapping[str, Any] | None = None, notice: str | None = None,
+        fields: Mapping[str, Any] | None = None, notice: str | None = None, holder: str | None = None,
     ) -> ApplyResult:
-        """End the task: terminal status for ``code``, ``exit_code``, ``finished_at``, the ``end`` event, and the
-        retention TTL on all its keys. Refused (ok False) if the task already ended."""
+        """End the task: terminal status for ``code``, ``exit_code``, ``finished_at``, the ``end`` event, the
+        retention TTL on all its keys, its lease dropped, and (when it has a ``webhook_url``) the webhook delivery
+        of its end in the outbox, all in one atomic write. Refused (ok False) if the task already ended, or
+        (``lost``) when ``holder`` no longer holds its lease."""
         status = EXIT_STATUS[code]
         ts = now()
         event = {"type": "end", "task_id": task_id, "status": str(status), "exit_code": int(code),
@@ -241,7 +280,7 @@ class TaskStore:
         all_fields = {**(fields or {}), "status": status, "exit_code": int(code), "finished_at": ts,
                       "result": result, "error": error}
         return self.apply(task_id, allowed_from=sources(status), fields=all_fields, event=event,
-                          expire=self.settings.task_retention, notice=notice)
+                          expire=self.settings.task_retention, notice=notice, holder=holder)
 
     def inject(self, task_id: str, content: str) -> ApplyResult:
         """Queue a user message for the agent (kept in the inbox until the worker delivers it), log a ``message``
@@ -256,20 +295,28 @@ class TaskStore:
                   json.dumps({"command": "message", "task_id": task_id})]))
 
     def record_step(self, task_id: str, step: int, jpeg: bytes, fields: Mapping[str, Any],
-                    event: Mapping[str, Any], usage: Mapping[str, Any] | None = None) -> ApplyResult:
-        """A worker's step: store the screenshot, then (if the task is still running or paused) set ``fields`` and
-        append ``event``, in one round trip. ``usage`` (this step's model usage: ``input_tokens``,
-        ``output_tokens``, ``total_tokens``, ``calls``, ``cost_usd``) is added to the task's running sums
-        (``usage`` and ``cost``; read-modify-write is safe: one worker holds the task). ``ok`` False: the task
-        ended under the worker."""
+                    event: Mapping[str, Any], usage: Mapping[str, Any] | None = None,
+                    holder: str | None = None) -> ApplyResult:
+        """A worker's step: store the screenshot, then (if the task is still running or paused, and ``holder``,
+        when given, still holds its lease) set ``fields`` and append ``event``, in one round trip. ``usage`` (this
+        step's model usage: ``input_tokens``, ``output_tokens``, ``total_tokens``, ``calls``, ``cost_usd``) is
+        added to the task's running sums (``usage`` and ``cost``; read-modify-write is safe: one worker holds the
+        task). ``ok`` False: the task ended under the worker.
+
+        Raises:
+            LeaseLost: ``holder`` no longer holds the task's lease (the step is not recorded).
+        """
         fields = {**fields, **self._usage_after(task_id, usage)} if usage is not None else fields
         shots = self.keys.shots(task_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(shots, str(step), jpeg)
         pipe.expire(shots, self.settings.screenshot_ttl)
-        args = self._apply_args(task_id, (Status.RUNNING, Status.PAUSED), fields, event, 0, None)
+        args = self._apply_args(task_id, (Status.RUNNING, Status.PAUSED), fields, event, 0, None, holder)
         self._scripts.apply(keys=self.keys.task_keys(task_id), args=args, client=pipe)
-        return ApplyResult.from_reply(pipe.execute()[-1])
+        result = ApplyResult.from_reply(pipe.execute()[-1])
+        if result.lost:
+            raise LeaseLost(f"{holder} no longer holds task {task_id}")
+        return result
 
     def _usage_after(self, task_id: str, step_usage: Mapping[str, Any]) -> dict[str, Any]:
         """The ``usage`` and ``cost`` fields after adding one step's usage (``cost`` stays None while no step had
@@ -349,29 +396,31 @@ class TaskStore:
 
     # -- leases ------------------------------------------------------------------------------------------------------
     def claim(self, task_id: str, worker_id: str) -> tuple[str, str, int]:
-        """Take the task for ``worker_id``: returns ``(outcome, status, attempt)``.
+        """Take a queued task for ``worker_id``: returns ``(outcome, status, attempt)``.
 
-        outcome: "started" (queued -> running), "restarted" (its previous worker's lease expired), "leased"
-        (another live worker holds it), "ended" (terminal already), "lost" (too many attempts), "missing",
-        "deferred" (its tenant is at its running limit: the id waits in the tenant's deferred list until one of
-        the tenant's tasks ends, see :meth:`next_deferred`).
+        outcome: "started" (queued -> running, lease set, ``attempt`` incremented), "held" (``worker_id`` holds it
+        already: a claim retried), "leased" (another live worker holds it), "orphaned" (running or paused with no
+        live lease: its worker was lost; the reaper requeues it), "deferred" (its tenant is at its running limit:
+        the id waits in the tenant's deferred list until one of the tenant's tasks ends, see
+        :meth:`next_deferred`), "ended" (terminal already), "missing".
         """
         keys = self.keys
         outcome, status, attempt = self._scripts.claim(
             keys=[keys.task(task_id), keys.events(task_id), keys.lease(task_id)],
-            args=[worker_id, self.settings.lease_ttl * 1000, self.settings.max_attempts, now(),
-                  self.settings.event_stream_maxlen, keys.prefix, self.settings.default_max_running],
+            args=[worker_id, self.settings.lease_ttl * 1000, now(), self.settings.event_stream_maxlen, keys.prefix,
+                  self.settings.default_max_running, now_ms()],
         )
         return outcome.decode(), status.decode() if status else "", int(attempt)
 
     def renew_lease(self, task_id: str, worker_id: str) -> bool:
         """Extend ``worker_id``'s lease by ``lease_ttl``; False if it no longer holds it."""
-        return bool(self._scripts.renew(keys=[self.keys.lease(task_id)],
-                                        args=[worker_id, self.settings.lease_ttl * 1000]))
+        return bool(self._scripts.renew(keys=[self.keys.lease(task_id), self.keys.leases],
+                                        args=[worker_id, self.settings.lease_ttl * 1000, task_id, now_ms()]))
 
-    def release_lease(self, task_id: str, worker_id: str) -> None:
-        """Delete the lease if ``worker_id`` still holds it (compare-and-delete, one script)."""
-        self._scripts.release(keys=[self.keys.lease(task_id)], args=[worker_id])
+    def release_lease(self, task_id: str, worker_id: str) -> bool:
+        """Delete the lease if ``worker_id`` still holds it (compare-and-delete); True if it did."""
+        return bool(self._scripts.release(keys=[self.keys.lease(task_id), self.keys.leases],
+                                          args=[worker_id, task_id]))
 
     # -- webhook records ---------------------------------------------------------------------------------------------
     def record_webhook_attempt(self, task_id: str, attempt: Mapping[str, Any], keep: int = 200) -> None:

@@ -17,6 +17,14 @@
     P:apikeys                set     the digests of every stored key
     P:idempotency:{tenant}:{sha256 of the key}  string  the task id an idempotency key created (TTL: the window)
     P:ratelimit              prefix  the ``limits`` library's moving windows
+    P:leases                 zset    task id -> expiry of its worker's lease (ms since the epoch): what the reaper
+                                     looks through for tasks whose worker was lost
+    P:dispatch               zset    task id -> when (ms) a run message for it is due: the outbox of queued tasks
+                                     whose message has not been sent yet (requeued, resumed, released)
+    P:deliveries             zset    delivery id -> when (ms) the webhook delivery is due (or its sender's claim ends)
+    P:delivery:{id}          hash    one webhook delivery: task_id, tenant, event, attempt (the next one)
+    P:reaper                 string  the reaper lock: id of the worker running reaper rounds (PX)
+    P:deferring              set     tenants that have deferred tasks (the reaper releases them)
     P:control:{id}           pub/sub notices {"command", "task_id"} for the task's worker
     P:ended                  pub/sub the id of every task that ends (long-poll waiters)
     P:hub:{host}:{pid}:{n}   pub/sub wake-ups of one API process's event hub
@@ -38,6 +46,11 @@ class Keys:
         self.ended = f"{prefix}:ended"
         self.apikeys = f"{prefix}:apikeys"
         self.ratelimit = f"{prefix}:ratelimit"
+        self.leases = f"{prefix}:leases"
+        self.dispatch = f"{prefix}:dispatch"
+        self.deliveries = f"{prefix}:deliveries"
+        self.reaper = f"{prefix}:reaper"
+        self.deferring = f"{prefix}:deferring"
 
     # -- one task --------------------------------------------------------------------------------------------------
     def task(self, task_id: str) -> str:
@@ -64,6 +77,9 @@ class Keys:
         lease, webhooks."""
         return [self.task(task_id), self.events(task_id), self.inbox(task_id), self.shots(task_id),
                 self.lease(task_id), self.webhooks(task_id)]
+
+    def delivery(self, delivery_id: str) -> str:
+        return f"{self.prefix}:delivery:{delivery_id}"
 
     def control(self, task_id: str) -> str:
         return f"{self.prefix}:control:{task_id}"

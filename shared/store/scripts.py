@@ -34,9 +34,14 @@ class Scripts:
     apply: Script
     inject: Script
     claim: Script
-    next_deferred: Script
     renew: Script
     release: Script
+    requeue: Script
+    resume: Script
+    next_deferred: Script
+    lock: Script
+    take_delivery: Script
+    hand_deliveries: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:

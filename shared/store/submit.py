@@ -86,10 +86,13 @@ def claim_idempotency_keys(client: redis.Redis, keys: Keys, tasks: Sequence[Task
     return found
 
 
-def submit(client: redis.Redis, keys: Keys, tasks: Sequence[Task], messages: Messages, write: Write) -> int:
+def submit(client: redis.Redis, keys: Keys, tasks: Sequence[Task], messages: Messages | None, write: Write,
+           now_ms: int) -> int:
     """Store and enqueue new tasks; returns how many were (a prefix of ``tasks``).
 
-    Each chunk of :data:`CHUNK` tasks, their index entries and their Celery messages go in one MULTI/EXEC. When
+    Each chunk of :data:`CHUNK` tasks, their index entries and their Celery messages go in one MULTI/EXEC; without
+    ``messages`` (the broker is not this Redis) each task goes in the dispatch outbox instead, due ``now_ms``, for
+    the caller to send (``shared.queue.Dispatcher``). When
     Redis fails midway, the chunks already written stay accepted, the rest are not stored and their idempotency
     keys are released (a retry creates them). A chunk whose EXEC may have run with its reply lost is looked up:
     found, it counts as stored; when Redis cannot even be asked, the keys stay claimed (a retry gets 409 for
@@ -102,12 +105,15 @@ def submit(client: redis.Redis, keys: Keys, tasks: Sequence[Task], messages: Mes
         try:
             pipe = client.pipeline(transaction=True)
             write(pipe, chunk)
-            queues: dict[str, list[str]] = {}
-            for task in chunk:
-                key, message = messages.message(task.task_id, task.kind, task.priority)
-                queues.setdefault(key, []).append(message)
-            for key, queued in queues.items():
-                pipe.lpush(key, *queued)  # in order: the worker pops from the other end (FIFO)
+            if messages is None:
+                pipe.zadd(keys.dispatch, {task.task_id: now_ms for task in chunk})
+            else:
+                queues: dict[str, list[str]] = {}
+                for task in chunk:
+                    key, message = messages.message(task.task_id, task.kind, task.priority)
+                    queues.setdefault(key, []).append(message)
+                for key, queued in queues.items():
+                    pipe.lpush(key, *queued)  # in order: the worker pops from the other end (FIFO)
             pipe.execute()
         except Exception:
             log.exception("storing and queueing %d tasks failed", len(tasks) - done)

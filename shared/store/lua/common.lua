@@ -40,3 +40,14 @@ local function append_event(task_key, events_key, maxlen, event)
   redis.call('PUBLISH', events_key, seq .. ' ' .. event)
   return seq
 end
+
+-- forget a task's lease: the lease key and its entry in the leases index (<prefix>:leases)
+local function drop_lease(lease_key, prefix, task_id)
+  redis.call('DEL', lease_key)
+  redis.call('ZREM', prefix .. ':leases', task_id)
+end
+
+-- does `worker` hold the task's lease? ('' = no fencing asked)
+local function holds(lease_key, worker)
+  return worker == '' or redis.call('GET', lease_key) == worker
+end

@@ -1,17 +1,21 @@
--- Pop the deferred task ids of a tenant that now fit under its running limit (TaskStore.next_deferred): up to
--- (free slots) ids that are still queued, oldest first; ids no longer queued are dropped.
--- ARGV: key prefix, tenant, default max running
-local limit = running_limit(ARGV[1], ARGV[2], ARGV[3])
-local deferred = ARGV[1] .. ':t:' .. ARGV[2] .. ':deferred'
+-- Release the deferred task ids of a tenant that now fit under its running limit (TaskStore.next_deferred): up to
+-- (free slots) ids that are still queued, oldest first, each put in the dispatch outbox (a run message is due);
+-- ids no longer queued are dropped. A tenant with nothing deferred left leaves the set of deferring tenants.
+-- ARGV: 1 key prefix, 2 tenant, 3 default max running, 4 now (ms)
+local prefix = ARGV[1]
+local limit = running_limit(prefix, ARGV[2], ARGV[3])
+local deferred = prefix .. ':t:' .. ARGV[2] .. ':deferred'
 local free = redis.call('LLEN', deferred)
-if limit > 0 then free = math.min(free, limit - running_count(ARGV[1], ARGV[2])) end
+if limit > 0 then free = math.min(free, limit - running_count(prefix, ARGV[2])) end
 local out = {}
 while free > 0 do
   local id = redis.call('LPOP', deferred)
   if not id then break end
-  if redis.call('HGET', ARGV[1] .. ':task:' .. id, 'status') == 'queued' then
+  if redis.call('HGET', prefix .. ':task:' .. id, 'status') == 'queued' then
     table.insert(out, id)
+    redis.call('ZADD', prefix .. ':dispatch', ARGV[4], id)
     free = free - 1
   end
 end
+if redis.call('LLEN', deferred) == 0 then redis.call('SREM', prefix .. ':deferring', ARGV[2]) end
 return out
