@@ -2,7 +2,7 @@
 
 Run with ``lodestar worker`` (or ``celery -A worker.tasks worker -Q browser``). Each worker process (slot) owns one
 Chromium, started on its first task and reused; each task gets a fresh browser context. A desktop worker
-(``--kind desktop``) process owns one Xvfb display instead (``worker/desktop.py``); each task gets a fresh session.
+(``--kind desktop``) process owns one Xvfb display instead (``worker/desktop/``); each task gets a fresh session.
 
 A task is run at most once at a time: the worker first claims it in Redis (``TaskStore.claim``), which sets a lease
 that a background thread renews every ``lease_ttl / 3`` seconds. A message delivered again (visibility timeout,
