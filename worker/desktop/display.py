@@ -241,8 +241,8 @@ def start_wm(settings: Settings, d: Display) -> None:
     d.windows.ewmh = True
     # The WM announces itself before its event loop runs; a window mapped meanwhile is managed late, and Xt
     # programs (xterm) then wait their 5 s wmTimeout. A probe window that shows up in the client list means the
-    # WM is really managing windows
-    # (openbox even drops a map request that arrives during its start-up, so the probe asks again until then).
+    # WM is really managing windows (openbox even drops a map request that arrives during its start-up, so the
+    # probe asks again until then).
     probe = d.windows.root.create_window(0, 0, 1, 1, 0, d.conn.screen().root_depth)
     probe.set_wm_name("lodestar-wm-probe")
     asked = 0.0
@@ -257,6 +257,10 @@ def start_wm(settings: Settings, d: Display) -> None:
         time.sleep(0.005)
     probe.destroy()
     d.conn.sync()
+    # Then wait until the WM has let go of the probe: one slow to unmanage it (a loaded machine) would still list
+    # it, focused, when the first session looks for its start-up program's window.
+    while probe.id in d.windows.client_ids() and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def stop_display(d: Display) -> None:

@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from shared.settings import Settings
 from worker.desktop.display import DesktopError, Display, base_env
@@ -46,20 +47,21 @@ class DesktopSession:
     """The tenant whose task started the session: a persistent session is only ever handed to the same tenant."""
 
 
+def marked(pid: int, token: str) -> bool:
+    """True when process ``pid``'s environment carries ``LODESTAR_DESKTOP_SESSION=<token>`` (False when it is gone
+    or another user's)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"{SESSION_ENV}={token}".encode() in environ.split(b"\0")
+
+
 def session_pids(token: str) -> list[int]:
     """Pids of the live processes whose environment carries ``LODESTAR_DESKTOP_SESSION=<token>`` (Linux /proc)."""
-    needle = f"{SESSION_ENV}={token}".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = Path(entry.path, "environ").read_bytes()
-        except OSError:  # gone, or another user's process
-            continue
-        if needle in environ.split(b"\0") and alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
+    me = os.getpid()
+    return [pid for pid in (int(e.name) for e in os.scandir("/proc") if e.name.isdigit())
+            if pid != me and marked(pid, token) and alive(pid)]
 
 
 def spawn(session: DesktopSession, argv: list[str]) -> subprocess.Popen[bytes]:
@@ -76,7 +78,7 @@ def spawn(session: DesktopSession, argv: list[str]) -> subprocess.Popen[bytes]:
 
 def start_session(d: Display, settings: Settings) -> DesktopSession:
     """A fresh session on ``d``: a new HOME and token, and the start-up program (``desktop_startup``, none when
-    empty) running with the keyboard focus on its first window.
+    empty) running, its first window shown and holding the keyboard focus (waited for: typing may start at once).
 
     Raises:
         DesktopError: the start-up program failed to start, exited, or showed no window within
@@ -89,19 +91,30 @@ def start_session(d: Display, settings: Settings) -> DesktopSession:
     command = settings.desktop_startup.strip()
     if not command:
         return session
+    # Windows listed before the program starts (the WM's probe or a previous session's window, not let go of yet)
+    # are not its window, unless a session process owns one: the X id of a window gone may be reused already.
+    listed = set(d.windows.client_ids())
     try:
         proc = spawn(session, shlex.split(command))
     except OSError as exc:
         end_session(session, d, settings.desktop_kill_grace)
         raise DesktopError(f"start-up program {command!r} failed to start: {exc}") from exc
+
+    def its_own(window: Any) -> bool:
+        if window.id not in listed:
+            return True
+        pid = d.windows.pid(window)
+        return pid is not None and marked(pid, token)
+
     timeout = settings.desktop_start_timeout
-    window = d.windows.wait_for(lambda w: True, timeout, watch=proc)
+    window = d.windows.wait_for(its_own, timeout, watch=proc)
     if window is None:
         code = proc.poll()
         end_session(session, d, settings.desktop_kill_grace)
         raise DesktopError(f"start-up program {command!r} " + (
             f"exited with code {code}" if code is not None else f"showed no window within {timeout:.0f} s"))
-    d.windows.focus(window, timeout)
+    if not d.windows.focus(window, timeout):  # typing starts next: keys sent before the focus arrives are lost
+        log.warning("start-up program %r: its window did not get the keyboard focus within %.0f s", command, timeout)
     return session
 
 

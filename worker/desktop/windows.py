@@ -70,6 +70,21 @@ class Windows:
             return None
         return self.conn.create_resource_object("window", prop.value[0])
 
+    def has_focus(self, window: Any) -> bool:
+        """True when the X server's keyboard focus is on ``window`` or inside it: where typed keys go now (the WM's
+        ``_NET_ACTIVE_WINDOW`` may lag behind, or still name a window that is gone and whose X id is reused)."""
+        from Xlib import error
+
+        try:
+            focus = self.conn.get_input_focus().focus
+            while not isinstance(focus, int) and focus.id not in (0, self.root.id):
+                if focus.id == window.id:
+                    return True
+                focus = focus.query_tree().parent
+        except error.XError:
+            pass
+        return False
+
     def title(self, window: Any) -> str:
         """A window's title (``_NET_WM_NAME``, else ``WM_NAME``); "" when it has none or is gone."""
         from Xlib import error
@@ -83,6 +98,16 @@ class Windows:
             return name.decode("latin-1") if isinstance(name, bytes) else (name or "")
         except error.XError:
             return ""
+
+    def pid(self, window: Any) -> int | None:
+        """The process id the window's client announced (``_NET_WM_PID``); None when unset or the window is gone."""
+        from Xlib import X, error
+
+        try:
+            prop = window.get_full_property(self.atoms["_NET_WM_PID"], X.AnyPropertyType)
+        except error.XError:
+            return None
+        return int(prop.value[0]) if prop and len(prop.value) else None
 
     @staticmethod
     def wm_class(window: Any) -> str:
@@ -111,23 +136,49 @@ class Windows:
             time.sleep(0.02)
         return None
 
-    def focus(self, window: Any, timeout: float) -> None:
-        """Make ``window`` the focused one: the WM usually did already; if it has not within ``timeout`` seconds
-        (at most 1 s), ask the WM (``_NET_ACTIVE_WINDOW``) and the X server directly."""
+    def focused(self, window: Any) -> bool:
+        """True when typed keys go to ``window`` (:meth:`has_focus`) and, with EWMH, the WM names it active (what
+        ``active_window`` and so the observed title report)."""
+        if not self.has_focus(window):
+            return False
+        active = self.active_window() if self.ewmh else window
+        return active is not None and active.id == window.id
+
+    def focus(self, window: Any, timeout: float) -> bool:
+        """Give ``window`` the keyboard focus and wait until it has it (:meth:`focused`), polling every 20 ms.
+
+        The WM usually focuses a new window itself; when it has not after 1 s (at once without EWMH), ask the WM
+        (``_NET_ACTIVE_WINDOW``) and the X server directly, again every 0.5 s (a window the WM has not mapped yet
+        cannot take the focus). Returns True once focused, False after ``timeout`` seconds or once it is gone.
+        """
+        start = time.monotonic()
+        ask_at = start + (min(timeout, 1.0) if self.ewmh else 0.0)
+        while not self.focused(window):
+            now = time.monotonic()
+            if now >= start + timeout:
+                return False
+            if now >= ask_at:
+                if not self._ask_focus(window):
+                    return False
+                ask_at = now + 0.5
+            time.sleep(0.02)
+        return True
+
+    def _ask_focus(self, window: Any) -> bool:
+        """Ask the WM and the X server to focus ``window``; False when the window is gone."""
         from Xlib import X, error
         from Xlib.protocol import event
 
-        deadline = time.monotonic() + min(timeout, 1.0)
-        while self.ewmh and time.monotonic() < deadline:
-            active = self.active_window()
-            if active is not None and active.id == window.id:
-                return
-            time.sleep(0.02)
-        with contextlib.suppress(error.XError):
-            if self.ewmh:
-                request = event.ClientMessage(window=window, client_type=self.atoms["_NET_ACTIVE_WINDOW"],
-                                              data=(32, [2, X.CurrentTime, 0, 0, 0]))
-                self.root.send_event(request, event_mask=X.SubstructureRedirectMask | X.SubstructureNotifyMask)
-            window.set_input_focus(X.RevertToParent, X.CurrentTime)
-            window.configure(stack_mode=X.Above)
-            self.conn.sync()
+        try:
+            window.get_attributes()
+        except error.XError:
+            return False
+        if self.ewmh:
+            request = event.ClientMessage(window=window, client_type=self.atoms["_NET_ACTIVE_WINDOW"],
+                                          data=(32, [2, X.CurrentTime, 0, 0, 0]))
+            self.root.send_event(request, event_mask=X.SubstructureRedirectMask | X.SubstructureNotifyMask,
+                                 onerror=error.CatchError())
+        window.set_input_focus(X.RevertToParent, X.CurrentTime, onerror=error.CatchError())  # unmapped: BadMatch
+        window.configure(stack_mode=X.Above, onerror=error.CatchError())
+        self.conn.sync()
+        return True
