@@ -5,7 +5,8 @@ Usage: ``python desktop_tk_app.py STATE.json``
 - A "+1" button is drawn at (100, 100)-(300, 200) screen pixels: each left click inside it adds 1 to ``count``.
 - Every mouse click anywhere is appended to ``clicks`` as ``[x, y, button]`` (screen pixels).
 - Typed characters build ``text``; Return moves it to ``lines``; BackSpace deletes one; Control+s sets ``saved``;
-  other keys that type nothing (arrows, F-keys...) are appended to ``keys`` by keysym name (modifiers excepted).
+  other keys that type nothing (arrows, F-keys...) are appended to ``keys`` by keysym name (modifiers excepted),
+  and the title becomes "tk-key <keysym>" once that is saved, so a script can ``expect`` its last key was handled.
 - Once the window covers the whole screen its title becomes "tk-ready WxH", so a script can ``expect "tk-ready"``.
 
 The state file is replaced atomically after every change (``ready``, ``count``, ``clicks``, ``text``, ``lines``,
@@ -49,6 +50,7 @@ def main(path: str) -> None:
         save()
 
     def on_key(event: tk.Event) -> None:
+        key = ""
         if event.keysym == "Return":
             state["lines"].append(state["text"])
             state["text"] = ""
@@ -57,11 +59,14 @@ def main(path: str) -> None:
         elif event.char and event.char.isprintable():
             state["text"] += event.char
         elif not event.keysym.startswith(("Shift", "Control", "Alt", "Super", "Meta")):
-            state["keys"].append(event.keysym)
+            key = event.keysym
+            state["keys"].append(key)
         else:
             return
         canvas.itemconfigure(label, text=state["text"])
         save()
+        if key:  # after the save: a script that sees the title finds the key in the state file
+            root.title(f"tk-key {key}")
 
     def on_save(_: tk.Event) -> None:
         state["saved"] = True

@@ -5,6 +5,7 @@ screenshots, processes left (or not) on the machine."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -136,7 +137,7 @@ press Enter
 press Control+s
 press ArrowUp
 press F13
-wait 1
+expect "tk-key F13"
 done "clicked"'''
     task = desk.wait_ended(start(desk, script, viewport_width=800, viewport_height=600), timeout=40)
     assert (task["status"], task["exit_code"]) == ("completed", 0), (task["error"], task["message"])
@@ -191,12 +192,11 @@ def test_pause_holds_a_desktop_task_and_resume_continues_it(desk: LiveStack, tmp
     task_id = start(desk, script)
     desk.wait_until(task_id, lambda t: t["steps_taken"] >= 4)
     assert desk.http().post(f"{desk.base_url}/agent/tasks/{task_id}/pause").json()["status"] == "paused"
-    desk.wait_until(task_id, lambda t: t["status"] == "paused")
-    time.sleep(0.6)  # a step in flight when the pause arrived may still land
-    before = desk.http().get(f"{desk.base_url}/agent/tasks/{task_id}").json()["steps_taken"]
+    before = desk.wait_until(task_id, lambda t: t["status"] == "paused")["steps_taken"]
     time.sleep(1.2)  # ~6 steps would run here if the pause did not hold
     during = desk.http().get(f"{desk.base_url}/agent/tasks/{task_id}").json()
-    assert during["status"] == "paused" and during["steps_taken"] == before, during
+    # at most the step in flight when the pause arrived (it acts after its last check) lands, however slow it is
+    assert during["status"] == "paused" and during["steps_taken"] <= before + 1, during
     assert desk.http().post(f"{desk.base_url}/agent/tasks/{task_id}/resume").json()["status"] == "running"
     task = desk.wait_ended(task_id, timeout=30)
     assert task["status"] == "completed" and task["steps_taken"] == 18, task
@@ -206,8 +206,9 @@ def test_pause_holds_a_desktop_task_and_resume_continues_it(desk: LiveStack, tmp
 def test_cancel_stops_a_desktop_task_and_kills_what_it_started(desk: LiveStack) -> None:
     marker = str(40_000 + secrets.randbelow(20_000))
     task_id = start(desk, f'type "sleep {marker} &"\npress Enter\n{waits(50)}')
-    desk.wait_until(task_id, lambda t: t["steps_taken"] >= 4)
-    assert subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode == 0
+    # the shell runs the command when it gets to it (a loaded machine: after a few more steps)
+    eventually(lambda: subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True).returncode == 0, 10,
+               "the shell starting the background process")
     resp = desk.http().post(f"{desk.base_url}/agent/tasks/{task_id}/cancel")
     assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
     task = desk.wait_ended(task_id)
@@ -286,8 +287,7 @@ def test_every_key_in_the_table_can_be_pressed_on_the_display(host: Any) -> None
             computer.key(chord)
         observation = computer.observe()
         assert observation.accessibility is None and image_size(observation.screenshot) == (640, 480)
-        # the focused xterm's title (focus may settle a moment after the window maps)
-        eventually(lambda: computer.observe().title, 5, "the focused window's title")
+        assert observation.title == "xterm"  # the session's window: open() waited until it had the focus
         with pytest.raises(ActionError, match="needs an accessibility tree"):
             computer.locate(Target("text", "OK"))
     finally:
@@ -314,6 +314,36 @@ def test_a_persistent_session_is_left_to_the_next_task(host: Any, tmp_path: Path
     eventually(lambda: read(tmp_path / "fresh.txt"), 5, "the shell writing the file")
     third.close()
     assert read(tmp_path / "fresh.txt") == "unset\n" and third.session.home != home
+
+
+def test_a_new_session_types_into_its_own_window_not_one_already_on_the_display(host: Any, tmp_path: Path) -> None:
+    # Given a window of another X client that the window manager lists and has focused when a session starts (as
+    # the WM's start-up probe was on a loaded machine, or a window of the previous session not yet let go of)
+    from Xlib.display import Display
+
+    host.open(640, 480).close()  # the display runs at this size: the next open starts no new one
+    other = Display(os.environ["DISPLAY"])
+    decoy = other.screen().root.create_window(0, 0, 200, 100, 0, other.screen().root_depth)
+    decoy.set_wm_name("decoy")
+    decoy.map()
+    other.sync()
+
+    def decoy_active() -> bool:
+        active = host.windows.active_window()
+        return active is not None and active.id == decoy.id and host.windows.has_focus(decoy)
+
+    eventually(decoy_active, 5, "the window manager focusing the decoy")
+    # When a task starts and types at once
+    computer = host.open(640, 480)
+    try:
+        computer.type(f"echo typed > {tmp_path}/t.txt\n")
+        # Then its own xterm got the keys: the session waited for the xterm's window and for the focus on it
+        assert eventually(lambda: read(tmp_path / "t.txt"), 10, "the shell writing the file") == "typed\n"
+        assert "xterm" in host.windows.wm_class(host.windows.active_window()).lower()
+    finally:
+        computer.close()  # also closes the decoy (a window left on the display)
+        with contextlib.suppress(Exception):
+            other.close()
 
 
 def test_the_display_restarts_for_a_new_size_and_after_xvfb_dies(host: Any) -> None:
