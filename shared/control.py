@@ -8,11 +8,14 @@ alone is fire-and-forget), and re-reads only the part a notice names (``handle_<
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
 
 from shared.states import TERMINAL, ExitCode, Status
 from shared.store import ApplyResult, TaskStore
@@ -95,19 +98,39 @@ class LocalControl:
         return messages
 
 
+class HandBack(Exception):
+    """Raised at a checkpoint when the worker must let its task go without ending it (its process is shutting
+    down, or the task stayed paused past ``pause_timeout``): the worker closes the environment and gives the task
+    back (``Recovery.requeue``). With ``end`` the task is to be cancelled instead (``pause_timeout_action=end``)."""
+
+    def __init__(self, reason: str, end: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.end = end
+
+
+Guard = Callable[[ControlState], None]
+"""Called with the current state at every checkpoint and while paused (about once a second): raises
+``shared.store.LeaseLost`` or :class:`HandBack` to stop the episode at once (see ``worker/runner.py``)."""
+
+
 class ControlChannel:
     """The worker's end of a task's control channel. Not thread-safe; one per running task.
 
     Subscribes first, then reads the whole state, so a command sent at any time before or after the task started
-    is seen. :meth:`poll` costs one non-blocking socket read when no notice is waiting.
+    is seen. :meth:`poll` costs one non-blocking socket read when no notice is waiting. A dropped connection (Redis
+    restarting) is not an error here: the notices it lost are found by the next :meth:`sync` (state first). The
+    ``guard`` is called at every poll and wait tick.
     """
 
-    def __init__(self, store: TaskStore, task_id: str):
+    def __init__(self, store: TaskStore, task_id: str, guard: Guard | None = None):
         self.store = store
         self.task_id = task_id
         self.state = ControlState()
+        self._guard = guard
         self._pubsub = store.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(store.keys.control(task_id))
+        self._resync = False
         self._handlers: dict[str, Callable[[], None]] = {
             "pause": self.handle_status, "resume": self.handle_status,
             "cancel": self.handle_status, "message": self.handle_message,
@@ -139,10 +162,27 @@ class ControlChannel:
         handler()
         return True
 
+    def _next_notice(self, timeout: float) -> dict | None:
+        """The next pub/sub message within ``timeout`` s, or None; after a connection error (Redis restarting) the
+        state is read again once Redis answers (notices sent meanwhile were lost)."""
+        try:
+            message = self._pubsub.get_message(timeout=timeout)
+            if self._resync:
+                self._resync = False
+                self.sync()
+            return message
+        except RedisError as exc:
+            log.warning("control channel of %s: %s; the state is read again once Redis is back", self.task_id, exc)
+            self._resync = True
+            time.sleep(min(timeout, 0.5))
+            return None
+
     def poll(self) -> ControlState:
-        """Apply every notice waiting on the channel, without blocking."""
-        while self._dispatch(self._pubsub.get_message(timeout=0)):
+        """Apply every notice waiting on the channel, without blocking; then the guard."""
+        while self._dispatch(self._next_notice(0)):
             pass
+        if self._guard is not None:
+            self._guard(self.state)
         return self.state
 
     def refresh(self) -> ControlState:
@@ -158,10 +198,13 @@ class ControlChannel:
         """
         while self.state.paused and not self.state.stop and time.monotonic() < deadline:
             timeout = max(0.0, min(1.0, deadline - time.monotonic()))
-            if not self._dispatch(self._pubsub.get_message(timeout=timeout)):
-                self.sync()  # belt and braces: a notice lost with a dropped connection is caught within a second
+            if not self._dispatch(self._next_notice(timeout)):
+                with contextlib.suppress(RedisError):
+                    self.sync()  # belt and braces: a notice lost with a dropped connection is caught within a second
             if on_tick:
                 on_tick()
+            if self._guard is not None:
+                self._guard(self.state)
         return self.state
 
     def ask(self, question: str, deadline: float) -> ControlState:

@@ -60,20 +60,25 @@ def run_episode(
     deadline: float,
     first_step: int = 1,
     clock: Callable[[], float] = time.monotonic,
+    last_step: int | None = None,
 ) -> Outcome:
-    """Run ``episode`` until it ends; returns the ``Outcome`` (never raises for the agent's or a page's failure).
+    """Run ``episode`` until it ends; returns the ``Outcome`` (never raises for the agent's or a page's failure;
+    the control channel's guard may raise to stop the episode at a checkpoint).
 
     Args:
         deadline: ``clock()`` time at which the task times out (from ``max_duration_seconds`` and its start).
-        first_step: number of the first step (a task restarted after a worker loss keeps counting).
+        first_step: number of the first step (a task started again after a worker loss keeps counting).
+        last_step: number of the last step allowed (default ``episode.max_steps``; a task started again gets
+            ``max_steps`` steps of its own).
     """
     step = first_step
+    last = episode.max_steps if last_step is None else last_step
     failed_in_a_row = 0
     while True:
         stopped = _checkpoint(control, deadline, clock, fresh=False)
         if stopped:
             return stopped
-        if step > episode.max_steps:
+        if step > last:
             return Outcome(ExitCode.MAX_STEPS, error=f"max_steps ({episode.max_steps}) reached without finishing")
 
         observation = computer.observe(accessibility=policy.needs_accessibility)

@@ -1,7 +1,10 @@
-"""Running one claimed task: build its policy and environment, run the loop, record each step, record the end.
+"""Running one claimed task: build its policy and environment, run the loop, record each step, and see it to one of
+four ends: ended (recorded), handed back (its worker shuts down, or it stayed paused too long), given up (the lease
+was lost: someone else owns it now), or requeued for another attempt after its environment crashed.
 
-The Celery side (claiming, retries) is ``worker/tasks.py``; the loop itself is ``worker/loop.py``. Everything here
-talks to Redis through the store only.
+The Celery side (claiming, dropping duplicate messages) is ``worker/tasks.py``; the loop itself is ``worker/loop.py``.
+Everything here talks to Redis through the store only, and every write for the task checks that this worker still
+holds its lease (fencing).
 """
 
 from __future__ import annotations
@@ -11,17 +14,19 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from celery import Celery
+from redis.exceptions import RedisError
 
-from shared.control import ControlChannel
-from shared.queue import task_ended
+from shared.control import ControlChannel, ControlState, HandBack
+from shared.queue import Dispatcher, task_ended
 from shared.settings import Settings
 from shared.states import ExitCode
-from shared.store import TaskStore, now
+from shared.store import LeaseLost, TaskStore, now
 from shared.task import Task
+from worker import lifecycle
 from worker.agents import make_policy
 from worker.browser import BrowserHost
 from worker.computer import Computer, Observation
+from worker.lease import LeaseKeeper
 from worker.loop import Outcome, run_episode
 from worker.policy import Episode, PolicyError, StepRecord
 
@@ -37,10 +42,10 @@ class Host(Protocol):
 
 @dataclass
 class Runtime:
-    """What one worker process keeps between tasks: its Celery app, settings, the store and its hosts by kind.
-    ``worker_id`` is "host:pid"."""
+    """What one worker process keeps between tasks: the dispatcher (its Celery app and store), settings, and its
+    hosts by kind. ``worker_id`` is "host:pid"."""
 
-    app: Celery
+    dispatcher: Dispatcher
     settings: Settings
     store: TaskStore
     hosts: dict[str, Host]
@@ -58,29 +63,71 @@ def episode_of(task: Task) -> Episode:
                    max_steps=task.max_steps)
 
 
-def run_claimed(rt: Runtime, task_id: str) -> Outcome:
-    """Run a task this worker holds the lease on: open its environment, run the loop, record the end.
+class Guard:
+    """The checks made at every checkpoint of a task's loop (``shared.control.Guard``): the lease is still held,
+    the worker is not stopping past its grace, the task has not stayed paused past ``pause_timeout``."""
 
-    Never raises for the task's own failures (they become its outcome); a Redis error propagates (the Celery
-    task retries)."""
+    def __init__(self, keeper: LeaseKeeper, settings: Settings):
+        self._keeper = keeper
+        self._settings = settings
+        self._paused_since: float | None = None
+
+    def __call__(self, state: ControlState) -> None:
+        if self._keeper.lost.is_set():
+            raise LeaseLost("the lease on the task expired")
+        if state.stop:
+            return  # ended by someone else: the loop ends it its own way
+        stopping = lifecycle.stopping_for()
+        if stopping is not None and (state.paused or stopping >= self._settings.shutdown_grace):
+            raise HandBack("its worker shut down; it starts again on another worker")
+        if not state.paused:
+            self._paused_since = None
+            return
+        self._paused_since = self._paused_since or time.monotonic()
+        limit = self._settings.pause_timeout
+        if limit > 0 and time.monotonic() - self._paused_since >= limit:
+            end = self._settings.pause_timeout_action == "end"
+            raise HandBack(f"paused for longer than LODESTAR_PAUSE_TIMEOUT ({limit:g} s)"
+                           + ("" if end else "; resume it to start it again"), end=end)
+
+
+def run_claimed(rt: Runtime, task_id: str) -> str:
+    """Run a task this worker has just claimed (it holds the lease) to one of its ends; returns which: "ended",
+    "handed back", "released", "requeued", "lost" or "redis" (Redis stayed unreachable: the lease expires and the
+    reaper requeues the task). Never raises for the task's own failures."""
     store = rt.store
     task = store.get(task_id)
     if task is None:
-        return Outcome(ExitCode.FAILED, error="task record vanished")
+        return "lost"
+    keeper = LeaseKeeper(store, task_id, rt.worker_id)
+    keeper.start()
+    try:
+        return _run(rt, task, keeper)
+    except LeaseLost as exc:
+        log.warning("task %s: %s; another worker owns it now", task_id, exc)
+        return "lost"
+    except RedisError as exc:
+        log.error("task %s: Redis unreachable (%s); its lease will expire and it will be requeued", task_id, exc)
+        return "redis"
+    finally:
+        keeper.stop()
+
+
+def _run(rt: Runtime, task: Task, keeper: LeaseKeeper) -> str:
+    task_id = task.task_id
     episode = episode_of(task)
     started_at = task.started_at or now()
     deadline = time.monotonic() + started_at + task.max_duration_seconds - now()
-
     try:
         policy = make_policy(task.agent_type, episode, rt.settings)
     except PolicyError as exc:
-        return end(rt, task_id, Outcome(ExitCode.FAILED, error=str(exc)))
+        return end(rt, task, Outcome(ExitCode.FAILED, error=str(exc)))
     except Exception as exc:  # a bug in an agent must end the task, not leave it running
         log.exception("policy for %s failed to start", task_id)
-        return end(rt, task_id, Outcome(ExitCode.POLICY_ERROR, error=f"{type(exc).__name__}: {exc}"))
+        return end(rt, task, Outcome(ExitCode.POLICY_ERROR, error=f"{type(exc).__name__}: {exc}"))
 
     computer: Computer | None = None
-    control = ControlChannel(store, task_id)
+    control = ControlChannel(rt.store, task_id, guard=Guard(keeper, rt.settings))
     try:
         try:
             computer = _open_computer(rt, task)
@@ -88,18 +135,23 @@ def run_claimed(rt: Runtime, task_id: str) -> Outcome:
                 computer.navigate(task.start_url)
         except Exception as exc:
             log.exception("environment for %s failed to start", task_id)
-            return end(rt, task_id, Outcome(ExitCode.ENVIRONMENT_ERROR, error=f"environment failed: {exc}"))
+            return _environment_failed(rt, task, f"environment failed: {exc}")
 
         def on_step(step: StepRecord, observation: Observation) -> bool:
-            return record_step(store, task_id, step, observation)
+            return record_step(rt.store, task, rt.worker_id, step, observation)
 
+        first = task.steps_taken + 1  # step numbers go on across attempts; each attempt has max_steps steps
         try:
-            outcome = run_episode(computer, policy, episode, control, on_step, deadline,
-                                  first_step=task.steps_taken + 1)
-        except Exception as exc:  # the browser died under us, or a bug: the task fails, the worker lives on
+            outcome = run_episode(computer, policy, episode, control, on_step, deadline, first_step=first,
+                                  last_step=first + task.max_steps - 1)
+        except HandBack as back:
+            return _hand_back(rt, task, back)
+        except (LeaseLost, RedisError):
+            raise
+        except Exception as exc:  # the browser or display died under us, or a bug: the worker lives on
             log.exception("task %s crashed", task_id)
-            outcome = Outcome(ExitCode.ENVIRONMENT_ERROR, error=f"{type(exc).__name__}: {exc}")
-        return end(rt, task_id, outcome)
+            return _environment_failed(rt, task, f"{type(exc).__name__}: {exc}")
+        return end(rt, task, outcome)
     finally:
         control.close()
         if computer is not None:
@@ -116,31 +168,72 @@ def _open_computer(rt: Runtime, task: Task) -> Computer:
     return host.open(task.viewport_width, task.viewport_height, persistent=task.persistent, owner=task.tenant)
 
 
-def record_step(store: TaskStore, task_id: str, step: StepRecord, observation: Observation) -> bool:
-    """Store the step's screenshot, bump ``steps_taken`` and append the ``step`` event in one round trip (plus one
-    read when the step has model usage). Returns False when the task is no longer running or paused (cancelled
-    under us)."""
+def record_step(store: TaskStore, task: Task, holder: str, step: StepRecord, observation: Observation) -> bool:
+    """Store the step's screenshot, bump ``steps_taken`` and append the ``step`` event (with the attempt it belongs
+    to) in one round trip (plus one read when the step has model usage), if ``holder`` (this worker) still holds
+    the lease. Returns False when the task is no longer running or paused (cancelled under us).
+
+    Raises:
+        LeaseLost: the worker no longer holds the task.
+    """
     thought = (step.thought or "").splitlines()[0][:200] if step.thought else None
     event: dict[str, Any] = {
-        "type": "step", "task_id": task_id, "step": step.step, "ts": now(), "url": step.url,
-        "actions": [a.to_dict() for a in step.actions],
+        "type": "step", "task_id": task.task_id, "step": step.step, "attempt": task.attempt, "ts": now(),
+        "url": step.url, "actions": [a.to_dict() for a in step.actions],
         "results": [{k: v for k, v in vars(r).items() if v is not None} for r in step.results],
         "thought": step.thought, "messages": step.messages, "screenshot": {"step": step.step},
     }
     if step.usage is not None:  # model usage: this step's in the event, the task's running sums on the record
         event["usage"] = step.usage
     fields = {"steps_taken": step.step, "message": thought, "current_url": step.url}
-    return store.record_step(task_id, step.step, observation.screenshot, fields, event, step.usage).ok
+    return store.record_step(task.task_id, step.step, observation.screenshot, fields, event, step.usage,
+                             holder=holder).ok
 
 
-def end(rt: Runtime, task_id: str, outcome: Outcome) -> Outcome:
-    """Record the task's end (status, exit code, result or error, the ``end`` event) and what follows it: its
-    webhook and the start of a task its tenant's running limit held back. A task that already ended (cancelled
-    meanwhile) keeps its first end."""
-    result = rt.store.finish(task_id, outcome.code, result=outcome.result, error=outcome.error)
+def end(rt: Runtime, task: Task, outcome: Outcome) -> str:
+    """Record the task's end (status, exit code, result or error, the ``end`` event, its webhook delivery in the
+    outbox) if this worker still holds it, then what follows: the webhook sent, deferred tasks of its tenant
+    released. A task that already ended (cancelled meanwhile) keeps its first end.
+
+    Raises:
+        LeaseLost: the worker no longer holds the task (nothing is written).
+    """
+    result = rt.store.finish(task.task_id, outcome.code, result=outcome.result, error=outcome.error,
+                             holder=rt.worker_id)
+    if result.lost:
+        raise LeaseLost("the lease expired before the end could be recorded")
     if not result.ok:
-        log.info("task %s already ended as %s", task_id, result.status)
-        return outcome
-    task = rt.store.get(task_id)
-    task_ended(rt.app, rt.store, task_id, task.tenant if task else None)
-    return outcome
+        log.info("task %s already ended as %s", task.task_id, result.status)
+        return "ended"
+    task_ended(rt.dispatcher, task, result.delivery_id)
+    return "ended"
+
+
+def _hand_back(rt: Runtime, task: Task, back: HandBack) -> str:
+    """Give the task back (its worker shuts down, or it stayed paused too long), or cancel it (``back.end``)."""
+    if back.end:
+        return end(rt, task, Outcome(ExitCode.CANCELLED, error=back.reason))
+    given = rt.store.recovery.requeue(task.task_id, "handback", back.reason, rt.worker_id)
+    log.info("task %s handed back: %s (%s)", task.task_id, given.outcome, back.reason)
+    if given.outcome == "lost":
+        raise LeaseLost("the lease expired before the task could be handed back")
+    if given.outcome == "requeued":
+        rt.dispatcher.dispatch([task.task_id])
+        return "handed back"
+    return "released" if given.outcome == "released" else given.outcome
+
+
+def _environment_failed(rt: Runtime, task: Task, error: str) -> str:
+    """The browser or desktop could not start or crashed: start the task again as its next attempt while
+    ``environment_retries`` allow, else end it with exit code 5."""
+    if task.attempt <= rt.settings.environment_retries:
+        again = rt.store.recovery.requeue(task.task_id, "retry", f"its environment failed ({error[:200]}); "
+                                          "it starts again", rt.worker_id)
+        if again.outcome == "requeued":
+            rt.dispatcher.dispatch([task.task_id])
+            return "requeued"
+        if again.outcome == "released":  # it was paused: a resume starts it again
+            return "released"
+        if again.outcome == "lost":
+            raise LeaseLost("the lease expired before the task could be requeued")
+    return end(rt, task, Outcome(ExitCode.ENVIRONMENT_ERROR, error=error))

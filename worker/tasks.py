@@ -6,10 +6,10 @@ Run with ``lodestar worker`` (or ``celery -A worker.tasks worker -Q browser``). 
 (slot) owns one Chromium, started on its first task and reused, and gives each task a fresh browser context; a
 desktop worker (``--kind desktop``) process owns one Xvfb display instead (``worker/desktop/``).
 
-A task is run at most once at a time: the worker first claims it in Redis (``TaskStore.claim``), which sets a lease
-that :class:`worker.lease.LeaseKeeper` renews. A message delivered again (visibility timeout, requeue after a lost
-worker) finds the lease held and is retried later, or finds the lease expired and restarts the task, up to
-``max_attempts`` times.
+A run message only wakes a worker up: the worker claims the task in Redis (``TaskStore.claim``), which sets a lease
+that :class:`worker.lease.LeaseKeeper` renews while it runs (``worker/runner.py``). A message for a task that is
+not queued (another worker holds it, it ended, its worker was lost and the reaper will requeue it) is dropped.
+Webhook deliveries come from the store's outbox (``shared/webhooks.py``).
 """
 
 from __future__ import annotations
@@ -20,19 +20,16 @@ import socket
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_shutdown
 from redis.exceptions import RedisError
 
 from shared import webhooks
-from shared.queue import RUN_TASK, make_celery
+from shared.queue import DELIVER_WEBHOOK, RUN_TASK, Dispatcher, make_celery
 from shared.settings import Settings, load_settings
-from shared.states import ExitCode
-from shared.store import TaskStore
+from shared.store import TaskStore, now_ms
+from worker import lifecycle
 from worker.browser import BrowserHost
 from worker.desktop import DesktopHost
-from worker.lease import LeaseKeeper
-from worker.loop import Outcome
-from worker.runner import Host, Runtime, end, run_claimed
+from worker.runner import Host, Runtime, run_claimed
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +44,11 @@ def create_app(settings: Settings | None = None) -> Celery:
     """
     global _app
     app = make_celery(settings or load_settings())
-    app.task(name=RUN_TASK, bind=True, max_retries=None, acks_late=True)(run_task)
-    app.task(name=webhooks.DELIVER_WEBHOOK, bind=True, max_retries=None, acks_late=True)(deliver_webhook)
+    app.task(name=RUN_TASK, bind=True, acks_late=True)(run_task)
+    app.task(name=DELIVER_WEBHOOK, bind=True, acks_late=True)(deliver_webhook)
     if _app is None:
         _app = app
+        lifecycle.setup(app)
     return app
 
 
@@ -68,70 +66,53 @@ def runtime(app: Celery) -> Runtime:
     if _runtime is None or _runtime.worker_id.rsplit(":", 1)[1] != str(os.getpid()):
         settings: Settings = app.conf.lodestar_settings
         hosts: dict[str, Host] = {"browser": BrowserHost(settings), "desktop": DesktopHost(settings)}
-        _runtime = Runtime(app, settings, TaskStore.from_settings(settings), hosts,
-                           f"{socket.gethostname()}:{os.getpid()}")
+        store = TaskStore.from_settings(settings, retry_seconds=settings.redis_retry_seconds)
+        _runtime = Runtime(Dispatcher(app, store), settings, store, hosts, f"{socket.gethostname()}:{os.getpid()}")
+        lifecycle.install_stop_handler()
+        for host in hosts.values():
+            lifecycle.on_close(host.close)
     return _runtime
 
 
-@worker_process_shutdown.connect
-def _close_hosts(**_: Any) -> None:
-    if _runtime is not None:
-        for host in _runtime.hosts.values():
-            try:
-                host.close()
-            except Exception:  # shutting down: close the others anyway
-                log.exception("closing %s failed", type(host).__name__)
-
-
 def run_task(self: Any, task_id: str) -> str:
-    """``lodestar.run_task``: claim and run one agent task to its end. Returns the claim outcome (for Flower).
+    """``lodestar.run_task``: claim the task and run it to one of its ends; returns what happened (for Flower):
+    the claim's outcome when the message is dropped, else the runner's ("ended", "handed back", ...).
 
-    A Redis error anywhere on the way (a failover, a dropped connection) retries the message after ``lease_ttl``
-    instead of acknowledging it, so no task is left queued or running with nobody to finish it; the claim's
-    attempt limit bounds the retries of a task that was already running.
+    A Redis error before the claim retries the message after ``lease_ttl`` (nothing was taken); from the claim on,
+    the lease and the reaper own the task, so the message is never retried: a task whose worker is cut off from
+    Redis is requeued by the reaper once its lease expires.
     """
     rt = runtime(self.app)
     try:
-        return _claim_and_run(self, rt, task_id)
+        outcome, status, _ = rt.store.claim(task_id, rt.worker_id)
     except RedisError as exc:
-        log.warning("Redis failed while running %s (%s); retrying in %s s", task_id, exc, rt.settings.lease_ttl)
+        log.warning("Redis failed while claiming %s (%s); retrying in %s s", task_id, exc, rt.settings.lease_ttl)
         raise self.retry(countdown=rt.settings.lease_ttl, max_retries=50, exc=exc) from exc
-
-
-def _claim_and_run(self: Any, rt: Runtime, task_id: str) -> str:
-    outcome, status, attempt = rt.store.claim(task_id, rt.worker_id)
-    if outcome in ("ended", "missing"):
-        log.info("task %s is %s; nothing to do", task_id, status or "missing")
-        return outcome
-    if outcome == "deferred":
-        log.info("task %s waits: its tenant is at its running limit", task_id)
-        return outcome
-    if outcome == "leased":
-        raise self.retry(countdown=rt.settings.lease_ttl)
-    if outcome == "lost":
-        end(rt, task_id, Outcome(ExitCode.WORKER_LOST, error=f"its worker was lost {attempt - 1} times"))
+    if outcome not in ("started", "held"):
+        log.info("task %s: %s (%s); this message is dropped", task_id, outcome, status or "no record")
         return outcome
     if outcome == "started":
-        webhooks.schedule(rt.app, rt.store, task_id, "task.running")
-    keeper = LeaseKeeper(rt.store, task_id, rt.worker_id)
-    keeper.start()
-    try:
-        run_claimed(rt, task_id)
-    finally:
-        keeper.stop()
-        rt.store.release_lease(task_id, rt.worker_id)
-    return outcome
+        task = rt.store.get(task_id)
+        if task is not None:
+            webhooks.schedule(rt.dispatcher, task, "task.running")
+    return run_claimed(rt, task_id)
 
 
-def deliver_webhook(self: Any, task_id: str, delivery_id: str, event: str, attempt: int = 1) -> bool:
-    """``lodestar.deliver_webhook``: deliver one webhook event; retried with backoff until a 2xx or
-    ``webhook_max_attempts``."""
+def deliver_webhook(self: Any, delivery_id: str, token: str = "") -> bool:
+    """``lodestar.deliver_webhook``: send one webhook delivery from the outbox (when it is due, or ``token`` is the
+    reaper's for it). A failed attempt is due again after a backoff, until ``webhook_max_attempts``; a refused URL
+    (a private address) is not retried."""
     rt = runtime(self.app)
-    task = rt.store.get(task_id)
-    if task is None:
+    claim_ms = int((rt.settings.webhook_timeout + 30) * 1000)
+    delivery = rt.store.deliveries.take(delivery_id, now_ms(), claim_ms, token)
+    if delivery is None:
         return False
-    secret = rt.store.tenants.webhook_secret(task.tenant)
-    result = webhooks.deliver(rt.store, secret, task_id, delivery_id, event, attempt)
-    if not result.ok and not (result.error or "").startswith("refused") and attempt < rt.settings.webhook_max_attempts:
-        raise self.retry(args=[task_id, delivery_id, event, attempt + 1], countdown=webhooks.backoff(attempt))
+    secret = rt.store.tenants.webhook_secret(delivery.tenant)
+    result = webhooks.deliver(rt.store, secret, delivery)
+    refused = (result.error or "").startswith("refused")
+    if result.ok or refused or delivery.attempt >= rt.settings.webhook_max_attempts:
+        rt.store.deliveries.done(delivery_id)
+    else:
+        rt.store.deliveries.retry(delivery_id, delivery.attempt + 1,
+                                  now_ms() + webhooks.backoff(delivery.attempt) * 1000)
     return result.ok

@@ -9,24 +9,27 @@ round trip. Listing, submitting and tenants are in the package's other modules, 
 from __future__ import annotations
 
 import json
-import secrets
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
+from redis.backoff import ExponentialBackoff
 from redis.client import PubSub
+from redis.retry import Retry
 
 from shared.settings import Settings
 from shared.states import EXIT_STATUS, ExitCode, Status, sources
 from shared.store import listing, submit
 from shared.store.deliveries import Deliveries, new_delivery_id
+from shared.store.ids import new_id, new_task_id, now, now_ms
 from shared.store.keys import Keys
 from shared.store.recovery import Recovery
 from shared.store.scripts import Scripts
 from shared.store.tenants import Tenants
 from shared.task import Task, encode_fields
+
+__all__ = ["ApplyResult", "LeaseLost", "TaskStore", "new_id", "new_task_id", "now", "now_ms"]
 
 
 class LeaseLost(Exception):
@@ -58,28 +61,14 @@ class ApplyResult:
                    delivery_id=delivery_id if found == 1 else None)
 
 
-def new_id(prefix: str) -> str:
-    """A fresh id: ``prefix`` + "_" + 22 URL-safe characters (128 random bits, ``secrets.token_urlsafe``).
-
-    Shorter than a hex UUID on purpose: an id is stored about ten times per queued task (record key, list
-    indexes, the Celery message), and at 27 characters each copy fits a smaller allocation (docs/performance.md).
-    """
-    return f"{prefix}_{secrets.token_urlsafe(16)}"
-
-
-def new_task_id() -> str:
-    """A fresh task id: "task_" + 22 URL-safe characters (:func:`new_id`)."""
-    return new_id("task")
-
-
-def now() -> float:
-    """Wall-clock time in epoch seconds (the unit of every stored timestamp)."""
-    return time.time()
-
-
-def now_ms() -> int:
-    """Wall-clock time in milliseconds since the epoch (the scores of the leases, dispatch and deliveries sets)."""
-    return int(time.time() * 1000)
+def _retries_for(seconds: float, base: float = 0.05, cap: float = 1.0) -> int:
+    """How many retries of :meth:`TaskStore.from_settings`'s backoff add up to ``seconds`` (0 for 0)."""
+    retries, waited, wait = 0, 0.0, base
+    while waited < seconds:
+        waited += wait
+        wait = min(wait * 2, cap)
+        retries += 1
+    return retries
 
 
 class TaskStore:
@@ -107,11 +96,19 @@ class TaskStore:
         self.deliveries = Deliveries(client, self.keys, settings, self._scripts)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TaskStore:
+    def from_settings(cls, settings: Settings, retry_seconds: float = 0.0) -> TaskStore:
         """A store on ``settings.redis_url`` with its own blocking connection pool of
-        ``settings.redis_max_connections`` (redis-py's default pool fails past 100 connections)."""
-        pool = redis.BlockingConnectionPool.from_url(settings.redis_url, max_connections=settings.redis_max_connections,
-                                                     timeout=30, health_check_interval=30)
+        ``settings.redis_max_connections`` (redis-py's default pool fails past 100 connections).
+
+        ``retry_seconds`` > 0: a command that meets a connection error (Redis restarting) is retried with backoff
+        (0.05 s doubling up to 1 s) for about that long before the error is raised (workers; the API answers 503
+        at once instead). Every write a worker repeats this way is idempotent: a step is not written twice, an end
+        is refused the second time, a claim finds the task already held.
+        """
+        retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), _retries_for(retry_seconds))
+        pool = redis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.redis_max_connections, timeout=30, health_check_interval=30,
+            retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError])
         return cls(redis.Redis(connection_pool=pool), settings)
 
     def ping(self) -> None:

@@ -17,13 +17,12 @@ import redis
 from redis.commands.core import Script
 
 from shared.settings import Settings
+from shared.store.ids import now, now_ms
 from shared.store.keys import Keys
 from shared.store.scripts import Scripts
 
 
 def _now() -> tuple[float, int]:
-    from shared.store.core import now, now_ms
-
     return now(), now_ms()
 
 

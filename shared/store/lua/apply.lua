@@ -14,7 +14,12 @@ if not holds(KEYS[5], ARGV[8]) then return {-2, cur, 0} end
 local prefix = ARGV[7]
 local task_id = id_of(KEYS[1], prefix)
 local new = nil
-for i = 11, #ARGV, 2 do if ARGV[i] == 'status' then new = ARGV[i + 1] end end
+for i = 11, #ARGV, 2 do
+  if ARGV[i] == 'status' then new = ARGV[i + 1] end
+  -- a step written again (a retry after a lost reply) is not written twice
+  if ARGV[i] == 'steps_taken' and tonumber(redis.call('HGET', KEYS[1], 'steps_taken') or '0') >= tonumber(ARGV[i + 1])
+  then return {1, cur, 0} end
+end
 if #ARGV > 10 then redis.call('HSET', KEYS[1], unpack(ARGV, 11)) end
 if new and new ~= cur then move_status(KEYS[1], prefix, cur, new) end
 local seq = 0

@@ -4,6 +4,8 @@
 --   used up its attempts is not requeued: the reply says "exhausted" and the caller ends it (exit code 6).
 -- mode "handback" (its worker shuts down, or lets a paused task go): only by the lease holder; the attempt it
 --   used is given back, so the task's next start has the same attempt number.
+-- mode "retry" (its environment crashed and the task may be started again): only by the lease holder; the attempt
+--   counts.
 -- KEYS: task, events, lease
 -- ARGV: 1 mode, 2 worker (handback: the holder), 3 now (s), 4 now (ms), 5 stream maxlen, 6 key prefix,
 --       7 max attempts, 8 reason (for the status event)
@@ -29,7 +31,7 @@ if ARGV[1] == 'lost' then
   if cur == 'running' and attempt >= tonumber(ARGV[7]) then return {'exhausted', cur, attempt} end
 else
   if holder ~= ARGV[2] then return {'lost', cur, attempt} end
-  attempt = redis.call('HINCRBY', KEYS[1], 'attempt', -1)
+  if ARGV[1] == 'handback' then attempt = redis.call('HINCRBY', KEYS[1], 'attempt', -1) end
 end
 drop_lease(KEYS[3], prefix, task_id)
 local fields = {'worker', ''}
