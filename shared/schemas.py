@@ -164,6 +164,8 @@ class TaskSchema(Schema):
     finished_at = fields.Str(allow_none=True)
     attempt = fields.Int(metadata={"description": "How many times a worker has started the task (1 on its first "
                                   "run; more after its worker was lost)."})
+    worker = fields.Str(allow_none=True, metadata={"description": "The worker process (host:pid) running the task; "
+                                                   "null while nobody holds it (queued, or paused and released)."})
     steps_taken = fields.Int()
     max_steps = fields.Int()
     progress = fields.Float(metadata={"description": "steps_taken / max_steps, 1.0 once ended"})

@@ -149,7 +149,7 @@ class Task:
             "model": self.model, "agent_type": self.agent_type, "priority": self.priority,
             "instruction": self.instruction, "created_at": iso_time(self.created_at),
             "started_at": iso_time(self.started_at), "finished_at": iso_time(self.finished_at),
-            "attempt": self.attempt, "steps_taken": steps, "max_steps": self.max_steps,
+            "attempt": self.attempt, "worker": self.worker, "steps_taken": steps, "max_steps": self.max_steps,
             "progress": 1.0 if ended else round(min(steps / max(self.max_steps, 1), 1.0), 4),
             "message": self.message, "result": self.result, "error": self.error, "current_url": self.current_url,
             # every step stores the screenshot it acted on

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,7 +28,7 @@ import requests
 from lodestar.stack import Stack, free_port, local_redis
 from shared.settings import Settings, load_settings
 from shared.states import Status
-from shared.store import TaskStore, new_task_id, now
+from shared.store import TaskStore, new_task_id, now, now_ms
 from shared.task import Task
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -87,12 +89,20 @@ def store(settings: Settings) -> Iterator[TaskStore]:
     s.redis.close()
 
 
-def make_task(store: TaskStore, status: Status = Status.QUEUED, **fields: Any) -> str:
+def make_task(store: TaskStore, status: Status = Status.QUEUED, holder: str | None = None, **fields: Any) -> str:
     """Write a task of tenant "t_test" in ``status`` (with its first event, seq 1) straight into the store;
-    returns its id. ``fields`` override the record's (``shared.task.Task``) fields."""
+    returns its id. ``fields`` override the record's (``shared.task.Task``) fields. ``holder`` (a worker id):
+    the task is held by that worker, with a live lease, as after its claim."""
     values: dict[str, Any] = {"tenant": "t_test", "instruction": "test", "max_steps": 10, **fields}
     task_id = values.pop("task_id", None) or new_task_id()
+    if holder:
+        values.setdefault("worker", holder)
+        values.setdefault("attempt", 1)
     store.create(Task(task_id=task_id, created_at=now(), status=status, **values))
+    if holder:
+        ttl_ms = store.settings.lease_ttl * 1000
+        store.redis.set(store.keys.lease(task_id), holder, px=ttl_ms)
+        store.redis.zadd(store.keys.leases, {task_id: now_ms() + ttl_ms})
     return task_id
 
 
@@ -157,11 +167,13 @@ def site() -> Iterator[Site]:
 # --- a webhook receiver -------------------------------------------------------------------------------------------
 @dataclass
 class Receiver:
-    """Records every POST (headers, body); answers 500 to the first ``fail_next`` of them, then 204."""
+    """Records every POST (headers, body); answers 500 to the first ``fail_next`` of them, then 204. ``hold`` maps a
+    path to seconds the first POST to it waits before it is answered (a slow receiver)."""
 
     url: str
     received: list[tuple[dict[str, str], bytes, int]]
     fail_next: int = 0
+    hold: dict[str, float] = field(default_factory=dict)
 
     def for_path(self, path: str) -> list[tuple[dict[str, str], bytes, int]]:
         return [r for r in self.received if r[0].get("X-Path") == path]
@@ -180,6 +192,9 @@ def receiver() -> Iterator[Receiver]:
             code = 500 if state.fail_next > 0 else 204
             state.fail_next = max(0, state.fail_next - 1)
             state.received.append(({**dict(self.headers.items()), "X-Path": self.path}, body, code))
+            wait = state.hold.pop(self.path, 0.0)
+            if wait:
+                time.sleep(wait)
             self.send_response(code)
             self.end_headers()
 
@@ -188,6 +203,39 @@ def receiver() -> Iterator[Receiver]:
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
     yield state
     server.shutdown()
+
+
+# --- brokers ----------------------------------------------------------------------------------------------------
+def amqp_vhost() -> Iterator[str]:
+    """A RabbitMQ URL for one test: ``LODESTAR_TEST_AMQP_URL`` with a fresh virtual host of its own (made and deleted
+    with ``rabbitmqctl`` when it is on this machine), so tests never see each other's queues. Skips (fails in CI)
+    without ``LODESTAR_TEST_AMQP_URL``."""
+    base = os.environ.get("LODESTAR_TEST_AMQP_URL", "")
+    need(bool(base), "LODESTAR_TEST_AMQP_URL is not set (a RabbitMQ to test against, e.g. amqp://guest:guest@127.0.0.1:5672//)")
+    ctl = shutil.which("rabbitmqctl")
+    if not ctl:
+        yield base
+        return
+    parts = urllib.parse.urlsplit(base)
+    vhost = f"lodestar-test-{uuid.uuid4().hex[:10]}"
+    user = urllib.parse.unquote(parts.username or "guest")
+    subprocess.run([ctl, "add_vhost", vhost], check=True, capture_output=True, timeout=60)
+    subprocess.run([ctl, "set_permissions", "-p", vhost, user, ".*", ".*", ".*"], check=True, capture_output=True,
+                   timeout=60)
+    try:
+        yield urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/" + vhost, "", ""))
+    finally:
+        subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def broker(request: pytest.FixtureRequest) -> Iterator[str]:
+    """``LODESTAR_BROKER_URL`` for a test that runs on both brokers: "" (Redis, the store's own) or a RabbitMQ
+    virtual host of its own."""
+    if request.param == "redis":
+        yield ""
+    else:
+        yield from amqp_vhost()
 
 
 # --- the running stack --------------------------------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """A worker's life around its tasks: the reaper thread in the consuming process, and a shutdown that hands tasks
 back instead of dropping them.
 
-Shutdown (``docs/reliability.md``): systemd's default ``KillMode=control-group`` and Kubernetes send SIGTERM to every
-process of the worker, pool children included; systemd's ``KillMode=mixed`` sends it to the main process only. Either
-way each process that runs a task sets :data:`STOPPING` (the children through their own SIGTERM handler, installed
-when they start their first task, since billiard resets the handlers before; the main process forwards its warm
-shutdown to them). The task's checkpoints then let it finish within ``shutdown_grace`` seconds or hand it back (a
-paused task at once), and Celery's warm shutdown stops taking new tasks and waits for that.
+Shutdown (``docs/reliability.md``): systemd's default ``KillMode=control-group`` sends SIGTERM to every process of
+the worker, pool children and browsers included; Docker, Kubernetes (the container's PID 1) and systemd's
+``KillMode=mixed`` send it to the main process only. Either way each process that runs a task sets :data:`STOPPING`
+(the children through their own SIGTERM handler, installed when they start their first task, since billiard resets
+the handlers before; the main process forwards its warm shutdown to them). The task's checkpoints then let it finish
+within ``shutdown_grace`` seconds or hand it back (a paused task, or one whose browser got the signal too, at once),
+and Celery's warm shutdown stops taking new tasks and waits for that.
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ class Reaper(threading.Thread):
         due = recovery.due_dispatch(now_ms() - DISPATCH_GRACE_MS)
         done.dispatched = self.dispatcher.dispatch(due)
         deliveries = self.store.deliveries
-        resend_ms = now_ms() + int(self.settings.webhook_timeout * 1000) + 60_000  # if its sender never takes it
+        resend_ms = now_ms() + int(self.settings.webhook_timeout * 2000) + 30_000  # if its sender never takes it
         handed = deliveries.hand(deliveries.due(now_ms()), resend_ms)
         for delivery_id, token in handed.items():
             send_delivery(self.dispatcher.app, delivery_id, token)

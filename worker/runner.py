@@ -149,6 +149,8 @@ def _run(rt: Runtime, task: Task, keeper: LeaseKeeper) -> str:
         except (LeaseLost, RedisError):
             raise
         except Exception as exc:  # the browser or display died under us, or a bug: the worker lives on
+            if lifecycle.STOPPING.is_set():  # killed with us (SIGTERM to the whole process group): not its fault
+                return _hand_back(rt, task, HandBack("its worker shut down; it starts again on another worker"))
             log.exception("task %s crashed", task_id)
             return _environment_failed(rt, task, f"{type(exc).__name__}: {exc}")
         return end(rt, task, outcome)

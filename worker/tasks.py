@@ -103,7 +103,7 @@ def deliver_webhook(self: Any, delivery_id: str, token: str = "") -> bool:
     reaper's for it). A failed attempt is due again after a backoff, until ``webhook_max_attempts``; a refused URL
     (a private address) is not retried."""
     rt = runtime(self.app)
-    claim_ms = int((rt.settings.webhook_timeout + 30) * 1000)
+    claim_ms = int((rt.settings.webhook_timeout * 2 + 5) * 1000)  # its POST times out well before
     delivery = rt.store.deliveries.take(delivery_id, now_ms(), claim_ms, token)
     if delivery is None:
         return False

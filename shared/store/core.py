@@ -57,8 +57,9 @@ class ApplyResult:
     @classmethod
     def from_reply(cls, reply: list[Any], delivery_id: str | None = None) -> ApplyResult:
         found, status, seq = reply[:3]
+        added = len(reply) > 3 and reply[3] == 1
         return cls(found != -1, found == 1, status.decode() if status else None, int(seq), lost=found == -2,
-                   delivery_id=delivery_id if found == 1 else None)
+                   delivery_id=delivery_id if added else None)
 
 
 def _retries_for(seconds: float, base: float = 0.05, cap: float = 1.0) -> int:

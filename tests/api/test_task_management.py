@@ -85,7 +85,7 @@ def test_a_batch_that_loses_redis_midway_keeps_what_was_stored_and_reports_the_r
         settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     app = create_app(test_config=settings)
     client = app.test_client()
-    messages = app_state(app).messages
+    messages = app_state(app).dispatcher.messages
     real, calls = messages.message, {"n": 0}
 
     def fail_after_1500(*args: Any) -> Any:  # Redis goes away while the second chunk of 1000 is being built

@@ -14,7 +14,7 @@ import pytest
 from shared import control
 from shared.control import ControlChannel, ControlState
 from shared.states import ExitCode, Status
-from shared.store import TaskStore
+from shared.store import TaskStore, now_ms
 from tests.conftest import make_task, snapshot
 
 pytestmark = pytest.mark.redis
@@ -76,7 +76,7 @@ def test_message_sent_before_the_channel_exists_is_delivered_exactly_once(store:
 
 
 def test_messages_keep_their_order(store: TaskStore, channels: list[ControlChannel]) -> None:
-    task_id = make_task(store, Status.RUNNING)
+    task_id = make_task(store, Status.RUNNING, holder="w1")
     ch = open_channel(store, task_id, channels)
     for text in ("a", "b", "c"):
         assert control.send_message(store, task_id, text).ok
@@ -87,7 +87,7 @@ def test_messages_keep_their_order(store: TaskStore, channels: list[ControlChann
 def test_pause_is_seen_by_poll_and_resume_from_another_thread_ends_the_wait(store: TaskStore,
                                                                           channels: list[ControlChannel]) -> None:
     # Given a running task whose worker subscribed
-    task_id = make_task(store, Status.RUNNING)
+    task_id = make_task(store, Status.RUNNING, holder="w1")
     ch = open_channel(store, task_id, channels)
     assert ch.poll().status == "running"
     # When the user pauses it
@@ -111,7 +111,7 @@ def test_pause_is_seen_by_poll_and_resume_from_another_thread_ends_the_wait(stor
 
 def test_pause_sent_before_the_channel_exists_is_seen_at_once(store: TaskStore,
                                                              channels: list[ControlChannel]) -> None:
-    task_id = make_task(store, Status.RUNNING)
+    task_id = make_task(store, Status.RUNNING, holder="w1")
     assert control.send_pause(store, task_id).ok
     ch = open_channel(store, task_id, channels)
     assert ch.state.paused
@@ -121,7 +121,7 @@ def test_pause_sent_before_the_channel_exists_is_seen_at_once(store: TaskStore,
 
 
 def test_wait_while_paused_ends_on_cancel(store: TaskStore, channels: list[ControlChannel]) -> None:
-    task_id = make_task(store, Status.RUNNING)
+    task_id = make_task(store, Status.RUNNING, holder="w1")
     ch = open_channel(store, task_id, channels)
     assert control.send_pause(store, task_id).ok
     assert poll_until(ch, lambda st: st.paused).paused
@@ -139,7 +139,7 @@ def test_wait_while_paused_ends_on_cancel(store: TaskStore, channels: list[Contr
 def test_a_malformed_notice_is_ignored(store: TaskStore, channels: list[ControlChannel], data: bytes,
                                        caplog: pytest.LogCaptureFixture) -> None:
     # Given a subscribed worker
-    task_id = make_task(store, Status.RUNNING)
+    task_id = make_task(store, Status.RUNNING, holder="w1")
     ch = open_channel(store, task_id, channels)
     # When garbage is published on its channel, followed by a real notice
     assert store.redis.publish(store.keys.control(task_id), data) == 1
@@ -152,7 +152,7 @@ def test_a_malformed_notice_is_ignored(store: TaskStore, channels: list[ControlC
 
 
 def test_send_cancel_makes_the_worker_stop(store: TaskStore, channels: list[ControlChannel]) -> None:
-    task_id = make_task(store, Status.RUNNING)
+    task_id = make_task(store, Status.RUNNING, holder="w1")
     ch = open_channel(store, task_id, channels)
     assert not ch.poll().stop
     result = control.send_cancel(store, task_id)
@@ -172,7 +172,7 @@ def test_cancel_before_the_channel_exists_stops_at_once(store: TaskStore, channe
 
 
 def test_control_notices_carry_the_command_and_task(store: TaskStore) -> None:
-    task_id = make_task(store, Status.RUNNING)
+    task_id = make_task(store, Status.RUNNING, holder="w1")
     sub = store.redis.pubsub(ignore_subscribe_messages=True)
     sub.subscribe(store.keys.control(task_id))
     try:
@@ -215,9 +215,26 @@ def test_a_refused_pause_changes_and_publishes_nothing(store: TaskStore) -> None
 
 
 def test_resume_of_a_paused_task_is_allowed(store: TaskStore) -> None:
-    task_id = make_task(store, Status.PAUSED)
-    assert control.send_resume(store, task_id).ok
+    task_id = make_task(store, Status.PAUSED, holder="w1")
+    result = control.send_resume(store, task_id)
+    assert result.ok and not result.requeued
     assert store.get(task_id).status == "running"
+    assert store.recovery.due_dispatch(now_ms() + 1000) == []  # its worker goes on: no run message
+
+
+def test_resume_of_a_paused_task_no_worker_holds_queues_it_again(store: TaskStore) -> None:
+    # Given a paused task whose worker let it go (shut down, or pause_timeout): no lease, no worker
+    task_id = make_task(store, Status.PAUSED, attempt=1)
+    # When the user resumes it
+    result = control.send_resume(store, task_id)
+    # Then it is queued again, its run message is due in the dispatch outbox, and the event says why
+    assert result.ok and result.requeued and result.status == "paused"
+    task = store.get(task_id)
+    assert task.status == "queued" and task.attempt == 1
+    assert store.recovery.due_dispatch(now_ms() + 1000) == [task_id]
+    assert store.count("t_test", "queued") == 1 and store.count("t_test", "paused") == 0
+    last = store.read_events(task_id)[-1][1]
+    assert (last["status"], last["reason"]) == ("queued", "resumed: starts again on the next free worker")
 
 
 @pytest.mark.parametrize("status", [Status.QUEUED, Status.RUNNING])

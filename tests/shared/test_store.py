@@ -6,10 +6,9 @@ from typing import Any
 
 import pytest
 
-from shared import control
 from shared.settings import Settings
 from shared.states import EXIT_STATUS, TERMINAL, TRANSITIONS, ExitCode, Status
-from shared.store import TaskStore, now
+from shared.store import LeaseLost, TaskStore, now, now_ms
 from tests.conftest import make_task, snapshot
 
 pytestmark = pytest.mark.redis
@@ -65,7 +64,8 @@ def _refused_param(frm: Status, to: Status) -> Any:
 def test_the_table_has_the_documented_shape() -> None:
     assert set(TRANSITIONS) == set(Status)
     assert all(not TRANSITIONS[s] for s in TERMINAL)
-    assert not any(Status.QUEUED in targets for targets in TRANSITIONS.values())
+    # only a requeue goes back to queued: a lost worker, a hand-back, a resume of a released task
+    assert {s for s, targets in TRANSITIONS.items() if Status.QUEUED in targets} == {Status.RUNNING, Status.PAUSED}
     assert {s for code, s in EXIT_STATUS.items() if code != ExitCode.COMPLETED} <= TERMINAL
     assert len(REFUSED) + len(ALLOWED) == len(Status) ** 2
 
@@ -123,16 +123,16 @@ def test_terminal_states_are_final(store: TaskStore, terminal: Status) -> None:
 # --- finish -------------------------------------------------------------------------------------------------------
 def test_finish_records_the_end_and_expires_every_key(store: TaskStore, settings: Settings) -> None:
     # Given a running task with a message in its inbox, a screenshot and a worker's lease
-    task_id = make_task(store, Status.RUNNING)
+    task_id = make_task(store)
     assert store.inject(task_id, "hello").ok
     store.put_screenshot(task_id, 1, b"\xff\xd8jpeg")
-    assert store.claim(task_id, "w1")[0] == "restarted"
+    assert store.claim(task_id, "w1")[0] == "started"
     assert store.redis.exists(store.keys.lease(task_id)) == 1
     # When it finishes
     before = now()
     result = store.finish(task_id, ExitCode.COMPLETED, result="the answer")
     # Then the record holds the exit code, result and finish time
-    assert result.ok and result.seq == 4
+    assert result.ok and result.seq == 4 and result.delivery_id is None  # no webhook_url: no delivery
     record = store.get(task_id)
     assert record is not None
     assert (record.status, record.exit_code, record.result, record.error) == (
@@ -148,6 +148,7 @@ def test_finish_records_the_end_and_expires_every_key(store: TaskStore, settings
         ttl = store.redis.ttl(key)
         assert 0 < ttl <= settings.task_retention, (key, ttl)
     assert store.redis.exists(store.keys.lease(task_id)) == 0
+    assert store.redis.zscore(store.keys.leases, task_id) is None  # the reaper will not look at it again
 
 
 @pytest.mark.parametrize("code", list(ExitCode))
@@ -189,31 +190,28 @@ def test_append_event_to_a_missing_task_returns_zero(store: TaskStore) -> None:
 
 # --- claims and leases --------------------------------------------------------------------------------------------
 def test_claim_outcomes_through_a_task_life(store: TaskStore, settings: Settings) -> None:
-    assert settings.max_attempts == 2
     task_id = make_task(store)
     lease = store.keys.lease(task_id)
-    # started: queued -> running, attempt 1, lease held by w1
+    # started: queued -> running, attempt 1, lease held by w1 and indexed by its expiry
     assert store.claim(task_id, "w1") == ("started", "running", 1)
     record = store.get(task_id)
-    assert record is not None and record.status == "running" and record.worker == "w1"
-    assert record.started_at is not None and record.attempt == 1
+    assert record.status == "running" and record.worker == "w1" and record.started_at is not None
+    assert record.attempt == 1
     assert store.redis.get(lease) == b"w1"
     assert 0 < store.redis.pttl(lease) <= settings.lease_ttl * 1000
-    # leased: a second worker while w1's lease lives
-    assert store.claim(task_id, "w2") == ("leased", "running", 0)
+    assert store.redis.zscore(store.keys.leases, task_id) >= now_ms()
+    # held: the same worker again (a claim retried after a lost reply) changes nothing
+    assert store.claim(task_id, "w1") == ("held", "running", 1)
+    # leased: a second worker while w1's lease lives (a message delivered twice): nothing changes
+    assert store.claim(task_id, "w2") == ("leased", "running", 1)
     assert store.get(task_id).attempt == 1
-    # restarted: w1's lease expired (deleted here), w2 takes over on attempt 2
+    # orphaned: w1's lease expired; a stray message does not restart it (the reaper requeues it)
     store.redis.delete(lease)
-    assert store.claim(task_id, "w2") == ("restarted", "running", 2)
-    assert store.redis.get(lease) == b"w2" and store.get(task_id).worker == "w2"
-    # lost: past max_attempts the task is not restarted and nobody gets the lease
-    store.redis.delete(lease)
-    outcome, status, attempts = store.claim(task_id, "w3")
-    assert (outcome, status) == ("lost", "running") and attempts == 3
-    assert store.redis.exists(lease) == 0
-    # every start and restart was logged as a status event with its worker and attempt
+    assert store.claim(task_id, "w2") == ("orphaned", "running", 1)
+    assert store.redis.exists(lease) == 0 and store.get(task_id).worker == "w1"
+    # every start was logged as a status event with its worker and attempt
     starts = [e for _, e in store.read_events(task_id) if e.get("worker")]
-    assert [(e["worker"], e["attempt"], e["status"]) for e in starts] == [("w1", 1, "running"), ("w2", 2, "running")]
+    assert [(e["worker"], e["attempt"], e["status"]) for e in starts] == [("w1", 1, "running")]
     # ended: once finished, nobody claims it
     assert store.finish(task_id, ExitCode.WORKER_LOST, error="lost").ok
     assert store.claim(task_id, "w4") == ("ended", "failed", 0)
@@ -224,29 +222,162 @@ def test_claim_of_a_missing_task(store: TaskStore) -> None:
     assert store.redis.exists(store.keys.task("task_missing")) == 0
 
 
-def test_claim_of_a_paused_task_after_a_worker_loss_keeps_it_paused(store: TaskStore) -> None:
-    task_id = make_task(store)
-    assert store.claim(task_id, "w1")[0] == "started"
-    assert control.send_pause(store, task_id).ok
-    store.redis.delete(store.keys.lease(task_id))
-    assert store.claim(task_id, "w2") == ("restarted", "paused", 2)
-    assert store.get(task_id).status == "paused"
-
-
 def test_renew_lease_only_for_its_holder(store: TaskStore, settings: Settings) -> None:
     task_id = make_task(store)
     lease = store.keys.lease(task_id)
     assert store.claim(task_id, "w1")[0] == "started"
     store.redis.pexpire(lease, 500)
-    # the holder renews to a full lease_ttl; another worker cannot
+    store.redis.zadd(store.keys.leases, {task_id: now_ms() + 500})
+    # the holder renews to a full lease_ttl, in the lease and in the index; another worker cannot
     assert store.renew_lease(task_id, "w1") is True
     assert store.redis.pttl(lease) > 500
+    assert store.redis.zscore(store.keys.leases, task_id) > now_ms() + 600
     assert store.renew_lease(task_id, "w2") is False
     assert store.redis.get(lease) == b"w1"
-    # release by a non-holder is a no-op; by the holder it frees the task
-    store.release_lease(task_id, "w2")
+    # release by a non-holder is a no-op; by the holder it frees the task and its index entry
+    assert store.release_lease(task_id, "w2") is False
     assert store.redis.get(lease) == b"w1"
-    store.release_lease(task_id, "w1")
-    assert store.redis.exists(lease) == 0
+    assert store.release_lease(task_id, "w1") is True
+    assert store.redis.exists(lease) == 0 and store.redis.zscore(store.keys.leases, task_id) is None
     assert store.renew_lease(task_id, "w1") is False
     assert store.redis.exists(lease) == 0
+
+
+# --- fencing --------------------------------------------------------------------------------------------------------
+def test_a_worker_that_lost_its_lease_can_neither_write_a_step_nor_end_the_task(store: TaskStore) -> None:
+    # Given a task held by w1, whose lease expired and which w2 now holds
+    task_id = make_task(store)
+    assert store.claim(task_id, "w1")[0] == "started"
+    assert store.record_step(task_id, 1, b"jpeg", {"steps_taken": 1}, {"type": "step", "step": 1},
+                             holder="w1").ok
+    store.redis.set(store.keys.lease(task_id), "w2")
+    before = snapshot(store, task_id)
+    # When w1 writes its next step, then tries to end the task
+    with pytest.raises(LeaseLost):
+        store.record_step(task_id, 2, b"jpeg", {"steps_taken": 2}, {"type": "step", "step": 2}, holder="w1")
+    result = store.finish(task_id, ExitCode.COMPLETED, result="w1's answer", holder="w1")
+    # Then nothing of it is written (fencing), and w2 can still end it
+    assert result.lost and not result.ok
+    assert snapshot(store, task_id) == before
+    assert store.finish(task_id, ExitCode.COMPLETED, result="w2's answer", holder="w2").ok
+    assert [e["type"] for _, e in store.read_events(task_id)].count("end") == 1
+
+
+def test_a_step_written_twice_is_recorded_once(store: TaskStore) -> None:
+    # a worker's retry after a lost reply (Redis restarting) sends the same step again
+    task_id = make_task(store)
+    store.claim(task_id, "w1")
+    for _ in range(2):
+        assert store.record_step(task_id, 1, b"jpeg", {"steps_taken": 1}, {"type": "step", "step": 1},
+                                 holder="w1").ok
+    assert [e["type"] for _, e in store.read_events(task_id)] == ["status", "status", "step"]
+
+
+# --- recovery: requeue, hand back, resume, the outbox ----------------------------------------------------------------
+def test_the_reaper_requeues_a_running_task_whose_lease_expired(store: TaskStore) -> None:
+    # Given a running task whose worker died (its lease expired; the index still names it)
+    task_id = make_task(store)
+    store.claim(task_id, "w1")
+    store.redis.delete(store.keys.lease(task_id))
+    # When the reaper looks for expired leases
+    expired = store.recovery.expired_leases(now_ms() + store.settings.lease_ttl * 1000 + 1)
+    assert expired == [task_id]
+    outcome = store.recovery.requeue(task_id, "lost", "its worker was lost")
+    # Then the task is queued again, with its run message due, the attempt it used counted, and an event
+    assert (outcome.outcome, outcome.status, outcome.attempt) == ("requeued", "queued", 1)
+    task = store.get(task_id)
+    assert (task.status, task.worker, task.attempt, task.message) == ("queued", None, 1, "its worker was lost")
+    assert store.count("t_test", "queued") == 1 and store.count("t_test", "running") == 0
+    assert store.recovery.due_dispatch(now_ms() + 1) == [task_id]
+    assert store.recovery.expired_leases(now_ms() + 10**9) == []
+    last = store.read_events(task_id)[-1][1]
+    assert (last["status"], last["reason"], last["attempt"]) == ("queued", "its worker was lost", 1)
+    # And its next claim is attempt 2, which takes it out of the outbox
+    assert store.claim(task_id, "w2") == ("started", "running", 2)
+    assert store.recovery.due_dispatch(now_ms() + 1) == []
+
+
+def test_the_reaper_leaves_a_live_lease_alone_and_fixes_its_index(store: TaskStore) -> None:
+    task_id = make_task(store)
+    store.claim(task_id, "w1")
+    store.redis.zadd(store.keys.leases, {task_id: 1})  # an index entry older than the lease (renewed meanwhile)
+    assert store.recovery.requeue(task_id, "lost", "x").outcome == "alive"
+    assert store.get(task_id).status == "running"
+    assert store.redis.zscore(store.keys.leases, task_id) > now_ms()
+
+
+def test_a_task_lost_on_its_last_attempt_is_not_requeued(store: TaskStore, settings: Settings) -> None:
+    task_id = make_task(store, Status.RUNNING, attempt=settings.max_attempts)
+    assert store.recovery.requeue(task_id, "lost", "x").outcome == "exhausted"
+    assert store.get(task_id).status == "running"  # the reaper ends it (exit code 6)
+
+
+def test_a_paused_task_whose_worker_is_lost_stays_paused_with_no_worker(store: TaskStore) -> None:
+    task_id = make_task(store, Status.PAUSED, attempt=1)
+    outcome = store.recovery.requeue(task_id, "lost", "its worker was lost")
+    assert (outcome.outcome, outcome.status) == ("released", "paused")
+    task = store.get(task_id)
+    assert (task.status, task.worker) == ("paused", None)
+    assert store.recovery.due_dispatch(now_ms() + 1) == []  # nothing runs until a resume
+
+
+def test_a_hand_back_gives_the_attempt_back_and_only_the_holder_can_do_it(store: TaskStore) -> None:
+    task_id = make_task(store)
+    assert store.claim(task_id, "w1") == ("started", "running", 1)
+    assert store.recovery.requeue(task_id, "handback", "shutting down", worker="w2").outcome == "lost"
+    outcome = store.recovery.requeue(task_id, "handback", "its worker shut down", worker="w1")
+    assert (outcome.outcome, outcome.attempt) == ("requeued", 0)
+    assert store.redis.exists(store.keys.lease(task_id)) == 0
+    assert store.claim(task_id, "w2") == ("started", "running", 1)  # the same attempt number again
+
+
+def test_a_retry_after_an_environment_crash_counts_the_attempt(store: TaskStore) -> None:
+    task_id = make_task(store)
+    store.claim(task_id, "w1")
+    assert store.recovery.requeue(task_id, "retry", "the browser crashed", worker="w1").attempt == 1
+    assert store.claim(task_id, "w2") == ("started", "running", 2)
+
+
+def test_the_dispatch_outbox_empties_when_messages_are_sent(store: TaskStore) -> None:
+    task_id = make_task(store)
+    store.claim(task_id, "w1")
+    store.recovery.requeue(task_id, "handback", "x", worker="w1")
+    assert store.recovery.outbox_size() == 1
+    store.recovery.dispatched([task_id])
+    assert store.recovery.outbox_size() == 0
+
+
+def test_the_reaper_lock_has_one_holder_at_a_time(store: TaskStore) -> None:
+    assert store.recovery.take_lock("a", 10_000) and store.recovery.take_lock("a", 10_000)
+    assert not store.recovery.take_lock("b", 10_000)
+    store.recovery.drop_lock("b")  # not b's to drop
+    assert not store.recovery.take_lock("b", 10_000)
+    store.recovery.drop_lock("a")
+    assert store.recovery.take_lock("b", 10_000)
+
+
+# --- the webhook outbox ----------------------------------------------------------------------------------------------
+def test_a_task_that_ends_puts_its_webhook_delivery_in_the_outbox_in_the_same_write(store: TaskStore) -> None:
+    task_id = make_task(store, webhook_url="http://hooks.test/")
+    store.claim(task_id, "w1")
+    result = store.finish(task_id, ExitCode.COMPLETED, result="done", holder="w1")
+    assert result.ok and result.delivery_id
+    assert store.deliveries.due(now_ms() + 1) == [result.delivery_id]
+    delivery = store.deliveries.take(result.delivery_id, now_ms(), 30_000)
+    assert (delivery.task_id, delivery.tenant, delivery.event, delivery.attempt) == (
+        task_id, "t_test", "task.completed", 1)
+    # taken: nobody else sends it while its sender's claim lasts...
+    assert store.deliveries.take(result.delivery_id, now_ms(), 30_000) is None
+    # ...unless the sender died: then it is due again and the reaper hands it out with a token
+    later = now_ms() + 31_000
+    assert store.deliveries.due(later) == [result.delivery_id]
+    tokens = store.deliveries.hand([result.delivery_id], later + 60_000)
+    assert store.deliveries.take(result.delivery_id, later, 30_000, token="wrong") is None
+    again = store.deliveries.take(result.delivery_id, later, 30_000, token=tokens[result.delivery_id])
+    assert again is not None and again.delivery_id == result.delivery_id  # the same id on every try
+    store.deliveries.retry(result.delivery_id, 2, later + 2000)
+    assert store.deliveries.take(result.delivery_id, later + 2000, 30_000).attempt == 2
+    store.deliveries.done(result.delivery_id)
+    assert store.deliveries.pending() == 0
+    assert store.deliveries.hand([result.delivery_id], later) == {}  # gone: nothing handed, nothing recreated
+    assert not store.redis.exists(store.keys.delivery(result.delivery_id))

@@ -6,7 +6,8 @@
 --       4 expire seconds (0 = the task goes on), 5 control channel ('' = none), 6 notice, 7 key prefix,
 --       8 holder (the worker that must hold the lease; '' = any caller), 9 delivery id of the end's webhook ('' = none),
 --       10 now (ms since the epoch), then field/value pairs
--- Returns {found (1 | 0 refused by status | -1 missing | -2 lease not held), status before, seq of the event (0 = none)}
+-- Returns {found (1 | 0 refused by status | -1 missing | -2 lease not held), status before, seq of the event (0 = none),
+--          1 when the end's webhook delivery was added}
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', 0} end
 local cur = redis.call('HGET', KEYS[1], 'status')
 if ARGV[1] ~= '' and not status_in(cur, ARGV[1]) then return {0, cur, 0} end
@@ -25,6 +26,7 @@ if new and new ~= cur then move_status(KEYS[1], prefix, cur, new) end
 local seq = 0
 if ARGV[2] ~= '' then seq = append_event(KEYS[1], KEYS[2], ARGV[3], ARGV[2]) end
 local ttl = tonumber(ARGV[4])
+local delivered = 0
 if ttl > 0 then
   for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ttl) end
   redis.call('EXPIRE', KEYS[6], ttl)
@@ -36,8 +38,9 @@ if ttl > 0 then
                'event', 'task.' .. new, 'attempt', 1)
     redis.call('EXPIRE', delivery, ttl)
     redis.call('ZADD', prefix .. ':deliveries', ARGV[10], ARGV[9])
+    delivered = 1
   end
   redis.call('PUBLISH', prefix .. ':ended', task_id)
 end
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
-return {1, cur, seq}
+return {1, cur, seq, delivered}

@@ -34,7 +34,7 @@ else
   if ARGV[1] == 'handback' then attempt = redis.call('HINCRBY', KEYS[1], 'attempt', -1) end
 end
 drop_lease(KEYS[3], prefix, task_id)
-local fields = {'worker', ''}
+local fields = {'worker', '', 'message', ARGV[8]}
 local status = cur
 local outcome = 'released'
 if cur == 'running' then

@@ -1,0 +1,168 @@
+"""A whole Lodestar deployment on one machine whose parts can be broken on purpose: its own Redis (append-only,
+restartable on the same port), the API, and worker processes that each run in their own process group, so one can
+be SIGKILLed or SIGTERMed like a machine or a container. Used by the fault tests and ``lodestar bench chaos``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from lodestar.stack import RedisServer, free_port
+
+
+class Fleet:
+    """Redis + API + workers, each started and stopped on its own.
+
+    Args:
+        env: extra environment for every process (``LODESTAR_*`` settings); the Redis URL, API keys and kinds are
+            set here.
+        key: the API key (``LODESTAR_API_KEYS``).
+        broker_url: ``LODESTAR_BROKER_URL`` (an ``amqp://`` URL for RabbitMQ; empty: Redis is the broker).
+        kinds: ``LODESTAR_KINDS``.
+        log_dir: where each process's output goes (one file each); default a temporary folder.
+    """
+
+    def __init__(self, env: dict[str, str] | None = None, key: str = "fleet-key", broker_url: str = "",
+                 kinds: tuple[str, ...] = ("browser",), log_dir: Path | None = None):
+        self.workdir = Path(tempfile.mkdtemp(prefix="lodestar-fleet-"))
+        self.log_dir = log_dir or self.workdir
+        self.redis = RedisServer(self.workdir / "redis", aof=True)
+        (self.workdir / "redis").mkdir()
+        self.key = key
+        self.api_port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.api_port}"
+        self.env = {**os.environ, **(env or {}), "LODESTAR_REDIS_URL": self.redis.url, "LODESTAR_API_KEYS": key,
+                    "LODESTAR_KINDS": ",".join(kinds), "LODESTAR_BROKER_URL": broker_url}
+        self.api: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self._logs = 0
+
+    # -- processes ---------------------------------------------------------------------------------------------------
+    def _spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        self._logs += 1
+        out = open(self.log_dir / f"{self._logs:02d}-{args[0]}.log", "ab")  # noqa: SIM115 (closed with the process)
+        return subprocess.Popen([sys.executable, "-m", "lodestar.cli", *args], env={**self.env, **(env or {})},
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start(self, workers: int = 2, kind: str = "browser", concurrency: int = 1, timeout: float = 60) -> None:
+        """Start Redis, the API and ``workers`` worker processes; returns once the API answers and every worker
+        answers a Celery ping.
+
+        Raises:
+            RuntimeError: something did not come up within ``timeout`` seconds.
+        """
+        self.redis.start()
+        self.start_api(timeout)
+        for _ in range(workers):
+            self.start_worker(kind, concurrency)
+        self.wait_for_workers(workers, timeout)
+
+    def start_api(self, timeout: float = 60) -> None:
+        """Start the API process (again, after :meth:`stop_api`) and wait until ``/healthz`` answers."""
+        self.api = self._spawn("api", "--host", "127.0.0.1", "--port", str(self.api_port))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.api.poll() is not None:
+                raise RuntimeError(f"the API exited with code {self.api.returncode} (logs in {self.log_dir})")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.base_url}/healthz", timeout=1).ok:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"the API did not answer within {timeout:.0f} s (logs in {self.log_dir})")
+
+    def stop_api(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the API process (SIGKILL by default: a crash)."""
+        if self.api is not None:
+            _signal_group(self.api, sig)
+            self.api.wait(30)
+            self.api = None
+
+    def start_worker(self, kind: str = "browser", concurrency: int = 1,
+                     env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start one more worker process (its own process group); returns it."""
+        proc = self._spawn("worker", "--kind", kind, "--concurrency", str(concurrency), env=env)
+        self.workers.append(proc)
+        return proc
+
+    def wait_for_workers(self, count: int, timeout: float = 60) -> None:
+        """Wait until ``count`` workers answer a Celery ping. Raises RuntimeError after ``timeout`` seconds."""
+        from shared.queue import make_celery
+        from shared.settings import load_settings
+
+        app = make_celery(load_settings({k: v for k, v in self.env.items() if k.startswith("LODESTAR_")}))
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if len(app.control.ping(timeout=0.5) or []) >= count:
+                    return
+        finally:
+            app.close()
+        raise RuntimeError(f"fewer than {count} workers answered within {timeout:.0f} s (logs in {self.log_dir})")
+
+    def worker_process(self, worker_id: str) -> subprocess.Popen[bytes]:
+        """The worker process (as started by :meth:`start_worker`) whose pool process is ``worker_id``
+        ("host:pid", a task's ``worker``)."""
+        pid = int(worker_id.rsplit(":", 1)[1])
+        group = os.getpgid(pid)
+        for proc in self.workers:
+            if proc.pid == group:
+                return proc
+        raise LookupError(f"no worker of this fleet runs process {pid}")
+
+    def signal_worker(self, worker_id: str, sig: int, group: bool = True) -> subprocess.Popen[bytes]:
+        """Send ``sig`` to the worker running ``worker_id``'s pool process: to its whole process group (what
+        systemd's default and Kubernetes do), or to its main process only."""
+        proc = self.worker_process(worker_id)
+        if group:
+            _signal_group(proc, sig)
+        else:
+            proc.send_signal(sig)
+        return proc
+
+    def restart_redis(self, outage: float = 5.0, crash: bool = False) -> None:
+        """Stop Redis (SIGTERM, or SIGKILL with ``crash``), wait ``outage`` seconds, start it again on the same
+        port and data (append-only file)."""
+        self.redis.stop(kill=crash)
+        time.sleep(outage)
+        self.redis.start()
+
+    def stop(self) -> None:
+        """Stop everything (workers get SIGTERM, then SIGKILL after 15 s)."""
+        for proc in [*self.workers, *([self.api] if self.api else [])]:
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in [*self.workers, *([self.api] if self.api else [])]:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(10)
+        self.redis.stop()
+
+    def http(self) -> requests.Session:
+        """A session with the fleet's API key."""
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {self.key}"
+        return session
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
