@@ -43,7 +43,9 @@ from worker.computer import Observation
 from worker.loop import MAX_FAILED_STEPS, Outcome, run_episode
 from worker.policy import Episode, StepRecord
 from worker.providers import adapter_for, anthropic_cua, northstar, openai_compat, openai_cua
-from worker.providers.base import COORDINATE_ACTIONS, ActionBuilder, AnswerError, Frame, ModelPolicy, Screen
+from worker.providers.actions import COORDINATE_ACTIONS, ActionBuilder
+from worker.providers.answers import AnswerError
+from worker.providers.base import ModelPolicy
 from worker.providers.openai_compat import (
     QWEN_ACTIONS,
     UI_TARS_ACTIONS,
@@ -57,6 +59,7 @@ from worker.providers.openai_compat import (
     parse_ui_tars,
     qwen_tool,
 )
+from worker.providers.screen import Frame, Screen
 
 KEYS = {"lightcone": "tz-test-key", "openai": "sk-test-key", "anthropic": "ant-test-key", "chat": "vllm-test-key"}
 PRICES = {"tzafon.*": [1.0, 4.0], "openai/*": [3.0, 12.0], "anthropic/*": [3.0, 15.0], "openai-compat/*": [0.1, 0.2]}
@@ -364,7 +367,7 @@ def test_ui_tars_coordinates_map_from_both_spaces_to_the_viewport() -> None:
 
 
 def test_smart_resize_matches_qwen() -> None:
-    from worker.providers.base import smart_resize
+    from worker.providers.screen import smart_resize
 
     assert smart_resize(700, 1000) == (700, 1008)
     assert smart_resize(720, 1280) == (728, 1288)

@@ -11,7 +11,7 @@ openai-compat  :class:`~.openai_compat.UITarsPolicy`,          ``openai-compat/<
 =============  =============================================  ===================================================
 
 Every adapter maps its provider's actions onto ``worker.computer.Action`` (tables in each module's docstring),
-converts coordinates in ``base.Screen.to_viewport`` only, reports usage and cost per step, turns an SDK error after
+converts coordinates in ``screen.Screen.to_viewport`` only, reports usage and cost per step, turns an SDK error after
 its retries into ``PolicyError`` (exit code 7) and an unusable answer into a failed step (``Decision.error``).
 """
 

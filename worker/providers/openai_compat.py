@@ -39,7 +39,7 @@ anything else                          failed step naming the action
 =====================================  ======================================================================
 
 Qwen-VL mapping (the table is :data:`QWEN_ACTIONS`; its pointer and typing entries are
-``base.COORDINATE_ACTIONS``, shared with Anthropic's computer tool, which Qwen's ``computer_use`` repeats):
+``actions.COORDINATE_ACTIONS``, shared with Anthropic's computer tool, which Qwen's ``computer_use`` repeats):
 
 =====================================  ======================================================================
 Qwen computer_use action               Lodestar
@@ -72,30 +72,25 @@ import openai
 
 from worker.computer import Action
 from worker.policy import Decision, Episode
-from worker.providers.base import (
+from worker.providers.actions import (
     COORDINATE_ACTIONS,
     SCROLL_DIRECTIONS,
     SCROLL_NOTCH_PX,
     ActionBuilder,
     ActionMap,
-    AnswerError,
-    Frame,
-    ModelPolicy,
     click_at,
     done,
     drag_between,
     fail,
-    int_of,
-    last_step_problems,
     move_to,
     no_action,
-    number_of,
-    parse_json_body,
     refuse,
     table_entry,
-    text_of,
     wait_seconds,
 )
+from worker.providers.answers import AnswerError, int_of, number_of, parse_json_body, text_of
+from worker.providers.base import ModelPolicy, last_step_problems
+from worker.providers.screen import Frame
 
 PLACEHOLDER = "(an older screenshot, omitted)"
 UI_TARS_SCROLL_PX = 500
