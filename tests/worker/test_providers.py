@@ -42,20 +42,19 @@ from worker.agents import make_policy
 from worker.computer import Observation
 from worker.loop import MAX_FAILED_STEPS, Outcome, run_episode
 from worker.policy import Episode, StepRecord
-from worker.providers import adapter_for, anthropic_cua, northstar, openai_compat, openai_cua
-from worker.providers.base import COORDINATE_ACTIONS, ActionBuilder, AnswerError, Frame, ModelPolicy, Screen
-from worker.providers.openai_compat import (
-    QWEN_ACTIONS,
+from worker.providers import adapter_for, anthropic_cua, northstar, openai_cua, qwen, ui_tars
+from worker.providers.actions import COORDINATE_ACTIONS, ActionBuilder
+from worker.providers.answers import AnswerError
+from worker.providers.base import ModelPolicy
+from worker.providers.qwen import QWEN_ACTIONS, QwenAnswer, map_qwen, parse_qwen, qwen_tool
+from worker.providers.screen import Frame, Screen
+from worker.providers.ui_tars import (
     UI_TARS_ACTIONS,
     UI_TARS_PROMPT,
-    QwenAnswer,
     UITarsAnswer,
     UITarsCall,
-    map_qwen,
     map_ui_tars,
-    parse_qwen,
     parse_ui_tars,
-    qwen_tool,
 )
 
 KEYS = {"lightcone": "tz-test-key", "openai": "sk-test-key", "anthropic": "ant-test-key", "chat": "vllm-test-key"}
@@ -364,7 +363,7 @@ def test_ui_tars_coordinates_map_from_both_spaces_to_the_viewport() -> None:
 
 
 def test_smart_resize_matches_qwen() -> None:
-    from worker.providers.base import smart_resize
+    from worker.providers.screen import smart_resize
 
     assert smart_resize(700, 1000) == (700, 1008)
     assert smart_resize(720, 1280) == (728, 1288)
@@ -423,8 +422,8 @@ def test_registry_knows_the_built_in_names_and_operator_entries() -> None:
     assert tars is not None and (tars.dialect, tars.coordinates, tars.base_url) == (
         "ui-tars", "smart-resize", "http://gpu:8000/v1")
     assert tars.cost_usd(1_000_000, 2_000_000) == 2.5
-    qwen = custom.resolve("openai-compat/qwen3-vl-30b")
-    assert qwen is not None and (qwen.dialect, qwen.coordinates, qwen.base_url) == (
+    qwen3 = custom.resolve("openai-compat/qwen3-vl-30b")
+    assert qwen3 is not None and (qwen3.dialect, qwen3.coordinates, qwen3.base_url) == (
         "qwen", "normalized", "http://gpu:9000/v1")
     assert custom.resolve(NORTHSTAR).coordinates == "pixels"  # type: ignore[union-attr]
     assert custom.resolve("house-model").model == "claude-haiku-4-5"  # type: ignore[union-attr]
@@ -458,14 +457,13 @@ table."""
 def _table_and_doc(provider: str) -> tuple[Mapping[str, Any], str]:
     """The provider's action table (Anthropic's with the answered actions) and the docstring section with its
     mapping table."""
-    compat = openai_compat.__doc__ or ""
-    qwen_at = compat.index("Qwen-VL mapping")
+    ui_tars_doc, qwen_doc = ui_tars.__doc__ or "", qwen.__doc__ or ""
     return {
         "northstar": (northstar.NorthstarPolicy.actions, northstar.__doc__ or ""),
         "openai": (openai_cua.OpenAIComputerPolicy.actions, openai_cua.__doc__ or ""),
         "anthropic": ({**anthropic_cua.ACTIONS, **dict.fromkeys(ANTHROPIC_ANSWERED)}, anthropic_cua.__doc__ or ""),
-        "ui-tars": (UI_TARS_ACTIONS, compat[compat.index("UI-TARS mapping"):qwen_at]),
-        "qwen": (QWEN_ACTIONS, compat[qwen_at:]),
+        "ui-tars": (UI_TARS_ACTIONS, ui_tars_doc[ui_tars_doc.index("UI-TARS mapping"):]),
+        "qwen": (QWEN_ACTIONS, qwen_doc[qwen_doc.index("Qwen-VL mapping"):]),
     }[provider]
 
 

@@ -1,17 +1,17 @@
 """Model providers behind the ``Policy`` protocol: one adapter per provider, each on the provider's official SDK.
 
-=============  =============================================  ===================================================
-provider       adapter                                        model names (``shared/models.py``)
-=============  =============================================  ===================================================
-northstar      :class:`~.northstar.NorthstarPolicy`           ``tzafon.*`` (Lightcone Responses API, ``tzafon``)
-openai         :class:`~.openai_cua.OpenAIComputerPolicy`     ``openai/computer-use-preview``, ``openai/<model>``
+=============  ================================================  ===================================================
+provider       adapter                                           model names (``shared/models.py``)
+=============  ================================================  ===================================================
+northstar      :class:`~.northstar.NorthstarPolicy`              ``tzafon.*`` (Lightcone Responses API, ``tzafon``)
+openai         :class:`~.openai_cua.OpenAIComputerPolicy`        ``openai/computer-use-preview``, ``openai/<model>``
 anthropic      :class:`~.anthropic_cua.AnthropicComputerPolicy`  ``anthropic/claude-*`` (Messages API)
-openai-compat  :class:`~.openai_compat.UITarsPolicy`,          ``openai-compat/<served name>`` (chat completions,
-               :class:`~.openai_compat.QwenPolicy`             UI-TARS or Qwen-VL dialect)
-=============  =============================================  ===================================================
+openai-compat  :class:`~.ui_tars.UITarsPolicy`,                  ``openai-compat/<served name>`` (chat completions,
+               :class:`~.qwen.QwenPolicy`                        ``openai_compat``; UI-TARS or Qwen-VL dialect)
+=============  ================================================  ===================================================
 
 Every adapter maps its provider's actions onto ``worker.computer.Action`` (tables in each module's docstring),
-converts coordinates in ``base.Screen.to_viewport`` only, reports usage and cost per step, turns an SDK error after
+converts coordinates in ``screen.Screen.to_viewport`` only, reports usage and cost per step, turns an SDK error after
 its retries into ``PolicyError`` (exit code 7) and an unusable answer into a failed step (``Decision.error``).
 """
 
@@ -25,8 +25,9 @@ from worker.policy import Episode, PolicyError
 from worker.providers.anthropic_cua import AnthropicComputerPolicy
 from worker.providers.base import ModelPolicy
 from worker.providers.northstar import NorthstarPolicy
-from worker.providers.openai_compat import QwenPolicy, UITarsPolicy
 from worker.providers.openai_cua import OpenAIComputerPolicy
+from worker.providers.qwen import QwenPolicy
+from worker.providers.ui_tars import UITarsPolicy
 
 __all__ = ["ADAPTERS", "AnthropicComputerPolicy", "ModelPolicy", "NorthstarPolicy", "OpenAIComputerPolicy",
            "QwenPolicy", "UITarsPolicy", "adapter_for", "make_model_policy"]

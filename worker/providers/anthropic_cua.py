@@ -16,7 +16,7 @@ mapped; the new screenshot in the last one) followed by injected messages as tex
 scaled down first to at most ~1.15 MP and 1568 px a side (``max_pixels`` / ``max_long_edge``).
 
 Action mapping (Anthropic ``input.action`` -> ``worker.computer.Action``; the table is :data:`ACTIONS`, its
-pointer and typing entries ``base.COORDINATE_ACTIONS``, shared with Qwen-VL):
+pointer and typing entries ``actions.COORDINATE_ACTIONS``, shared with Qwen-VL):
 
 =====================================  ======================================================================
 Anthropic                              Lodestar
@@ -57,26 +57,21 @@ import anthropic
 
 from worker.computer import Action
 from worker.policy import Decision, Episode, PolicyError
-from worker.providers.base import (
+from worker.providers.actions import (
     COORDINATE_ACTIONS,
     SCROLL_DIRECTIONS,
     SCROLL_NOTCH_PX,
     ActionBuilder,
     ActionMap,
-    AnswerError,
-    Frame,
-    ModelPolicy,
     done,
     fail,
-    int_of,
-    last_step_problems,
     no_action,
-    number_of,
-    parse_json_body,
     table_entry,
-    text_of,
     wait_seconds,
 )
+from worker.providers.answers import AnswerError, int_of, number_of, parse_json_body, text_of
+from worker.providers.base import ModelPolicy, last_step_problems
+from worker.providers.screen import Frame
 
 BETAS = {"computer_20250124": "computer-use-2025-01-24", "computer_20251124": "computer-use-2025-11-24"}
 PLACEHOLDER = "(an older screenshot, omitted)"

@@ -44,8 +44,9 @@ from typing import Any, ClassVar
 
 import tzafon
 
-from worker.providers.base import ActionMap, Frame
+from worker.providers.actions import ActionMap
 from worker.providers.responses_api import ResponsesPolicy, responses_actions
+from worker.providers.screen import Frame
 
 
 class NorthstarPolicy(ResponsesPolicy):

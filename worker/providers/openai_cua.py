@@ -51,8 +51,8 @@ from typing import Any
 
 import openai
 
-from worker.providers.base import Frame
 from worker.providers.responses_api import ResponsesPolicy
+from worker.providers.screen import Frame
 
 
 class OpenAIComputerPolicy(ResponsesPolicy):

@@ -23,25 +23,20 @@ from typing import Any, ClassVar
 
 from worker.computer import Action
 from worker.policy import Decision, Episode, PolicyError
-from worker.providers.base import (
+from worker.providers.actions import (
     ActionBuilder,
     ActionMap,
-    AnswerError,
-    Frame,
-    ModelPolicy,
     click_at,
     done,
     fail,
-    int_of,
-    last_step_problems,
     move_to,
     no_action,
-    number_of,
-    parse_json_body,
     refuse,
     table_entry,
-    text_of,
 )
+from worker.providers.answers import AnswerError, int_of, number_of, parse_json_body, text_of
+from worker.providers.base import ModelPolicy, last_step_problems
+from worker.providers.screen import Frame
 
 TERMINAL_TYPES = ("terminate", "done", "answer")
 """Northstar's terminal actions (also accepted as ``function_call`` names)."""
