@@ -8,6 +8,7 @@ the workers), so ``lodestar --help`` works on any install and the commands check
 from __future__ import annotations
 
 import argparse
+import os
 
 from bench.miniwob import add_arguments as add_miniwob_arguments
 
@@ -36,3 +37,17 @@ def add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     add_miniwob_arguments(sub.add_parser("miniwob", help="MiniWoB++ episodes through the API: success table"))
     for row in ("all", *ROW_NAMES):
         add_suite_arguments(sub.add_parser(row, help="every overhead row" if row == "all" else f"the {row} row"))
+    add_chaos_arguments(sub.add_parser("chaos", help="faults during a few thousand tasks: lost, twice, gaps (both "
+                                                     "brokers)"))
+
+
+def add_chaos_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``lodestar bench chaos`` (``bench.chaos``)."""
+    p.add_argument("--tasks", type=int, default=2000, help="tasks to run through the faults (default 2000)")
+    p.add_argument("--workers", type=int, default=3, help="worker processes at a time (each one slot)")
+    p.add_argument("--broker", choices=["redis", "amqp", "both"], default="both",
+                   help="broker(s) to run on; amqp: LODESTAR_TEST_AMQP_URL or --amqp-url (default both)")
+    p.add_argument("--amqp-url", default=os.environ.get("LODESTAR_TEST_AMQP_URL",
+                                                        "amqp://guest:guest@127.0.0.1:5672//"))
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for every task to end")

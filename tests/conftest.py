@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import threading
 import time
 import urllib.parse
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -207,25 +205,14 @@ def receiver() -> Iterator[Receiver]:
 
 # --- brokers ----------------------------------------------------------------------------------------------------
 def amqp_vhost() -> Iterator[str]:
-    """A RabbitMQ URL for one test: ``LODESTAR_TEST_AMQP_URL`` with a fresh virtual host of its own (made and deleted
-    with ``rabbitmqctl`` when it is on this machine), so tests never see each other's queues. Skips (fails in CI)
-    without ``LODESTAR_TEST_AMQP_URL``."""
+    """A RabbitMQ URL for one test: ``LODESTAR_TEST_AMQP_URL`` with a fresh virtual host of its own
+    (``lodestar.fleet.amqp_vhost``). Skips (fails in CI) without ``LODESTAR_TEST_AMQP_URL``."""
+    from lodestar.fleet import amqp_vhost as vhost_of
+
     base = os.environ.get("LODESTAR_TEST_AMQP_URL", "")
-    need(bool(base), "LODESTAR_TEST_AMQP_URL is not set (a RabbitMQ to test against, e.g. amqp://guest:guest@127.0.0.1:5672//)")
-    ctl = shutil.which("rabbitmqctl")
-    if not ctl:
-        yield base
-        return
-    parts = urllib.parse.urlsplit(base)
-    vhost = f"lodestar-test-{uuid.uuid4().hex[:10]}"
-    user = urllib.parse.unquote(parts.username or "guest")
-    subprocess.run([ctl, "add_vhost", vhost], check=True, capture_output=True, timeout=60)
-    subprocess.run([ctl, "set_permissions", "-p", vhost, user, ".*", ".*", ".*"], check=True, capture_output=True,
-                   timeout=60)
-    try:
-        yield urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/" + vhost, "", ""))
-    finally:
-        subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60)
+    need(bool(base), "LODESTAR_TEST_AMQP_URL is not set (a RabbitMQ to test on: amqp://guest:guest@127.0.0.1:5672//)")
+    with vhost_of(base, "lodestar-test") as url:
+        yield url
 
 
 @pytest.fixture(params=["redis", "amqp"])
