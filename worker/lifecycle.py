@@ -35,6 +35,7 @@ _stopping_since = [0.0]
 _reaper: list[Reaper] = []
 _close_hooks: list[Any] = []
 _consumer: list[Any] = []
+_main_pid = [0]
 
 
 def stopping_for() -> float | None:
@@ -51,9 +52,10 @@ def request_stop(*_: Any) -> None:
 
 
 def install_stop_handler() -> None:
-    """Make SIGTERM mark this process as stopping instead of killing it (a pool child, at its first task: billiard
-    installs its own handlers after the child's start-up signals)."""
-    if signal.getsignal(signal.SIGTERM) is not request_stop:
+    """Make SIGTERM mark this process as stopping instead of killing it: in a pool child, at its first task
+    (billiard installs its own handlers after the child's start-up signals). Not in the main process (a solo pool):
+    Celery's own handler starts the warm shutdown there, which marks it stopping (``worker_shutting_down``)."""
+    if os.getpid() != _main_pid[0] and signal.getsignal(signal.SIGTERM) is not request_stop:
         signal.signal(signal.SIGTERM, request_stop)
 
 
@@ -75,6 +77,7 @@ def setup(app: Celery) -> None:
     @worker_ready.connect(weak=False)
     def _start_reaper(sender: Any = None, **_: Any) -> None:
         _consumer[:] = [sender]
+        _main_pid[0] = os.getpid()
         settings = app.conf.lodestar_settings
         store = TaskStore.from_settings(settings, retry_seconds=settings.redis_retry_seconds)
         reaper = Reaper(Dispatcher(app, store), f"{os.uname().nodename}:{os.getpid()}")

@@ -105,6 +105,11 @@ def run_claimed(rt: Runtime, task_id: str) -> str:
         return _run(rt, task, keeper)
     except LeaseLost as exc:
         log.warning("task %s: %s; another worker owns it now", task_id, exc)
+        try:  # or nobody: the writes of its claim were lost with a Redis crash, and this message was its last
+            if store.recovery.redispatch(task_id):
+                rt.dispatcher.dispatch([task_id])
+        except RedisError:
+            pass
         return "lost"
     except RedisError as exc:
         log.error("task %s: Redis unreachable (%s); its lease will expire and it will be requeued", task_id, exc)
@@ -158,7 +163,7 @@ def _run(rt: Runtime, task: Task, keeper: LeaseKeeper) -> str:
         control.close()
         if computer is not None:
             computer.close()
-        if task.kind == "browser":
+        if task.kind == "browser" and not lifecycle.STOPPING.is_set():
             rt.browsers.warm()  # the next task's context, ready before its message arrives
 
 

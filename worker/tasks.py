@@ -20,6 +20,7 @@ import socket
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import Reject
 from redis.exceptions import RedisError
 
 from shared import webhooks
@@ -95,7 +96,10 @@ def run_task(self: Any, task_id: str) -> str:
         task = rt.store.get(task_id)
         if task is not None:
             webhooks.schedule(rt.dispatcher, task, "task.running")
-    return run_claimed(rt, task_id)
+    ended = run_claimed(rt, task_id)
+    if ended == "redis":  # Redis stayed away: keep the message (the lease, if it survived, makes the reaper act)
+        raise Reject("Redis unreachable while the task ran", requeue=True)
+    return ended
 
 
 def deliver_webhook(self: Any, delivery_id: str, token: str = "") -> bool:

@@ -93,6 +93,15 @@ class Recovery:
                                                            num=limit))
         return [i.decode() for i in ids]
 
+    def redispatch(self, task_id: str) -> bool:
+        """Put a queued task back in the dispatch outbox (a worker that took its message but could not run it:
+        the claim's writes were lost with a Redis crash). False when the task is not queued."""
+        raw = cast(bytes | None, self._redis.hget(self._keys.task(task_id), "status"))
+        if raw != b"queued":
+            return False
+        self._redis.zadd(self._keys.dispatch, {task_id: now_ms()})
+        return True
+
     def dispatched(self, task_ids: list[str]) -> None:
         """Take ids out of the dispatch outbox: their run messages were sent (or they no longer need one)."""
         if task_ids:
