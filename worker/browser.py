@@ -148,9 +148,6 @@ class BrowserComputer:
                 self._page.evaluate("() => new Promise(resolve => requestAnimationFrame(() => resolve(null)))")
         raise AssertionError("unreachable")
 
-    def current_url(self) -> str:
-        return self._page.url
-
     def observe(self, accessibility: bool = True) -> Observation:
         """Screenshot and URL of the current page; with ``accessibility``, also its title and ARIA snapshot (each a
         further round trip to the browser, so a policy that needs neither does not pay for them).

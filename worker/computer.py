@@ -10,7 +10,6 @@ Coordinates are CSS pixels of the viewport, origin top-left. Screenshots are JPE
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from collections.abc import Callable
@@ -135,9 +134,6 @@ class Observation:
     accessibility: str | None = None
     taken_at: float = field(default_factory=time.time)
 
-    def screenshot_data_url(self) -> str:
-        return "data:image/jpeg;base64," + base64.b64encode(self.screenshot).decode("ascii")
-
 
 class Computer(Protocol):
     """A machine an agent can see and act on. One instance serves one task at a time.
@@ -150,7 +146,6 @@ class Computer(Protocol):
 
     def observe(self, accessibility: bool = True) -> Observation: ...
     def screenshot(self) -> bytes: ...
-    def current_url(self) -> str: ...
     def click(self, x: int, y: int, button: str = "left", count: int = 1) -> None: ...
     def double_click(self, x: int, y: int) -> None: ...
     def scroll(self, x: int, y: int, dx: int, dy: int) -> None: ...

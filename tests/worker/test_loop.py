@@ -52,8 +52,6 @@ class FakeComputer:
         self.calls.append(("screenshot", ()))
         return b"\xff\xd8fake"
 
-    def current_url(self) -> str:
-        return self.url
 
     def click(self, x: int, y: int, button: str = "left", count: int = 1) -> None:
         self._record("click", x, y, button, count)

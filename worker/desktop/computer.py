@@ -65,10 +65,6 @@ class DesktopComputer:
         """JPEG bytes of the screen (``width`` x ``height``) at ``screenshot_quality``."""
         return self.host.capture(self._quality)
 
-    def current_url(self) -> str:
-        """The URL last opened with ``navigate`` in this session ("" before any)."""
-        return self.session.url
-
     def observe(self, accessibility: bool = True) -> Observation:
         """Screenshot, the last navigated URL, and the focused window's title as ``title``; never an
         accessibility tree (``accessibility`` is None)."""
