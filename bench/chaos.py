@@ -24,16 +24,15 @@ import signal
 import statistics
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import requests
 
-from lodestar.fleet import Fleet, amqp_vhost
+from lodestar.fleet import Fleet, amqp_vhost, chromium_pids
 
 PAGE = b"<!doctype html><html><head><title>Chaos</title></head><body><h1>Chaos page</h1></body></html>"
 
@@ -102,24 +101,6 @@ class _Hooks:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory="."))
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-def _chromium_under(pid: int) -> list[int]:
-    children: dict[int, list[int]] = defaultdict(list)
-    names: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                names[int(entry)] = stat[stat.index("(") + 1:stat.rindex(")")]
-                children[int(stat.rpartition(")")[2].split()[1])].append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            todo.append(child)
-            if "chrom" in names.get(child, ""):
-                out.append(child)
-    return out
 
 
 def run(broker: str, broker_url: str, args: argparse.Namespace) -> Report:
@@ -207,7 +188,7 @@ def _inject(fault: str, fleet: Fleet, http: requests.Session, ids: list[str], rn
         fleet.start_worker()
         report.faults["worker SIGTERM"] += 1
     elif fault == "chromium" and running:
-        for pid in _chromium_under(int(rng.choice(running)["worker"].rsplit(":", 1)[1])):
+        for pid in chromium_pids(int(rng.choice(running)["worker"].rsplit(":", 1)[1])):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         report.faults["Chromium killed"] += 1

@@ -166,6 +166,25 @@ class Fleet:
         self.stop()
 
 
+def chromium_pids(pid: int) -> list[int]:
+    """Chromium processes anywhere below process ``pid`` (a worker's pool process: its browser), from /proc."""
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                names[int(entry.name)] = stat[stat.index("(") + 1:stat.rindex(")")]
+                children.setdefault(int(stat.rpartition(")")[2].split()[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            if "chrom" in names.get(child, ""):
+                found.append(child)
+    return found
+
+
 @contextlib.contextmanager
 def amqp_vhost(base: str, prefix: str = "lodestar") -> Iterator[str]:
     """``base`` (a RabbitMQ URL) with a fresh virtual host of its own, made and deleted with ``rabbitmqctl`` when it

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from lodestar.fleet import Fleet
+from lodestar.fleet import Fleet, chromium_pids
 from tests.conftest import Receiver, Site, chromium_available, need
 
 pytestmark = [pytest.mark.worker, pytest.mark.browser]
@@ -228,34 +228,12 @@ def test_pause_timeout_frees_the_slot_and_a_resume_starts_the_task_again(fleet_f
 
 
 # --- the environment crashes ------------------------------------------------------------------------------------------
-def _chromium_pids_under(pid: int) -> list[int]:
-    """Chromium processes below ``pid`` (any depth)."""
-    children: dict[int, list[int]] = {}
-    names: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            names[int(entry)] = stat[stat.index("(") + 1:stat.rindex(")")]
-            children.setdefault(int(stat.rpartition(")")[2].split()[1]), []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            todo.append(child)
-            if "chrom" in names.get(child, ""):
-                out.append(child)
-    return out
-
-
 def test_a_crashed_browser_fails_the_task_with_exit_code_5_and_the_worker_goes_on(
         fleet_factory: Callable[..., Fleet], site: Site) -> None:
     fleet = fleet_factory(workers=1)
     task_id = start(fleet, slow_script(site, 20))
     worker = running_on(fleet, task_id)
-    for pid in _chromium_pids_under(int(worker.rsplit(":", 1)[1])):
+    for pid in chromium_pids(int(worker.rsplit(":", 1)[1])):
         os.kill(pid, signal.SIGKILL)
     task = wait_for(fleet, task_id, lambda t: t["exit_code"] is not None)
     assert (task["status"], task["exit_code"]) == ("failed", 5), task
@@ -268,7 +246,7 @@ def test_environment_retries_start_a_crashed_task_again(fleet_factory: Callable[
     fleet = fleet_factory(workers=1, LODESTAR_ENVIRONMENT_RETRIES="1")
     task_id = start(fleet, slow_script(site, 4))
     worker = running_on(fleet, task_id)
-    for pid in _chromium_pids_under(int(worker.rsplit(":", 1)[1])):
+    for pid in chromium_pids(int(worker.rsplit(":", 1)[1])):
         os.kill(pid, signal.SIGKILL)
     task = wait_for(fleet, task_id, lambda t: t["exit_code"] is not None)
     assert (task["status"], task["attempt"]) == ("completed", 2), task
