@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -217,6 +218,48 @@ def test_cancel_stops_a_desktop_task_and_kills_what_it_started(desk: LiveStack) 
                10, "killing the cancelled task's background process")
     after = desk.http().get(f"{desk.base_url}/agent/tasks/{task_id}").json()
     assert after["steps_taken"] <= task["steps_taken"] + 1
+
+
+def test_a_display_that_dies_under_a_task_fails_it_with_exit_code_5_and_the_slot_goes_on(desk: LiveStack) -> None:
+    # Given a desktop task running on a slot
+    task_id = start(desk, waits(100))
+    task = desk.wait_until(task_id, lambda t: t["status"] == "running" and t["steps_taken"] >= 1)
+    slot = int(task["worker"].rsplit(":", 1)[1])
+    # When that slot's Xvfb is killed
+    xvfb = [pid for pid in _descendants(slot) if _name(pid) == "Xvfb"]
+    assert xvfb, "the slot has no Xvfb"
+    for pid in xvfb:
+        os.kill(pid, signal.SIGKILL)
+    # Then the task fails with exit code 5, naming the display, and the same slot runs the next task on a new display
+    ended = desk.wait_ended(task_id)
+    assert (ended["status"], ended["exit_code"]) == ("failed", 5) and "display" in ended["error"], ended
+    nxt = start(desk, 'press Enter\ndone "new display"')
+    again = desk.wait_ended(nxt)
+    assert again["status"] == "completed", again
+
+
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 def test_a_click_by_name_fails_clearly_and_navigation_obeys_the_network_guard(desk: LiveStack) -> None:
