@@ -11,7 +11,9 @@ with the keyboard focus, and every process started for the task marked with ``LO
 its environment (inherited by the shell's children, Chromium, anything the agent launches). Ending a session kills
 every process carrying the mark, closes any window left and deletes HOME, so the next task starts clean; a task
 started with ``persistent: true`` leaves its session (windows, processes, HOME) to the next task on that slot.
-Session processes get a minimal environment (no ``LODESTAR_*`` secrets of the worker).
+Session processes get a minimal environment (no ``LODESTAR_*`` secrets of the worker), which points HTTP(S) at the
+worker's egress proxy (``worker/egress/``, one gate per host, with the running task's rules); a program that ignores
+proxy variables is not filtered (README, "Security").
 
 The display accepts only clients that present its MIT-MAGIC-COOKIE-1 (an Xauthority file written per display), so
 other local users cannot watch or drive an agent's desktop.
@@ -48,7 +50,8 @@ from types import ModuleType
 from typing import Any
 
 from shared.settings import Settings
-from worker.computer import ActionError, NetworkGuard, Observation, Target
+from worker.computer import ActionError, Observation, Target
+from worker.egress import EgressRules, Gate, chromium_proxy_args, process_proxy, proxy_env
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +310,15 @@ class DesktopHost:
         self._session: DesktopSession | None = None
         self._busy = threading.Lock()
         self._gui: ModuleType | None = None
+        self._gate: Gate | None = None
+
+    @property
+    def gate(self) -> Gate:
+        """This display's gate of the egress proxy (its port stays the same, so a persistent session's programs keep
+        reaching it); created on first use."""
+        if self._gate is None or self._gate.closed:
+            self._gate = process_proxy(self.settings).gate()
+        return self._gate
 
     # -- display lifecycle -----------------------------------------------------------------------------------------
     @property
@@ -437,7 +449,7 @@ class DesktopHost:
         return {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": str(home),
             "USER": user.pw_name, "LOGNAME": user.pw_name, "SHELL": user.pw_shell or "/bin/sh", "LANG": "C.UTF-8",
-            "DISPLAY": d.name, "XAUTHORITY": str(d.xauthority), "TERM": "xterm",
+            "DISPLAY": d.name, "XAUTHORITY": str(d.xauthority), "TERM": "xterm", **proxy_env(self.gate.url),
         }
 
     def _start_wm(self, d: _Display) -> None:
@@ -668,12 +680,14 @@ class DesktopHost:
         if self._session is session:
             self._session = None
 
-    def open(self, width: int, height: int, persistent: bool = False, owner: str = "") -> DesktopComputer:
+    def open(self, width: int, height: int, persistent: bool = False, owner: str = "",
+             egress: EgressRules | None = None) -> DesktopComputer:
         """A ``Computer`` on this host's display at ``width`` x ``height`` pixels, in a fresh session (or the one a
         persistent task of the same ``owner`` (tenant) left, if the size matches; another tenant's persistent
         session is reset first: its windows, processes and HOME never reach another tenant).
 
         ``persistent``: when this task ends, keep its session (windows, processes, HOME) for the next task here.
+        ``egress``: the task's rules on the egress proxy, in force until the task ends (None: the deployment's only).
 
         Raises:
             DesktopError: a task already holds the display, or the display / start-up program failed to start.
@@ -695,6 +709,7 @@ class DesktopHost:
                 session = self._session = self._new_session(d)
                 session.owner = owner
             session.persistent = persistent
+            self.gate.open(egress or EgressRules())
             return DesktopComputer(self, session, self.settings)
         except BaseException:
             self._busy.release()
@@ -706,6 +721,8 @@ class DesktopHost:
             if not session.persistent or self._session is not session:
                 self._end_session(session)
         finally:
+            if self._gate is not None:
+                self._gate.reset()  # a persistent session's programs are refused until the next task opens
             self._busy.release()
 
     def close(self) -> None:
@@ -713,6 +730,8 @@ class DesktopHost:
         if self._session is not None:
             self._end_session(self._session)
         self._stop_display()
+        if self._gate is not None:
+            self._gate.close()
 
     # -- used by DesktopComputer ----------------------------------------------------------------------------------
     @property
@@ -764,8 +783,11 @@ class DesktopComputer:
         self.display = d.name
         self._settings = settings
         self._quality = settings.screenshot_quality
-        self._guard = NetworkGuard(settings.allow_private_networks, settings.browser_allowed_hosts)
         self._closed = False
+
+    def take_refusals(self) -> list[str]:
+        """What the egress proxy refused for this display's programs since the last call ("<url>: <reason>")."""
+        return [r.describe() for r in self.host.gate.take_refusals()]
 
     # -- seeing -------------------------------------------------------------------------------------------------
     def screenshot(self) -> bytes:
@@ -880,8 +902,8 @@ class DesktopComputer:
         """Open ``url`` in Chromium on this desktop (started on first use with the browser worker's safe flags and a
         profile in the session's HOME); returns once a Chromium window exists.
 
-        The network guard checks this URL only: pages the desktop's programs load afterwards are not filtered
-        (restrict a desktop worker's network with the host's firewall).
+        The URL is checked first; the pages Chromium loads afterwards go through the egress proxy like the rest of
+        the session's HTTP(S).
 
         Raises:
             ActionError: the guard refuses the URL, Chromium is missing, or no window appeared in time.
@@ -890,7 +912,7 @@ class DesktopComputer:
 
         if "://" not in url and not url.startswith(("about:", "data:")):
             url = "https://" + url
-        reason = self._guard.check(url)
+        reason = self.host.gate.check_url(url)
         if reason:
             raise ActionError(f"navigation to {url} refused: {reason}")
         chromium = self._settings.chromium_path or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -898,7 +920,8 @@ class DesktopComputer:
             raise ActionError("navigate on a desktop needs Chromium (apt-get install chromium, or "
                               "LODESTAR_CHROMIUM_PATH)")
         profile = self.session.home / ".config" / "lodestar-chromium"
-        argv = [chromium, *CHROMIUM_ARGS, f"--user-data-dir={profile}", "--test-type", "--no-default-browser-check",
+        argv = [chromium, *CHROMIUM_ARGS, *chromium_proxy_args(self.host.gate.url), f"--user-data-dir={profile}",
+                "--test-type", "--no-default-browser-check",
                 "--window-position=0,0", f"--window-size={self.width},{self.height}", url]
         self.host.check_alive()
         self.host.spawn(self.session, argv)
