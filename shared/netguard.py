@@ -92,10 +92,10 @@ def address_refusal(address: IPAddress) -> str | None:
         return "multicast"
     if isinstance(address, ipaddress.IPv4Address) and address in _CGNAT:
         return "CGNAT"
-    if address.is_private:
-        return "private"
     if address.is_reserved:
         return "reserved"
+    if address.is_private:
+        return "private"
     if not address.is_global:
         return "not globally routable"
     return None
@@ -164,7 +164,9 @@ def clean_domain_patterns(patterns: Iterable[str]) -> list[str]:
         wildcard = pattern.startswith("*.")
         name = pattern[2:] if wildcard else pattern
         literal = ip_literal(name) if name and "/" not in name else None
-        if literal is not None and not wildcard:
+        if literal is not None:
+            if wildcard:
+                raise ValueError(f"{raw!r}: a wildcard covers names, not an IP address")
             out.append(str(literal))
             continue
         try:

@@ -87,6 +87,12 @@ class Gate:
         self._thread.join(timeout=5)
 
     @property
+    def connections(self) -> int:
+        """Client connections open through this gate now."""
+        with self._lock:
+            return len(self._conns)
+
+    @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._closed

@@ -51,7 +51,7 @@ def chromium_proxy_args(url: str) -> list[str]:
     """Chromium flags sending every request (http, https, ws, wss; loopback included) to the proxy at ``url``, and
     WebRTC only through it (no UDP of its own: ``disable_non_proxied_udp``)."""
     return [f"--proxy-server={url}", f"--proxy-bypass-list={BYPASS_NOTHING}",
-            "--force-webrtc-ip-handling-policy=disable_non_proxied_udp"]
+            "--webrtc-ip-handling-policy=disable_non_proxied_udp"]
 
 
 def proxy_env(url: str) -> dict[str, str]:
