@@ -22,7 +22,7 @@ from playwright.sync_api import Error as PlaywrightError
 
 from shared.settings import Settings
 from worker.computer import CLICKABLE_ROLES, FIELD_ROLES, ActionError, Observation, Target
-from worker.egress import EgressProxy, EgressRules, Gate, chromium_proxy_args, process_proxy
+from worker.egress import EgressPolicy, EgressProxy, EgressRules, Gate, chromium_proxy_args, process_proxy
 from worker.egress.server import BYPASS_NOTHING
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,17 @@ CHROMIUM_ARGS = [
 class BrowserHost:
     """Owns Playwright and one Chromium for the life of a worker process; relaunches Chromium if it dies.
 
-    ``proxy``: the egress proxy the contexts' requests go through (default: this process's, ``process_proxy``).
-    Not thread-safe (Playwright's sync API is bound to the thread that started it).
+    ``proxy``: the egress proxy the contexts' requests go through (default: this process's, ``process_proxy``); its
+    gates apply the policy of ``settings``. Not thread-safe (Playwright's sync API is bound to the thread that
+    started it).
+
+    Raises (at construction):
+        ValueError: a malformed ``LODESTAR_EGRESS_HOSTS`` entry.
     """
 
     def __init__(self, settings: Settings, proxy: EgressProxy | None = None):
         self.settings = settings
+        self.policy = EgressPolicy.from_settings(settings)
         self._proxy = proxy
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
@@ -70,7 +75,7 @@ class BrowserHost:
         if self._browser is not None and self._browser.is_connected():
             return self._browser
         if self._browser_gate is None or self._browser_gate.closed:
-            self._browser_gate = self.proxy.gate()
+            self._browser_gate = self.proxy.gate(self.policy)
         args = [*CHROMIUM_ARGS, *chromium_proxy_args(self._browser_gate.url)]
         options: dict[str, Any] = {"headless": self.settings.headless, "args": args}
         if self.settings.chromium_path:
@@ -99,7 +104,7 @@ class BrowserHost:
                 log.info("spare context unusable (%s); opening a new one", exc)
                 spare.close()
         if computer is None:
-            computer = BrowserComputer(self.browser(), width, height, self.settings, self.proxy.gate())
+            computer = BrowserComputer(self.browser(), width, height, self.settings, self.proxy.gate(self.policy))
         computer.gate.open(egress or EgressRules())
         return computer
 
@@ -108,7 +113,7 @@ class BrowserHost:
         if self._spare is not None:
             return
         try:
-            self._spare = BrowserComputer(self.browser(), 1280, 720, self.settings, self.proxy.gate())
+            self._spare = BrowserComputer(self.browser(), 1280, 720, self.settings, self.proxy.gate(self.policy))
         except Exception as exc:
             log.warning("could not prepare a spare browser context: %s", exc)
 

@@ -51,7 +51,7 @@ from typing import Any
 
 from shared.settings import Settings
 from worker.computer import ActionError, Observation, Target
-from worker.egress import EgressRules, Gate, chromium_proxy_args, process_proxy, proxy_env
+from worker.egress import EgressPolicy, EgressProxy, EgressRules, Gate, chromium_proxy_args, process_proxy, proxy_env
 
 log = logging.getLogger(__name__)
 
@@ -304,8 +304,9 @@ class DesktopHost:
     pool: one display per process).
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, proxy: EgressProxy | None = None):
         self.settings = settings
+        self._proxy = proxy
         self._display: _Display | None = None
         self._session: DesktopSession | None = None
         self._busy = threading.Lock()
@@ -317,7 +318,8 @@ class DesktopHost:
         """This display's gate of the egress proxy (its port stays the same, so a persistent session's programs keep
         reaching it); created on first use."""
         if self._gate is None or self._gate.closed:
-            self._gate = process_proxy(self.settings).gate()
+            proxy = self._proxy or process_proxy(self.settings)
+            self._gate = proxy.gate(EgressPolicy.from_settings(self.settings))
         return self._gate
 
     # -- display lifecycle -----------------------------------------------------------------------------------------

@@ -163,16 +163,16 @@ def _flags(idle_timeout: float, workdir: str) -> argparse.Namespace:
 
 
 class EgressProxy:
-    """The egress proxy of one worker process: hands out gates (one port each) that share the policy and proxy.py's
-    options. Thread-safe.
+    """The egress proxy of one worker process: hands out gates (one port each) that share proxy.py's options; each
+    gate applies the policy it was made with (its host's settings). Thread-safe.
 
     Args:
-        policy: the deployment's network rules.
+        policy: the policy of gates made without one (default: :class:`EgressPolicy`'s defaults).
         idle_timeout: seconds a proxied connection may stay silent (``LODESTAR_EGRESS_IDLE_TIMEOUT``).
     """
 
-    def __init__(self, policy: EgressPolicy, idle_timeout: float = 300.0):
-        self.policy = policy
+    def __init__(self, policy: EgressPolicy | None = None, idle_timeout: float = 300.0):
+        self.policy = policy or EgressPolicy()
         self._workdir = tempfile.mkdtemp(prefix="lodestar-egress-")
         self._flags = _flags(idle_timeout, self._workdir)
         self._gates: list[Gate] = []
@@ -187,9 +187,10 @@ class EgressProxy:
         """
         return cls(EgressPolicy.from_settings(settings, resolver), settings.egress_idle_timeout)
 
-    def gate(self) -> Gate:
-        """A new gate on a free port of 127.0.0.1, closed until :meth:`Gate.open`."""
-        gate = Gate(self.policy, self._serve)
+    def gate(self, policy: EgressPolicy | None = None) -> Gate:
+        """A new gate on a free port of 127.0.0.1 applying ``policy`` (default: the proxy's), closed until
+        :meth:`Gate.open`."""
+        gate = Gate(policy or self.policy, self._serve)
         with self._lock:
             self._gates = [g for g in self._gates if not g.closed] + [gate]
         return gate
@@ -220,7 +221,8 @@ _process_lock = threading.Lock()
 
 def process_proxy(settings: Settings) -> EgressProxy:
     """This worker process's proxy, started on first use with ``settings`` (again in a forked child: the threads of
-    a proxy started before a fork do not exist in the child).
+    a proxy started before a fork do not exist in the child). Hosts pass their own policy to :meth:`EgressProxy.gate`;
+    the first caller's ``egress_idle_timeout`` applies to all.
 
     Raises:
         ValueError: a malformed ``LODESTAR_EGRESS_HOSTS`` entry.
