@@ -28,6 +28,7 @@ import tempfile
 import threading
 from typing import Any
 
+import proxy.http.handler as proxy_handler
 from proxy.common.flag import FlagParser
 from proxy.http.connection import HttpClientConnection
 from proxy.http.exception import HttpRequestRejected
@@ -41,6 +42,12 @@ from worker.egress.gate import Gate
 from worker.egress.rules import EgressPolicy, Resolver
 
 log = logging.getLogger(__name__)
+
+IDLE_TICK = 1.0
+"""Seconds proxy.py's threaded handler waits in select() before it looks at a connection again (its default is 25 ms,
+for its inactivity check). Data, a close or a gate's cut wake it at once either way; measured with 20 idle tunnels,
+1 s costs 0.3% of a core against 7% at 25 ms."""
+proxy_handler.DEFAULT_SELECTOR_SELECT_TIMEOUT = IDLE_TICK  # read at each select() of handler.py (proxy.py 2.4)
 
 BYPASS_NOTHING = "<-loopback>"
 """Chromium's proxy bypass rule that removes its implicit bypass of localhost and loopback addresses, so that they
