@@ -351,3 +351,27 @@ def test_a_refusal_is_recorded_as_a_json_ready_event(task: Task, listener: Liste
     event = task.events[0]
     assert json.loads(json.dumps(event)) == {"type": "blocked", "url": listener.url("/x"), "host": "127.0.0.1",
                                              "port": listener.port, "method": "NAVIGATE", "reason": event["reason"]}
+
+
+# --- a task's rules from the store ------------------------------------------------------------------------------
+@pytest.mark.redis
+def test_a_tasks_rules_come_from_its_record_and_tenant_and_report_only_while_it_runs(store: Any) -> None:
+    from shared.states import ExitCode, Status
+    from tests.conftest import make_task
+    from worker.egress import rules_for
+
+    # Given a running task limited to a.test, of a tenant limited to *.test
+    store.tenants.set_limits("t_test", allowed_domains="*.test")
+    task_id = make_task(store, Status.RUNNING, allowed_domains=["a.test"])
+    rules = rules_for(store, store.get(task_id))
+    assert (rules.task_id, rules.allowed_domains, rules.tenant_domains) == (task_id, ("a.test",), ("*.test",))
+    # When a block is reported while it runs, and again after it ended
+    assert rules.on_block is not None
+    rules.on_block({"type": "blocked", "url": "http://b.test/", "host": "b.test", "port": 80, "method": "GET",
+                    "reason": "r"})
+    store.finish(task_id, ExitCode.COMPLETED)
+    rules.on_block({"type": "blocked", "url": "http://c.test/", "host": "c.test", "port": 80, "method": "GET",
+                    "reason": "r"})
+    # Then only the first is in its event log, before the end event
+    types = [(e["type"], e.get("host")) for _, e in store.read_events(task_id)]
+    assert types[-2:] == [("blocked", "b.test"), ("end", None)]

@@ -26,7 +26,8 @@ from shared.netguard import (
     resolve,
 )
 from shared.settings import Settings
-from shared.store import TaskStore
+from shared.states import Status
+from shared.store import TaskStore, now
 from shared.task import Task
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ class EgressRules:
 
 def rules_for(store: TaskStore, task: Task) -> EgressRules:
     """The rules of ``task``: its ``allowed_domains``, its tenant's (read now, so a change by the operator applies to
-    tasks already queued), and blocked events appended to its event log through ``store``.
+    tasks already queued), and blocked events appended to its event log through ``store`` while it runs or is paused
+    (never after its ``end`` event).
 
     Raises:
         redis.RedisError: Redis is unreachable.
@@ -65,7 +67,8 @@ def rules_for(store: TaskStore, task: Task) -> EgressRules:
 
     def on_block(event: dict[str, Any]) -> None:
         try:
-            store.append_event(task_id, event)
+            store.apply(task_id, allowed_from=(Status.RUNNING, Status.PAUSED),
+                        event={"task_id": task_id, "ts": now(), **event})
         except Exception as exc:  # a lost event must not break the proxy thread; the step result still names it
             log.warning("could not record a blocked event of %s: %s", task_id, exc)
 
