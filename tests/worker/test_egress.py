@@ -300,6 +300,30 @@ def test_a_rebinding_name_is_resolved_once_and_the_checked_address_is_the_one_re
         other.close()
 
 
+def test_an_allowed_connect_tunnel_carries_bytes_both_ways(site: EgressSite) -> None:
+    # Given a gate with a task's rules, and a client that tunnels (as Chromium does for HTTPS and WebSockets)
+    proxy = EgressProxy(EgressPolicy(False, [f"127.0.0.1:{site.port}"]))
+    gate = proxy.gate()
+    try:
+        gate.open(EgressRules("t"))
+        conn = socket.create_connection(("127.0.0.1", gate.port), timeout=10)
+        conn.sendall(f"CONNECT 127.0.0.1:{site.port} HTTP/1.1\r\nHost: 127.0.0.1:{site.port}\r\n\r\n".encode())
+        assert conn.recv(1024).startswith(b"HTTP/1.1 200")
+        # When it speaks HTTP inside the tunnel, keeping the connection alive for two requests
+        received = b""
+        for path in ("/one", "/two"):
+            conn.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{site.port}\r\n\r\n".encode())
+            while f"site {path}".encode() not in received:  # bounded by the socket's 10 s timeout
+                chunk = conn.recv(65536)
+                assert chunk, received
+                received += chunk
+        # Then both reached the site through the one tunnel
+        assert received.count(b"HTTP/1.1 200 OK") == 2
+        conn.close()
+    finally:
+        proxy.close()
+
+
 def test_a_closed_gate_refuses_everything_and_reports_nothing(site: EgressSite) -> None:
     proxy = EgressProxy(EgressPolicy(True))
     gate = proxy.gate()
