@@ -96,11 +96,13 @@ class BrowserHost:
         """
         spare, self._spare = self._spare, None
         computer = None
-        if spare is not None and self._browser is not None and self._browser.is_connected():
+        if spare is not None:
             try:
+                if self._browser is None or not self._browser.is_connected():
+                    raise RuntimeError("its browser is gone")
                 spare.resize(width, height)
                 computer = spare
-            except Exception as exc:  # the spare died with its renderer: make a new one
+            except Exception as exc:  # the spare died with its renderer or browser: make a new one
                 log.info("spare context unusable (%s); opening a new one", exc)
                 spare.close()
         if computer is None:

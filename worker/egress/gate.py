@@ -64,12 +64,17 @@ class Gate:
 
     # -- the task's side ---------------------------------------------------------------------------------------------
     def open(self, rules: EgressRules) -> None:
-        """Put ``rules`` in force (a task's environment opens); connections made before are cut."""
+        """Put ``rules`` in force (a task's environment opens); connections made before are cut.
+
+        Raises:
+            RuntimeError: the gate is closed.
+        """
         self._switch(rules)
 
     def reset(self) -> None:
-        """Refuse everything again (the task ended); connections made before are cut."""
-        self._switch(None)
+        """Refuse everything again (the task ended); connections made before are cut. Nothing to do once closed."""
+        if not self._closed:
+            self._switch(None)
 
     def close(self) -> None:
         """Stop listening and cut every connection. Idempotent."""
