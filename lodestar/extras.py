@@ -12,7 +12,7 @@ import importlib.util
 
 MODULES: dict[str, tuple[str, ...]] = {
     "api": ("flask", "flask_sock", "gunicorn", "gevent", "apispec"),
-    "worker": ("playwright", "pyautogui", "mss", "PIL", "openai", "anthropic", "tzafon"),
+    "worker": ("playwright", "pyautogui", "mss", "PIL", "openai", "anthropic", "tzafon", "proxy"),
     "flower": ("flower",),
     "bench": ("miniwob",),
 }

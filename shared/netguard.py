@@ -1,19 +1,213 @@
-"""Which URLs an agent's browser or a webhook may reach: http(s) only, and no private addresses unless allowed."""
+"""Which hosts and addresses an agent's browser, a desktop's programs or a webhook may reach.
+
+The building blocks of the worker's egress proxy (``worker/egress/``) and of the webhook sender:
+
+- :func:`ip_literal` reads a host written as an address in any form a browser or ``inet_aton`` accepts
+  (``127.1``, ``2130706433``, ``0x7f000001``, ``0177.0.0.1``, ``[::ffff:127.0.0.1]``);
+- :func:`address_refusal` says why an address is not one an agent may reach (loopback, private, link-local, CGNAT,
+  multicast, reserved, unspecified, and those hidden inside IPv4-mapped, NAT64 and 6to4 IPv6 addresses);
+- :func:`resolve` turns a name into addresses (a static hosts map first, ``localhost`` names, then DNS);
+- :func:`clean_domain_patterns` / :func:`domain_allowed` validate and match ``allowed_domains`` patterns;
+- :class:`NetworkGuard` checks a URL before it is fetched (webhooks, and the early check of a ``navigate``).
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
+from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+"""RFC 6052 well-known NAT64 prefix: the last 32 bits are the IPv4 address the NAT64 gateway connects to."""
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+"""RFC 8215 local-use NAT64 prefix: translates into the operator's own networks."""
+_NUMERIC_HOST = re.compile(r"[0-9a-fx.]+", re.IGNORECASE)
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def normalize_host(host: str) -> str:
+    """A host as the proxy compares it: lower case, without IPv6 brackets, zone id or trailing dots
+    ("LOCALHOST." -> "localhost", "[::1]" -> "::1")."""
+    h = host.strip().lower()
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    return h.split("%")[0].rstrip(".")
+
+
+def ip_literal(host: str) -> IPAddress | None:
+    """The address ``host`` spells, or None when it is a name.
+
+    IPv4 is read as ``inet_aton`` and the WHATWG URL parser read it: one to four parts, each decimal, octal
+    (leading 0) or hex (0x): "127.1", "2130706433", "0x7f000001", "0177.0.0.1" are all 127.0.0.1. IPv6 may carry
+    brackets and a zone id. ``host`` need not be normalized.
+    """
+    h = normalize_host(host)
+    if ":" in h:
+        try:
+            return ipaddress.IPv6Address(h)
+        except ValueError:
+            return None
+    if not h or not _NUMERIC_HOST.fullmatch(h) or h.count(".") > 3:
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(h))
+    except OSError:
+        return None
+
+
+def address_refusal(address: IPAddress) -> str | None:
+    """Why ``address`` is not globally routable (a short phrase such as "loopback" or "IPv4-mapped loopback"), or
+    None when an agent may reach it.
+
+    IPv6 addresses that carry an IPv4 address are judged by that address: IPv4-mapped (``::ffff:0:0/96``), NAT64
+    (``64:ff9b::/96``) and 6to4 (``2002::/16``); the local-use NAT64 prefix (``64:ff9b:1::/48``) and IPv4-compatible
+    addresses (``::/96``) are refused outright.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            inner = address_refusal(address.ipv4_mapped)
+            return f"IPv4-mapped {inner}" if inner else None
+        if address in _NAT64:
+            inner = address_refusal(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+            return f"NAT64 of {inner}" if inner else None
+        if address in _NAT64_LOCAL:
+            return "local-use NAT64"
+        if address.sixtofour is not None:
+            inner = address_refusal(address.sixtofour)
+            return f"6to4 of {inner}" if inner else None
+        if int(address) >> 32 == 0 and not address.is_loopback and not address.is_unspecified:
+            return "IPv4-compatible (deprecated)"
+    if address.is_loopback:
+        return "loopback"
+    if address.is_unspecified:
+        return "unspecified"
+    if address.is_link_local:
+        return "link-local"
+    if address.is_multicast:
+        return "multicast"
+    if isinstance(address, ipaddress.IPv4Address) and address in _CGNAT:
+        return "CGNAT"
+    if address.is_reserved:
+        return "reserved"
+    if address.is_private:
+        return "private"
+    if not address.is_global:
+        return "not globally routable"
+    return None
+
+
+def is_localhost_name(name: str) -> bool:
+    """Whether ``name`` (normalized) is "localhost" or under it: RFC 6761 names that browsers map to loopback
+    themselves, whatever DNS says."""
+    return name == "localhost" or name.endswith(".localhost")
+
+
+def parse_hosts(entries: Iterable[str]) -> dict[str, list[IPAddress]]:
+    """``name=address`` entries (``LODESTAR_EGRESS_HOSTS``) as a map of normalized name -> addresses; a name given
+    several times gets all its addresses, in order.
+
+    Raises:
+        ValueError: an entry without "=", or whose address is not an IP address (the message names it).
+    """
+    out: dict[str, list[IPAddress]] = {}
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        address = ip_literal(value) if sep else None
+        if not name.strip() or address is None:
+            raise ValueError(f"egress hosts entry {entry!r}: expected name=address, e.g. intranet.test=10.0.0.5")
+        out.setdefault(normalize_host(name), []).append(address)
+    return out
+
+
+def resolve(host: str, hosts: Mapping[str, Sequence[IPAddress]] | None = None) -> list[IPAddress]:
+    """Every address ``host`` stands for, each once, in order: an address literal itself; else the ``hosts`` map
+    (normalized names); else loopback for ``localhost`` names; else the system resolver (``getaddrinfo``).
+
+    Returns [] when the name does not resolve.
+    """
+    literal = ip_literal(host)
+    if literal is not None:
+        return [literal]
+    name = normalize_host(host)
+    if hosts and name in hosts:
+        return list(dict.fromkeys(hosts[name]))
+    if is_localhost_name(name):
+        return [ipaddress.IPv4Address("127.0.0.1"), ipaddress.IPv6Address("::1")]
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return []
+    return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
+
+
+# --- allowed_domains patterns ----------------------------------------------------------------------------------------
+def clean_domain_patterns(patterns: Iterable[str]) -> list[str]:
+    """Validate ``allowed_domains`` patterns and return them normalized (lower case, IDNA ASCII, no trailing dot,
+    duplicates dropped).
+
+    A pattern is a host name ("example.com": that host only), "*." and a host name ("*.example.org": any name under
+    example.org, not example.org itself), or an IP address (that address written as the URL's host).
+
+    Raises:
+        ValueError: the first bad pattern, named, and why.
+    """
+    out: list[str] = []
+    for raw in patterns:
+        if not isinstance(raw, str):
+            raise ValueError(f"{raw!r} is not a string")
+        pattern = raw.strip().lower().rstrip(".")
+        wildcard = pattern.startswith("*.")
+        name = pattern[2:] if wildcard else pattern
+        literal = ip_literal(name) if name and "/" not in name else None
+        if literal is not None:
+            if wildcard:
+                raise ValueError(f"{raw!r}: a wildcard covers names, not an IP address")
+            out.append(str(literal))
+            continue
+        try:
+            ascii_name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"{raw!r} is not a host name (IDNA encoding failed)") from None
+        labels = ascii_name.split(".")
+        if not ascii_name or len(ascii_name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+            raise ValueError(f"{raw!r} is not a host name or *.<host name> (letters, digits, hyphens and dots; "
+                             "no scheme, port, path or other wildcard)")
+        out.append(("*." if wildcard else "") + ascii_name)
+    return list(dict.fromkeys(out))
+
+
+def domain_allowed(host: str, patterns: Sequence[str]) -> bool:
+    """Whether ``host`` (as the URL wrote it) matches one of the cleaned ``patterns``; an empty list allows any."""
+    if not patterns:
+        return True
+    literal = ip_literal(host)
+    name = str(literal) if literal is not None else normalize_host(host)
+    for pattern in patterns:
+        if pattern.startswith("*."):
+            if literal is None and name.endswith(pattern[1:]):
+                return True
+        elif name == pattern:
+            return True
+    return False
 
 
 class NetworkGuard:
-    """Decides whether an agent's browser may reach a URL: http(s) only, and no private addresses unless allowed.
+    """Decides whether a URL may be fetched: http(s) and ws(s) only, and no private addresses unless allowed.
 
-    A host is private when any address it resolves to is not globally routable (loopback, RFC 1918, fc00::/7,
-    link-local, CGNAT 100.64.0.0/10, reserved, unspecified) or multicast. ``allowed_hosts`` entries are "host"
-    or "host:port" ("[::1]:8080" for IPv6).
-    Resolution results are cached per host for the life of the guard (one task).
+    A host is private when any address it stands for has an :func:`address_refusal` (loopback, RFC 1918, fc00::/7,
+    link-local, CGNAT, multicast, reserved, unspecified, or one of those inside an IPv4-mapped, NAT64 or 6to4
+    address), or when it is a ``localhost`` name. ``allowed_hosts`` entries are "host" or "host:port" ("[::1]:8080"
+    for IPv6). A name that does not resolve is let through (the fetch fails on its own).
+    Resolution results are cached per host for the life of the guard.
+
+    The worker's egress proxy (``worker/egress/``) makes the same checks on every connection and connects to the
+    address it checked; this class checks a URL once, before the fetch (webhooks, and the early refusal of a
+    ``navigate``).
     """
 
     def __init__(self, allow_private: bool, allowed_hosts: tuple[str, ...] = (),
@@ -21,7 +215,7 @@ class NetworkGuard:
         self.allow_private = allow_private
         self.setting = setting
         self.allowed_hosts = {h.lower() for h in allowed_hosts}
-        self._cache: dict[str, bool] = {}
+        self._cache: dict[str, str | None] = {}
 
     def check(self, url: str) -> str | None:
         """Return None when ``url`` may be fetched, else the reason it may not."""
@@ -39,18 +233,16 @@ class NetworkGuard:
         if self.allow_private or host in self.allowed_hosts or host_port in self.allowed_hosts:
             return None
         if host not in self._cache:
-            self._cache[host] = self._is_private(host)
-        return f"host {host!r} is a private address (set {self.setting})" if self._cache[host] else None
+            self._cache[host] = self._private(host)
+        found = self._cache[host]
+        return f"host {host!r} is a private address ({found}; set {self.setting})" if found else None
 
     @staticmethod
-    def _is_private(host: str) -> bool:
-        try:
-            addresses = [ipaddress.ip_address(host)]
-        except ValueError:
-            try:
-                infos = socket.getaddrinfo(host, None)
-            except OSError:
-                return False  # unresolvable: the browser will fail on its own
-            addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-        # not is_global: RFC 1918, loopback, link-local (cloud metadata), CGNAT 100.64/10, reserved, documentation...
-        return any(not a.is_global or a.is_multicast for a in addresses)
+    def _private(host: str) -> str | None:
+        if is_localhost_name(normalize_host(host)):
+            return "loopback"
+        for address in resolve(host):
+            reason = address_refusal(address)
+            if reason:
+                return reason
+        return None

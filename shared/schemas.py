@@ -21,6 +21,7 @@ from marshmallow import (
 )
 
 from shared.models import registry as model_registry
+from shared.netguard import clean_domain_patterns
 from shared.settings import Settings
 from shared.states import PRIORITIES, ExitCode, Status
 from shared.task import DEFAULT_TEMPERATURE, DEFAULT_VIEWPORT, KINDS, OFFLINE_AGENTS
@@ -94,6 +95,20 @@ def make_start_schema(settings: Settings) -> Schema:
                                  metadata={"description": "Lodestar: POSTed the signed task JSON when it ends."})
         webhook_events = fields.Str(load_default="terminal", validate=validate.OneOf(["terminal", "all"]),
                                     metadata={"description": "Lodestar: terminal (default) or all status changes."})
+        allowed_domains = fields.List(
+            fields.Str(validate=validate.Length(1, 255)), validate=validate.Length(1, s.max_allowed_domains),
+            metadata={"description": "Lodestar: the only hosts the task's browser or desktop may reach: names "
+                      "(\"example.com\": that host), \"*.\" and a name (\"*.example.org\": any name under it) or IP "
+                      "addresses. Applies together with the tenant's allowed_domains (a host must match both lists) "
+                      "and the deployment's network rules. Omit it for no restriction."})
+
+        @validates("allowed_domains")
+        def _patterns_are_hosts(self, value: list[str], **_: Any) -> None:
+            try:
+                clean_domain_patterns(value)
+            except ValueError as exc:
+                raise ValidationError(str(exc)) from None
+
         persistent = fields.Bool()
         save_session = fields.Bool()
         environment_id = fields.Str(validate=validate.Length(max=255))
@@ -118,6 +133,8 @@ def make_start_schema(settings: Settings) -> Schema:
         def _defaults(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
             if "kind" not in data:
                 data["kind"] = "browser" if data.get("start_url") else s.default_kind
+            if data.get("allowed_domains"):
+                data["allowed_domains"] = clean_domain_patterns(data["allowed_domains"])
             return data
 
     return TaskStartSchema()
@@ -180,6 +197,8 @@ class TaskSchema(Schema):
                         "output_tokens, total_tokens, calls (null for offline agents)."})
     cost = fields.Float(allow_none=True, metadata={"description": "USD spent on the model so far, from the "
                         "deployment's price table (null when the model has no price)."})
+    allowed_domains = fields.List(fields.Str(), metadata={"description": "The task's host patterns, normalized "
+                                  "([] when it set none)."})
 
 
 class ErrorSchema(Schema):
@@ -189,9 +208,11 @@ class ErrorSchema(Schema):
 
 
 class EventSchema(Schema):
-    """One event in an SSE ``data:`` line (``id:`` is ``seq``). ``type``: status | step | message | end.
+    """One event in an SSE ``data:`` line (``id:`` is ``seq``). ``type``: status | step | message | blocked | end.
     Step events carry ``step``, ``actions``, ``results``, ``thought``, ``url``, ``messages``, ``usage`` (model
     tasks: this step's tokens and cost) and ``screenshot_url`` (url mode) or ``screenshot`` (a base64 data URL);
+    a blocked event (the egress proxy refused a request: ``url``, ``host``, ``port``, ``method``, ``reason``) comes
+    once per refused host and port;
     a status event for a model's question carries ``reason: "ask_user"`` and ``question``; the end event carries
     ``status``, ``exit_code``, ``result`` and ``error``."""
 

@@ -166,7 +166,16 @@ class Settings:
     allow_private_networks: bool = False
     """Let agents' browsers reach loopback, private, link-local and reserved addresses."""
     browser_allowed_hosts: tuple[str, ...] = ()
-    """Hosts (or host:port) an agent's browser may reach even though they are private, e.g. 127.0.0.1:8765."""
+    """Hosts (or host:port) an agent's browser may reach even though they are private, e.g. 127.0.0.1:8765. An
+    entry matches the name a URL gives or the address the egress proxy resolved it to."""
+    egress_hosts: tuple[str, ...] = ()
+    """Names the egress proxy resolves itself before asking DNS, as ``name=address`` entries (like /etc/hosts lines,
+    e.g. ``intranet.test=10.0.0.5``); the address is checked like any other."""
+    egress_idle_timeout: float = 300.0
+    """Seconds a connection through the egress proxy (a kept-alive request, a tunnel, a WebSocket) may stay silent
+    before the proxy closes it."""
+    max_allowed_domains: int = 100
+    """Most patterns in a task's (or a tenant's) ``allowed_domains``."""
     worker_concurrency: int = 1
     """Browser slots per worker machine (one Chromium per slot)."""
 

@@ -76,6 +76,9 @@ class Task:
     idempotency_key: str | None = None
     webhook_url: str | None = None
     webhook_events: str = "terminal"
+    allowed_domains: list[str] = field(default_factory=list)
+    """Host patterns the task's environment may reach ("example.com", "*.example.org"); empty: any (the deployment's
+    network rules and the tenant's own ``allowed_domains`` still apply; ``shared/netguard.py``)."""
     batch_id: str | None = None
     # -- where it stands ---------------------------------------------------------------------------------------------
     status: Status = Status.QUEUED
@@ -155,7 +158,7 @@ class Task:
             # every step stores the screenshot it acted on
             "last_screenshot_url": screenshot_url(self, steps) if steps else None,
             "metadata": self.metadata, "idempotency_key": self.idempotency_key, "usage": self.usage,
-            "cost": self.cost,
+            "cost": self.cost, "allowed_domains": self.allowed_domains,
         }
 
     @property
@@ -177,7 +180,7 @@ _STORED = tuple(name for name in _FIELDS if name != "task_id")
 _REQUEST_FIELDS = (
     "instruction", "kind", "model", "agent_type", "priority", "max_steps", "max_duration_seconds", "temperature",
     "screenshot_mode", "stream_mode", "viewport_width", "viewport_height", "start_url", "system_prompt", "context",
-    "metadata", "idempotency_key", "webhook_url", "webhook_events",
+    "metadata", "idempotency_key", "webhook_url", "webhook_events", "allowed_domains",
 )
 """Start parameters that become record fields as they are."""
 

@@ -3,6 +3,11 @@
 Chromium is Debian's (``LODESTAR_CHROMIUM_PATH``, default /usr/bin/chromium) or Playwright's own when the path is
 empty. Screenshots use CDP ``Page.captureScreenshot`` (JPEG, ``optimizeForSpeed``), about twice as fast as
 ``page.screenshot`` (STACK-NOTES: ~17 ms against ~33 ms at 1280x720).
+
+Every request goes through the worker process's egress proxy (``worker/egress/``): each context has a gate of its
+own (a proxy port, with the task's rules from :meth:`BrowserHost.open` until the context closes), and Chromium's own
+background requests go to a gate that is never opened. Loopback is proxied too (``<-loopback>``), WebSockets are
+tunnelled through it, and WebRTC may not send UDP of its own.
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ import logging
 import time
 from typing import Any
 
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, Playwright, Route, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, Playwright, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from shared.settings import Settings
-from worker.computer import CLICKABLE_ROLES, FIELD_ROLES, ActionError, NetworkGuard, Observation, Target
+from worker.computer import CLICKABLE_ROLES, FIELD_ROLES, ActionError, Observation, Target
+from worker.egress import EgressPolicy, EgressProxy, EgressRules, Gate, chromium_proxy_args, process_proxy
+from worker.egress.server import BYPASS_NOTHING
 
 log = logging.getLogger(__name__)
 
@@ -29,55 +37,90 @@ CHROMIUM_ARGS = [
 class BrowserHost:
     """Owns Playwright and one Chromium for the life of a worker process; relaunches Chromium if it dies.
 
-    Not thread-safe (Playwright's sync API is bound to the thread that started it).
+    ``proxy``: the egress proxy the contexts' requests go through (default: this process's, ``process_proxy``); its
+    gates apply the policy of ``settings``. Not thread-safe (Playwright's sync API is bound to the thread that
+    started it).
+
+    Raises (at construction):
+        ValueError: a malformed ``LODESTAR_EGRESS_HOSTS`` entry.
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, proxy: EgressProxy | None = None):
         self.settings = settings
+        self.policy = EgressPolicy.from_settings(settings)
+        self._proxy = proxy
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
+        self._browser_gate: Gate | None = None
         self._spare: BrowserComputer | None = None
 
-    def browser(self) -> Browser:
-        """The running Chromium, launched on first use (~175 ms) or again after a crash."""
-        if self._browser is not None and self._browser.is_connected():
-            return self._browser
+    @property
+    def proxy(self) -> EgressProxy:
+        """The egress proxy (started on first use)."""
+        if self._proxy is None:
+            self._proxy = process_proxy(self.settings)
+        return self._proxy
+
+    @property
+    def playwright(self) -> Playwright:
+        """This host's Playwright (started on first use); one per thread, so a tool that needs a second browser
+        (the bench's baseline) launches it from here."""
         if self._playwright is None:
             self._playwright = sync_playwright().start()
-        options: dict[str, Any] = {"headless": self.settings.headless, "args": CHROMIUM_ARGS}
+        return self._playwright
+
+    def browser(self) -> Browser:
+        """The running Chromium, launched on first use (~175 ms) or again after a crash. Its own requests (not a
+        context's) go to a gate of the egress proxy that refuses everything."""
+        if self._browser is not None and self._browser.is_connected():
+            return self._browser
+        if self._browser_gate is None or self._browser_gate.closed:
+            self._browser_gate = self.proxy.gate(self.policy)
+        args = [*CHROMIUM_ARGS, *chromium_proxy_args(self._browser_gate.url)]
+        options: dict[str, Any] = {"headless": self.settings.headless, "args": args}
         if self.settings.chromium_path:
             options["executable_path"] = self.settings.chromium_path
         started = time.perf_counter()
-        self._browser = self._playwright.chromium.launch(**options)
+        self._browser = self.playwright.chromium.launch(**options)
         log.info("chromium %s launched in %.0f ms", self._browser.version, (time.perf_counter() - started) * 1000)
         return self._browser
 
-    def open(self, width: int, height: int, *, persistent: bool = False, owner: str = "") -> BrowserComputer:
-        """A fresh, isolated browser context with one page at ``width`` x ``height`` CSS pixels (``persistent`` and
-        ``owner`` are accepted for the ``Host`` protocol; browser contexts are never kept between tasks).
+    def open(self, width: int, height: int, *, persistent: bool = False, owner: str = "",
+             egress: EgressRules | None = None) -> BrowserComputer:
+        """A fresh, isolated browser context with one page at ``width`` x ``height`` CSS pixels, its requests under
+        ``egress`` (the task's rules; None: the deployment's rules only, nothing reported) until it closes
+        (``persistent`` and ``owner`` are accepted for the ``Host`` protocol; browser contexts are never kept).
 
         Takes the spare context :meth:`warm` prepared (never used by another task) when there is one: creating a
         context costs ~130 ms that would otherwise delay the task's first step.
         """
         spare, self._spare = self._spare, None
-        if spare is not None and self._browser is not None and self._browser.is_connected():
+        computer = None
+        if spare is not None:
             try:
+                if self._browser is None or not self._browser.is_connected():
+                    raise RuntimeError("its browser is gone")
                 spare.resize(width, height)
-                return spare
-            except Exception as exc:  # the spare died with its renderer: make a new one
+                computer = spare
+            except Exception as exc:  # the spare died with its renderer or browser: make a new one
                 log.info("spare context unusable (%s); opening a new one", exc)
-        return BrowserComputer(self.browser(), width, height, self.settings)
+                spare.close()
+        if computer is None:
+            computer = BrowserComputer(self.browser(), width, height, self.settings, self.proxy.gate(self.policy))
+        computer.gate.open(egress or EgressRules())
+        return computer
 
     def warm(self) -> None:
         """Prepare a spare context for the next task (call between tasks). Errors are logged, not raised."""
         if self._spare is not None:
             return
         try:
-            self._spare = BrowserComputer(self.browser(), 1280, 720, self.settings)
+            self._spare = BrowserComputer(self.browser(), 1280, 720, self.settings, self.proxy.gate(self.policy))
         except Exception as exc:
             log.warning("could not prepare a spare browser context: %s", exc)
 
     def close(self) -> None:
+        """Close the spare context, Chromium and Playwright (the egress proxy stays: it is the process's)."""
         if self._spare is not None:
             self._spare.close()
             self._spare = None
@@ -86,36 +129,38 @@ class BrowserHost:
                 self._browser.close()
         finally:
             self._browser = None
+            if self._browser_gate is not None:
+                self._browser_gate.close()
             if self._playwright is not None:
                 self._playwright.stop()
                 self._playwright = None
 
 
 class BrowserComputer:
-    """``Computer`` over one Playwright browser context. Follows the newest tab when a click opens one."""
+    """``Computer`` over one Playwright browser context, whose requests all go through ``gate`` (closed with the
+    context). Follows the newest tab when a click opens one."""
 
-    def __init__(self, browser: Browser, width: int, height: int, settings: Settings):
+    def __init__(self, browser: Browser, width: int, height: int, settings: Settings, gate: Gate):
         self.width = width
         self.height = height
+        self.gate = gate
         self._timeout_ms = settings.action_timeout * 1000
         self._quality = settings.screenshot_quality
-        self._guard = NetworkGuard(settings.allow_private_networks, settings.browser_allowed_hosts)
-        self._context: BrowserContext = browser.new_context(viewport={"width": width, "height": height})
+        try:
+            self._context: BrowserContext = browser.new_context(
+                viewport={"width": width, "height": height}, proxy={"server": gate.url, "bypass": BYPASS_NOTHING})
+        except BaseException:
+            gate.close()
+            raise
         self._context.set_default_timeout(self._timeout_ms)
-        if not settings.allow_private_networks:
-            self._context.route("**/*", self._filter)
         self._context.on("page", self._adopt)
         self._page: Page = self._context.new_page()
         self._cdp = self._context.new_cdp_session(self._page)
 
     # -- plumbing ------------------------------------------------------------------------------------------------
-    def _filter(self, route: Route) -> None:
-        reason = self._guard.check(route.request.url)
-        if reason is None:
-            route.continue_()
-        else:
-            log.info("blocked %s: %s", route.request.url, reason)
-            route.abort("blockedbyclient")
+    def take_refusals(self) -> list[str]:
+        """What the egress proxy refused since the last call: "<url>: <reason>" each (the reason names the host)."""
+        return [r.describe() for r in self.gate.take_refusals()]
 
     def _adopt(self, page: Page) -> None:
         self._page = page
@@ -152,9 +197,9 @@ class BrowserComputer:
         """Screenshot and URL of the current page; with ``accessibility``, also its title and ARIA snapshot (each a
         further round trip to the browser, so a policy that needs neither does not pay for them).
 
-        Raises ``ActionError`` (the task fails) when the page is on an address the network guard refuses.
+        A page on a refused address shows the egress proxy's refusal (plain HTTP) or Chromium's error page: nothing
+        of the refused host was fetched.
         """
-        self._check_landing()
         aria = None
         title = ""
         if accessibility:
@@ -200,23 +245,28 @@ class BrowserComputer:
         self._page.wait_for_timeout(seconds * 1000)
 
     def navigate(self, url: str) -> None:
-        """Open ``url`` and wait for DOMContentLoaded. Raises ``ActionError`` when the network guard refuses it."""
+        """Open ``url`` and wait for DOMContentLoaded.
+
+        Raises ``ActionError`` naming the host when the egress rules refuse ``url``, or the page a redirect took the
+        main frame to (the proxy refused it: nothing of it was fetched).
+        """
         if "://" not in url and not url.startswith(("about:", "data:")):
             url = "https://" + url
-        reason = self._guard.check(url)
+        reason = self.gate.check_url(url)
         if reason:
             raise ActionError(f"navigation to {url} refused: {reason}")
-        self._page.goto(url, wait_until="domcontentloaded", timeout=max(self._timeout_ms, 30_000))
-        self._check_landing()
-
-    def _check_landing(self) -> None:
-        """Refuse a page the main frame reached by a redirect or a script (route() sees only the first URL of a
-        redirect chain): leave it for about:blank before anything of it is captured. Raises ``ActionError``."""
-        reason = self._guard.check(self._page.url)
-        if reason:
-            landed = self._page.url
-            self._page.goto("about:blank")
-            raise ActionError(f"the page went to {landed}, which is refused: {reason}")
+        mark = self.gate.mark()
+        try:
+            self._page.goto(url, wait_until="domcontentloaded", timeout=max(self._timeout_ms, 30_000))
+        except PlaywrightError as exc:  # a refused HTTPS hop fails the load (ERR_TUNNEL_CONNECTION_FAILED)
+            refused = self.gate.refusals_since(mark)
+            if refused:
+                raise ActionError(f"navigation to {url} refused: {refused[-1].describe()}") from exc
+            raise
+        landed = self._page.url
+        for refusal in self.gate.refusals_since(mark):
+            if refusal.matches(landed):
+                raise ActionError(f"navigation to {url} refused: the page went to {landed}, and {refusal.reason}")
 
     # -- grounding targets ----------------------------------------------------------------------------------------
     def _candidates(self, target: Target, exact: bool) -> list[Locator]:
@@ -265,7 +315,10 @@ class BrowserComputer:
             raise ActionError(f'cannot select "{option}" in {target.describe()}: {str(exc).splitlines()[0]}') from exc
 
     def close(self) -> None:
+        """Close the context and its gate: requests it still had in flight are cut."""
         try:
             self._context.close()
         except Exception as exc:  # the browser may already be gone
             log.debug("context close failed: %s", exc)
+        finally:
+            self.gate.close()

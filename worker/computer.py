@@ -13,15 +13,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from shared.netguard import NetworkGuard
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ACTIONS", "CLICKABLE_ROLES", "FIELD_ROLES", "TEXT_FIELD_ROLES", "Action", "ActionError", "ActionResult",
-           "Computer", "NetworkGuard", "Observation", "Target", "execute", "normalize_key"]
+           "Computer", "Filtered", "NetworkGuard", "Observation", "Target", "execute", "normalize_key"]
 
 ActionType = Literal[
     "click", "double_click", "triple_click", "right_click", "scroll", "type", "key", "move", "drag", "wait",
@@ -110,12 +110,15 @@ class Action:
 
 @dataclass(frozen=True)
 class ActionResult:
-    """What an action did. ``ok=False`` carries a human-readable ``error``; ``x``/``y`` is where a click landed."""
+    """What an action did. ``ok=False`` carries a human-readable ``error``; ``x``/``y`` is where a click landed.
+    ``blocked``: what the egress proxy refused since the previous action ("<url>: <reason naming the host>" each: a
+    subresource, a fetch, a WebSocket), whether or not the action itself succeeded."""
 
     ok: bool
     error: str | None = None
     x: int | None = None
     y: int | None = None
+    blocked: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -158,6 +161,15 @@ class Computer(Protocol):
     def locate(self, target: Target) -> tuple[int, int]: ...
     def select(self, target: Target, option: str) -> None: ...
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Filtered(Protocol):
+    """A computer whose network goes through the egress proxy (``worker/egress/``)."""
+
+    def take_refusals(self) -> list[str]:
+        """What the proxy refused since the last call: "<url>: <reason>" each."""
+        ...
 
 
 class ActionError(Exception):
@@ -304,7 +316,19 @@ ACTIONS: dict[str, Callable[[Computer, Action], ActionResult]] = {
 
 
 def execute(computer: Computer, action: Action) -> ActionResult:
-    """Perform ``action`` through the allowlist. Never raises for an action's own failure: returns ``ok=False``."""
+    """Perform ``action`` through the allowlist. Never raises for an action's own failure: returns ``ok=False``.
+
+    On a :class:`Filtered` computer the result's ``blocked`` lists what the egress proxy refused since the previous
+    action (a refused navigation is also the action's ``error``)."""
+    result = _perform(computer, action)
+    if isinstance(computer, Filtered):
+        refused = computer.take_refusals()
+        if refused:
+            result = replace(result, blocked=tuple(refused))
+    return result
+
+
+def _perform(computer: Computer, action: Action) -> ActionResult:
     handler = ACTIONS.get(action.type)
     if handler is None:
         return ActionResult(False, error=f"action {action.type!r} is not allowed")

@@ -26,6 +26,7 @@ from worker import lifecycle
 from worker.agents import make_policy
 from worker.browser import BrowserHost
 from worker.computer import Computer, Observation
+from worker.egress import EgressRules, rules_for
 from worker.lease import LeaseKeeper
 from worker.loop import Outcome, run_episode
 from worker.policy import Episode, PolicyError, StepRecord
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 class Host(Protocol):
     """Owns the machines of one kind in a worker process (``BrowserHost``, ``DesktopHost``); started lazily."""
 
-    def open(self, width: int, height: int, *, persistent: bool = False, owner: str = "") -> Computer: ...
+    def open(self, width: int, height: int, *, persistent: bool = False, owner: str = "",
+             egress: EgressRules | None = None) -> Computer: ...
     def close(self) -> None: ...
 
 
@@ -171,8 +173,10 @@ def _open_computer(rt: Runtime, task: Task) -> Computer:
     host = rt.hosts.get(task.kind)
     if host is None:
         raise RuntimeError(f"this worker cannot run kind={task.kind!r} tasks")
-    # a persistent desktop task leaves its session to the next task of the same tenant on the slot
-    return host.open(task.viewport_width, task.viewport_height, persistent=task.persistent, owner=task.tenant)
+    # a persistent desktop task leaves its session to the next task of the same tenant on the slot; the egress
+    # proxy's rules switch to this task's as its environment opens
+    return host.open(task.viewport_width, task.viewport_height, persistent=task.persistent, owner=task.tenant,
+                     egress=rules_for(rt.store, task))
 
 
 def record_step(store: TaskStore, task: Task, holder: str, step: StepRecord, observation: Observation) -> bool:

@@ -14,12 +14,26 @@ from typing import Any, cast
 
 import redis
 
+from shared.netguard import clean_domain_patterns
 from shared.settings import Settings
 from shared.store.keys import Keys
 from shared.tenants import KEY_PREFIX, Principal, check_rate_limit, digest, env_tenant
 
-TENANT_LIMITS = ("max_queued", "max_running", "rate_limit", "webhook_url")
+TENANT_LIMITS = ("max_queued", "max_running", "rate_limit", "webhook_url", "allowed_domains")
 """Tenant settings an operator sets (``lodestar keys limits``)."""
+
+
+def _domains_value(value: str | list[str] | tuple[str, ...], most: int) -> str:
+    """``allowed_domains`` as stored in the tenant hash: the cleaned patterns, comma-separated ("" for none).
+
+    Raises:
+        ValueError: a bad pattern (named), or more than ``most`` of them.
+    """
+    items = value.split(",") if isinstance(value, str) else list(value)
+    patterns = clean_domain_patterns(p for p in items if p.strip())
+    if len(patterns) > most:
+        raise ValueError(f"allowed_domains: {len(patterns)} patterns, at most {most} (LODESTAR_MAX_ALLOWED_DOMAINS)")
+    return ",".join(patterns)
 
 
 class Tenants:
@@ -44,15 +58,19 @@ class Tenants:
     # -- administration ------------------------------------------------------------------------------------------
     def create_key(self, name: str, tenant: str | None = None, *, max_queued: int | None = None,
                    max_running: int | None = None, rate_limit: str | None = None,
-                   webhook_url: str | None = None) -> tuple[str, Principal]:
+                   webhook_url: str | None = None,
+                   allowed_domains: str | list[str] | None = None) -> tuple[str, Principal]:
         """Create a key (for a new tenant unless ``tenant`` names one); returns ``(key, principal)``.
 
-        Limits given here are stored on the tenant (they apply to all its keys).
+        Limits given here are stored on the tenant (they apply to all its keys); ``allowed_domains`` is a list of
+        patterns or one comma-separated string (``shared.netguard.clean_domain_patterns``).
 
         Raises:
-            ValueError: ``rate_limit`` is not rate-limit notation.
+            ValueError: ``rate_limit`` is not rate-limit notation, or a bad ``allowed_domains`` pattern.
         """
         check_rate_limit(rate_limit)
+        domains = None if allowed_domains is None else _domains_value(allowed_domains,
+                                                                       self.settings.max_allowed_domains)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         d = digest(key)
         tenant = tenant or "t_" + secrets.token_hex(8)
@@ -64,7 +82,7 @@ class Tenants:
         pipe.hsetnx(tenant_key, "name", name)
         pipe.hsetnx(tenant_key, "webhook_secret", "whsec_" + secrets.token_urlsafe(32))
         updates = {"max_queued": max_queued, "max_running": max_running, "rate_limit": rate_limit,
-                   "webhook_url": webhook_url}
+                   "webhook_url": webhook_url, "allowed_domains": domains}
         for field, value in updates.items():
             if value is not None:
                 pipe.hset(tenant_key, field, value)
@@ -102,16 +120,19 @@ class Tenants:
         return True
 
     def set_limits(self, tenant: str, **limits: Any) -> None:
-        """Set tenant settings (:data:`TENANT_LIMITS`); None values are skipped.
+        """Set tenant settings (:data:`TENANT_LIMITS`); None values are skipped. ``allowed_domains`` is a list of
+        patterns or one comma-separated string; "" (or []) removes the tenant's restriction.
 
         Raises:
-            ValueError: ``rate_limit`` is not rate-limit notation.
+            ValueError: ``rate_limit`` is not rate-limit notation, or a bad ``allowed_domains`` pattern.
             TypeError: a name that is not a tenant setting.
         """
         unknown = set(limits) - set(TENANT_LIMITS)
         if unknown:
             raise TypeError(f"not tenant settings: {', '.join(sorted(unknown))}")
         check_rate_limit(limits.get("rate_limit"))
+        if limits.get("allowed_domains") is not None:
+            limits["allowed_domains"] = _domains_value(limits["allowed_domains"], self.settings.max_allowed_domains)
         values = {k: v for k, v in limits.items() if v is not None}
         if values:
             self._redis.hset(self._keys.tenant(tenant), mapping=values)  # type: ignore[arg-type]
@@ -152,14 +173,15 @@ class Tenants:
 
     def tenant(self, tenant: str) -> dict[str, Any]:
         """Tenant settings merged with the defaults from settings: ``{tenant, name, max_queued, max_running,
-        rate_limit, webhook_url}`` (limits 0: none)."""
+        rate_limit, webhook_url, allowed_domains}`` (limits 0: none; ``allowed_domains`` a list, [] for none)."""
         raw = {k.decode(): v.decode() for k, v in
                cast(dict[bytes, bytes], self._redis.hgetall(self._keys.tenant(tenant))).items()}
         return {"tenant": tenant, "name": raw.get("name", tenant),
                 "max_queued": int(raw.get("max_queued") or self.settings.default_max_queued),
                 "max_running": int(raw.get("max_running") or self.settings.default_max_running),
                 "rate_limit": raw.get("rate_limit", self.settings.default_rate_limit),
-                "webhook_url": raw.get("webhook_url") or None}
+                "webhook_url": raw.get("webhook_url") or None,
+                "allowed_domains": [p for p in raw.get("allowed_domains", "").split(",") if p]}
 
     def webhook_secret(self, tenant: str) -> str:
         """The tenant's webhook signing secret, created on first use."""

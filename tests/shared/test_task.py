@@ -39,7 +39,8 @@ def test_every_field_round_trips_through_redis() -> None:
               "viewport_width": 800, "viewport_height": 600, "persistent": True, "start_url": "https://a.test/",
               "system_prompt": "be brief", "context": [{"role": "user", "content": "hi"}], "metadata": {"k": "v"},
               "idempotency_key": "k1", "webhook_url": "https://hook.test/", "webhook_events": "all",
-              "batch_id": "batch_1", "status": Status.PAUSED, "exit_code": 3, "attempt": 2, "worker": "h:1",
+              "allowed_domains": ["a.test", "*.b.test"], "batch_id": "batch_1", "status": Status.PAUSED,
+              "exit_code": 3, "attempt": 2, "worker": "h:1",
               "started_at": 2.5, "finished_at": 3.5, "steps_taken": 4, "message": "m", "result": "r", "error": "e",
               "current_url": "https://b.test/", "usage": {"calls": 1, "total_tokens": 10}, "cost": 0.25,
               "messages_delivered": 1, "event_seq": 12}

@@ -8,7 +8,10 @@ another size or when Xvfb died; only clients presenting its MIT-MAGIC-COOKIE-1 m
 Each task runs in a *session* (``session``): a fresh HOME, the start-up program (xterm by default) with the keyboard
 focus, and every process it starts marked with ``LODESTAR_DESKTOP_SESSION=<token>``; ending the session kills them,
 closes windows left and deletes HOME, unless the task was ``persistent`` (then the tenant's next task on the slot
-gets it). ``DesktopComputer`` (``computer``) acts in screen pixels; ``keys`` types what the keymap lacks.
+gets it). Session programs get a minimal environment (no ``LODESTAR_*`` secrets of the worker) that points HTTP(S)
+at the worker's egress proxy (``worker/egress/``: one gate per host, with the running task's rules); a program that
+ignores proxy variables is not filtered (README, "Security"). ``DesktopComputer`` (``computer``) acts in screen pixels;
+``keys`` types what the keymap lacks.
 """
 
 from __future__ import annotations

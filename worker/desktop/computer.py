@@ -14,11 +14,12 @@ from types import ModuleType
 from typing import Protocol
 
 from shared.settings import Settings
-from worker.computer import ActionError, NetworkGuard, Observation, Target
+from worker.computer import ActionError, Observation, Target
 from worker.desktop.display import Display
 from worker.desktop.keys import to_x_keys, x_keysym
 from worker.desktop.session import DesktopSession, spawn
 from worker.desktop.windows import Windows
+from worker.egress import Gate, chromium_proxy_args
 
 WHEEL_PIXELS = 100
 """Scroll distance of one mouse-wheel click, in pixels: ``scroll`` sends ``round(dy / WHEEL_PIXELS)`` clicks (>= 1)."""
@@ -39,6 +40,8 @@ class SessionHost(Protocol):
     def check_alive(self) -> Display: ...
     def capture(self, quality: int) -> bytes: ...
     def release(self, session: DesktopSession) -> None: ...
+    @property
+    def gate(self) -> Gate: ...
 
 
 class DesktopComputer:
@@ -57,8 +60,11 @@ class DesktopComputer:
         self.display = d.name
         self._settings = settings
         self._quality = settings.screenshot_quality
-        self._guard = NetworkGuard(settings.allow_private_networks, settings.browser_allowed_hosts)
         self._closed = False
+
+    def take_refusals(self) -> list[str]:
+        """What the egress proxy refused for this display's programs since the last call ("<url>: <reason>")."""
+        return [r.describe() for r in self.host.gate.take_refusals()]
 
     # -- seeing -------------------------------------------------------------------------------------------------
     def screenshot(self) -> bytes:
@@ -173,8 +179,8 @@ class DesktopComputer:
         """Open ``url`` in Chromium on this desktop (started on first use with the browser worker's safe flags and a
         profile in the session's HOME); returns once a Chromium window exists.
 
-        The network guard checks this URL only: pages the desktop's programs load afterwards are not filtered
-        (restrict a desktop worker's network with the host's firewall).
+        The URL is checked first; the pages Chromium loads afterwards go through the egress proxy like the rest of
+        the session's HTTP(S) (a program that ignores proxy variables is not filtered: README, "Security").
 
         Raises:
             ActionError: the guard refuses the URL, Chromium is missing, or no window appeared in time.
@@ -183,7 +189,7 @@ class DesktopComputer:
 
         if "://" not in url and not url.startswith(("about:", "data:")):
             url = "https://" + url
-        reason = self._guard.check(url)
+        reason = self.host.gate.check_url(url)
         if reason:
             raise ActionError(f"navigation to {url} refused: {reason}")
         chromium = self._settings.chromium_path or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -191,7 +197,8 @@ class DesktopComputer:
             raise ActionError("navigate on a desktop needs Chromium (apt-get install chromium, or "
                               "LODESTAR_CHROMIUM_PATH)")
         profile = self.session.home / ".config" / "lodestar-chromium"
-        argv = [chromium, *CHROMIUM_ARGS, f"--user-data-dir={profile}", "--test-type", "--no-default-browser-check",
+        argv = [chromium, *CHROMIUM_ARGS, *chromium_proxy_args(self.host.gate.url), f"--user-data-dir={profile}",
+                "--test-type", "--no-default-browser-check",
                 "--window-position=0,0", f"--window-size={self.width},{self.height}", url]
         self.host.check_alive()
         spawn(self.session, argv)

@@ -18,6 +18,7 @@ from worker.desktop.computer import DesktopComputer
 from worker.desktop.display import DesktopError, Display, start_display, start_wm, stop_display
 from worker.desktop.session import DesktopSession, end_session, start_session
 from worker.desktop.windows import Windows
+from worker.egress import EgressPolicy, EgressProxy, EgressRules, Gate, process_proxy, proxy_env
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +32,33 @@ class DesktopHost:
     pool: one display per process).
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, proxy: EgressProxy | None = None):
         self.settings = settings
+        self._proxy = proxy
         self._display: Display | None = None
         self._session: DesktopSession | None = None
         self._busy = threading.Lock()
+        self._gate: Gate | None = None
+
+    @property
+    def gate(self) -> Gate:
+        """This display's gate of the egress proxy (its port stays the same, so a persistent session's programs keep
+        reaching it); created on first use."""
+        if self._gate is None or self._gate.closed:
+            proxy = self._proxy or process_proxy(self.settings)
+            self._gate = proxy.gate(EgressPolicy.from_settings(self.settings))
+        return self._gate
 
     # -- the task's view -------------------------------------------------------------------------------------------
-    def open(self, width: int, height: int, persistent: bool = False, owner: str = "") -> DesktopComputer:
+    def open(self, width: int, height: int, persistent: bool = False, owner: str = "",
+             egress: EgressRules | None = None) -> DesktopComputer:
         """A ``Computer`` on this host's display at ``width`` x ``height`` pixels, in a fresh session (or the one a
         persistent task of the same ``owner`` (tenant) left, if the size matches; another tenant's persistent
         session is reset first: its windows, processes and HOME never reach another tenant).
 
         ``persistent``: when this task ends, keep its session (windows, processes, HOME) for the next task here.
+        ``egress``: the task's rules on the egress proxy, in force until the task ends (None: the deployment's only).
+        The session's programs get the proxy through their environment (``http_proxy`` ...).
 
         Raises:
             DesktopError: a task already holds the display, or the display / start-up program failed to start.
@@ -62,9 +77,10 @@ class DesktopHost:
             if session is not None:
                 log.info("reusing the persistent desktop session on %s", d.name)
             else:
-                session = self._session = start_session(d, self.settings)
+                session = self._session = start_session(d, self.settings, proxy_env(self.gate.url))
                 session.owner = owner
             session.persistent = persistent
+            self.gate.open(egress or EgressRules())
             return DesktopComputer(self, session, self.settings)
         except BaseException:
             self._busy.release()
@@ -76,6 +92,8 @@ class DesktopHost:
             if not session.persistent or self._session is not session:
                 self._end_session(session)
         finally:
+            if self._gate is not None:
+                self._gate.reset()  # a persistent session's programs are refused until the next task opens
             self._busy.release()
 
     def close(self) -> None:
@@ -83,6 +101,8 @@ class DesktopHost:
         if self._session is not None:
             self._end_session(self._session)
         self._stop_display()
+        if self._gate is not None:
+            self._gate.close()
 
     # -- used by DesktopComputer -----------------------------------------------------------------------------------
     def check_alive(self) -> Display:

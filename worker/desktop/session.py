@@ -76,9 +76,10 @@ def spawn(session: DesktopSession, argv: list[str]) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_session(d: Display, settings: Settings) -> DesktopSession:
+def start_session(d: Display, settings: Settings, extra_env: dict[str, str] | None = None) -> DesktopSession:
     """A fresh session on ``d``: a new HOME and token, and the start-up program (``desktop_startup``, none when
     empty) running, its first window shown and holding the keyboard focus (waited for: typing may start at once).
+    ``extra_env`` goes in the environment of every program of the session (the egress proxy's variables).
 
     Raises:
         DesktopError: the start-up program failed to start, exited, or showed no window within
@@ -86,7 +87,7 @@ def start_session(d: Display, settings: Settings) -> DesktopSession:
     """
     token = secrets.token_hex(12)
     home = Path(tempfile.mkdtemp(prefix=f"lodestar-home-{d.number}-"))
-    env = {**base_env(d, home), SESSION_ENV: token}
+    env = {**base_env(d, home), **(extra_env or {}), SESSION_ENV: token}
     session = DesktopSession(token, home, env, d.number)
     command = settings.desktop_startup.strip()
     if not command:
