@@ -16,6 +16,7 @@ from shared.settings import Settings, load_settings
 from tests.conftest import need
 from tests.listeners import EgressSite, Listener, eventually
 from worker.computer import Action, execute
+from worker.desktop.session import spawn
 from worker.egress import EgressProxy, EgressRules
 
 pytestmark = [pytest.mark.worker]
@@ -57,7 +58,7 @@ def listener() -> Iterator[Listener]:
 
 def curl(desktop: Any, session: Any, url: str) -> str:
     """Run curl in the session (its environment, so its proxy variables); returns "<status> <body>"."""
-    proc = desktop.spawn(session, ["curl", "-s", "-o", str(session.home / "body"), "-w", "%{http_code}", url])
+    proc = spawn(session, ["curl", "-s", "-o", str(session.home / "body"), "-w", "%{http_code}", url])
     proc.wait(timeout=30)
     out = subprocess.run(["cat", str(session.home / "body")], capture_output=True, text=True).stdout
     return f"{proc.returncode} {out}"
