@@ -237,6 +237,30 @@ class NetworkGuard:
         found = self._cache[host]
         return f"host {host!r} is a private address ({found}; set {self.setting})" if found else None
 
+    def pin(self, url: str) -> tuple[str | None, IPAddress | None]:
+        """Check ``url`` and choose the address to connect to, resolving its host once: ``(None, address)`` when it
+        may be fetched, ``(reason, None)`` when not (a refused scheme or address, or a name that does not
+        resolve). The caller connects to that address, not to the name, so the answer cannot change in between
+        (DNS rebinding)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            return f"scheme {parts.scheme!r} is not allowed", None
+        host = (parts.hostname or "").lower()
+        try:
+            port = parts.port
+        except ValueError:
+            return f"bad port in {url!r}", None
+        host_port = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        addresses = resolve(host)
+        if not addresses:
+            return f"host {host!r} does not resolve", None
+        if not (self.allow_private or host in self.allowed_hosts or host_port in self.allowed_hosts):
+            for address in addresses:
+                reason = address_refusal(address)
+                if reason or is_localhost_name(normalize_host(host)):
+                    return f"host {host!r} is a private address ({reason or 'loopback'}; set {self.setting})", None
+        return None, addresses[0]
+
     @staticmethod
     def _private(host: str) -> str | None:
         if is_localhost_name(normalize_host(host)):

@@ -32,11 +32,17 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util.connection import create_connection
 
 from shared.netguard import NetworkGuard
 from shared.queue import Dispatcher, send_delivery
@@ -117,16 +123,17 @@ def deliver(store: TaskStore, secret: str, delivery: Delivery) -> Attempt:
     body = json.dumps(payload, separators=(",", ":")).encode()
     timestamp = int(time.time())
     started = time.perf_counter()
-    reason = NetworkGuard(False, settings.webhook_allowed_hosts, "LODESTAR_WEBHOOK_ALLOWED_HOSTS").check(url)
-    if reason:
+    reason, address = NetworkGuard(False, settings.webhook_allowed_hosts, "LODESTAR_WEBHOOK_ALLOWED_HOSTS").pin(url)
+    if reason or address is None:
         result = Attempt(delivery_id, event, url, attempt, now(), False, error=f"refused: {reason}")
     else:
         headers = {"Content-Type": "application/json", "User-Agent": "Lodestar-Webhooks/1",
                    "Lodestar-Event": event, "Lodestar-Delivery": delivery_id,
                    "Lodestar-Timestamp": str(timestamp), "Lodestar-Signature": sign(secret, timestamp, body)}
         try:
-            resp = requests.post(url, data=body, headers=headers, timeout=settings.webhook_timeout,
-                                 allow_redirects=False)
+            with pinned_session(str(address)) as session:
+                resp = session.post(url, data=body, headers=headers, timeout=settings.webhook_timeout,
+                                    allow_redirects=False)
             ok = 200 <= resp.status_code < 300
             result = Attempt(delivery_id, event, url, attempt, now(), ok, resp.status_code,
                              None if ok else f"HTTP {resp.status_code}",
@@ -136,6 +143,56 @@ def deliver(store: TaskStore, secret: str, delivery: Delivery) -> Attempt:
                              str(exc)[:300], duration_ms=round((time.perf_counter() - started) * 1000, 1))
     store.record_webhook_attempt(task_id, asdict(result))
     return result
+
+
+def _pinned_conn(conn: HTTPConnection, address: str) -> socket.socket:
+    """urllib3's ``HTTPConnection._new_conn`` with ``address`` in place of the host name's lookup."""
+    try:
+        return create_connection((address, conn.port), conn.timeout, source_address=conn.source_address,
+                                 socket_options=conn.socket_options)
+    except TimeoutError as exc:
+        raise ConnectTimeoutError(conn, f"Connection to {conn.host} ({address}) timed out") from exc
+    except OSError as exc:
+        raise NewConnectionError(conn, f"Failed to establish a new connection to {address}: {exc}") from exc
+
+
+class _PinnedAdapter(HTTPAdapter):
+    """A requests transport that connects to one IP address whatever the URL's host name says, keeping the name
+    for the Host header, TLS SNI and certificate checks (only the socket's connect changes)."""
+
+    def __init__(self, address: str):
+        self._address = address
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **kwargs: Any) -> None:
+        super().init_poolmanager(connections, maxsize, block, **kwargs)
+        address = self._address
+
+        class Http(HTTPConnection):
+            def _new_conn(self) -> socket.socket:
+                return _pinned_conn(self, address)
+
+        class Https(HTTPSConnection):
+            def _new_conn(self) -> socket.socket:
+                return _pinned_conn(self, address)
+
+        class HttpPool(HTTPConnectionPool):
+            ConnectionCls = Http
+
+        class HttpsPool(HTTPSConnectionPool):
+            ConnectionCls = Https
+
+        self.poolmanager.pool_classes_by_scheme = {"http": HttpPool, "https": HttpsPool}
+
+
+def pinned_session(address: str) -> requests.Session:
+    """A requests session whose connections all go to ``address`` (the one the network guard checked), so the
+    host name cannot resolve to another address between the check and the connection (DNS rebinding)."""
+    session = requests.Session()
+    adapter = _PinnedAdapter(address)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 def attempts(store: TaskStore, task_id: str) -> list[dict[str, Any]]:
