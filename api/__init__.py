@@ -18,6 +18,7 @@ from api.routes import BLUEPRINTS, sock
 from api.state import EXTENSION, AppState
 from shared.queue import Dispatcher, make_celery
 from shared.schemas import make_message_schema, make_start_schema
+from shared.secrets import SecretsError, check_key
 from shared.settings import Settings, load_settings
 from shared.store import TaskStore
 from shared.tenants import RateLimiter, check_rate_limit
@@ -34,6 +35,10 @@ def create_app(test_config: Settings | None = None) -> Flask:
         check_rate_limit(settings.default_rate_limit)
     except ValueError as exc:
         raise ValueError(f"LODESTAR_DEFAULT_RATE_LIMIT: {exc}") from None
+    try:
+        check_key(settings.secrets_key)
+    except SecretsError as exc:
+        raise ValueError(str(exc)) from None
     _raise_open_file_limit()
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]

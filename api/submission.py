@@ -11,6 +11,7 @@ from flask import g
 
 from api.errors import ApiError, unavailable
 from api.state import state
+from shared.secrets import seal
 from shared.store import IN_PROGRESS, InProgress, new_task_id, now
 from shared.task import Task
 
@@ -26,10 +27,11 @@ class Started:
 
 
 def new_task(params: Mapping[str, Any], batch_id: str | None = None) -> Task:
-    """A queued task of the caller's tenant from validated start parameters."""
+    """A queued task of the caller's tenant from validated start parameters (its ``secrets`` sealed)."""
     principal = g.principal
+    sealed = seal(params["secrets"], state().settings.secrets_key) if params.get("secrets") else None
     return Task.from_request(params, task_id=new_task_id(), tenant=principal.tenant, created_at=now(),
-                             batch_id=batch_id, default_webhook_url=principal.webhook_url)
+                             batch_id=batch_id, default_webhook_url=principal.webhook_url, sealed_secrets=sealed)
 
 
 def in_progress() -> ApiError:

@@ -21,7 +21,7 @@ from typing import Any
 
 import requests
 
-from lodestar.stack import RedisServer, free_port
+from lodestar.stack import RedisServer, free_port, local_secrets_key
 
 
 class Fleet:
@@ -45,8 +45,9 @@ class Fleet:
         self.key = key
         self.api_port = free_port()
         self.base_url = f"http://127.0.0.1:{self.api_port}"
-        self.env = {**os.environ, **(env or {}), "LODESTAR_REDIS_URL": self.redis.url, "LODESTAR_API_KEYS": key,
-                    "LODESTAR_KINDS": ",".join(kinds), "LODESTAR_BROKER_URL": broker_url}
+        self.env = {**os.environ, "LODESTAR_SECRETS_KEY": local_secrets_key(self.workdir), **(env or {}),
+                    "LODESTAR_REDIS_URL": self.redis.url, "LODESTAR_API_KEYS": key, "LODESTAR_KINDS": ",".join(kinds),
+                    "LODESTAR_BROKER_URL": broker_url}
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self._logs = 0

@@ -183,6 +183,19 @@ class Stack:
             time.sleep(0.5)
 
 
+def local_secrets_key(data_dir: Path) -> str:
+    """The Fernet key that seals task secrets on this machine (``LODESTAR_SECRETS_KEY`` for ``lodestar up``), kept in
+    ``data_dir/secrets.key`` (mode 600) so tasks queued before a restart can still be opened; made on first use."""
+    from cryptography.fernet import Fernet
+
+    path = data_dir / "secrets.key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(Fernet.generate_key().decode())
+    return path.read_text().strip()
+
+
 @contextlib.contextmanager
 def running_stack(port: int, concurrency: int, data_dir: Path, extra_env: dict[str, str] | None = None,
                   quiet: bool = False, kinds: tuple[str, ...] = ("browser",)) -> Iterator[tuple[str, str]]:
@@ -191,6 +204,8 @@ def running_stack(port: int, concurrency: int, data_dir: Path, extra_env: dict[s
     env = {**os.environ, **(extra_env or {}), "LODESTAR_KINDS": ",".join(kinds)}
     key = env.get("LODESTAR_API_KEYS", "").split(",")[0].strip() or "dev_" + secrets.token_urlsafe(24)
     env.setdefault("LODESTAR_API_KEYS", key)
+    if not env.get("LODESTAR_SECRETS_KEY"):
+        env["LODESTAR_SECRETS_KEY"] = local_secrets_key(data_dir)
     with contextlib.ExitStack() as stack:
         if not env.get("LODESTAR_REDIS_URL"):
             env["LODESTAR_REDIS_URL"] = stack.enter_context(embedded_redis(data_dir))

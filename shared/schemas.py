@@ -22,6 +22,7 @@ from marshmallow import (
 
 from shared.models import registry as model_registry
 from shared.netguard import clean_domain_patterns
+from shared.secrets import NAME
 from shared.settings import Settings
 from shared.states import PRIORITIES, ExitCode, Status
 from shared.task import DEFAULT_TEMPERATURE, DEFAULT_VIEWPORT, KINDS, OFFLINE_AGENTS
@@ -119,6 +120,19 @@ def make_start_schema(settings: Settings) -> Schema:
         harness_version = fields.Str(validate=validate.OneOf(["v1", "v2"]))
         stream_deltas = fields.Bool()
         agent_icon = fields.Str(validate=validate.Length(max=2048))
+
+        secrets = fields.Dict(
+            keys=fields.Str(validate=validate.Regexp(NAME.pattern + "$", error="a secret's name is a letter or _ then "
+                                                                               "letters, digits or _ (64 at most)")),
+            values=fields.Str(validate=validate.Length(1, 4096)), validate=validate.Length(max=50),
+            metadata={"description": "Lodestar: {name: value} typed where the instruction or a script writes "
+                                     "{{name}}; the agent never sees the values (sealed with LODESTAR_SECRETS_KEY, "
+                                     "dropped when the task ends)."})
+
+        @validates("secrets")
+        def _secrets_can_be_sealed(self, value: dict[str, str], **_: Any) -> None:
+            if value and not s.secrets_key:
+                raise ValidationError("this deployment has no LODESTAR_SECRETS_KEY to seal secrets with")
 
         @validates_schema
         def _model_has_a_policy(self, data: dict[str, Any], **_: Any) -> None:

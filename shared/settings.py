@@ -147,6 +147,10 @@ class Settings:
     webhook_allowed_hosts: tuple[str, ...] = ()
     """Private hosts (or host:port) webhooks may be sent to; others on private addresses are refused."""
 
+    secrets_key: str = ""
+    """Fernet key (32 random bytes, URL-safe base64) that seals task ``secrets`` (``shared/secrets.py``); the API and
+    every worker need the same one. Empty: tasks with ``secrets`` are refused (422). ``lodestar up`` makes one."""
+
     # --- Retention ---------------------------------------------------------------------
     task_retention: int = 7 * 24 * 3600
     """Seconds an ended task's record, events and screenshots are kept."""

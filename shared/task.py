@@ -80,6 +80,8 @@ class Task:
     """Host patterns the task's environment may reach ("example.com", "*.example.org"); empty: any (the deployment's
     network rules and the tenant's own ``allowed_domains`` still apply; ``shared/netguard.py``)."""
     batch_id: str | None = None
+    sealed_secrets: dict[str, str] = field(default_factory=dict)
+    """The task's secrets, sealed (``shared/secrets.py``: name -> Fernet token); never shown, dropped at the end."""
     # -- where it stands ---------------------------------------------------------------------------------------------
     status: Status = Status.QUEUED
     exit_code: int | None = None
@@ -105,11 +107,15 @@ class Task:
     # -- conversions -------------------------------------------------------------------------------------------------
     @classmethod
     def from_request(cls, params: Mapping[str, Any], *, task_id: str, tenant: str, created_at: float,
-                     batch_id: str | None = None, default_webhook_url: str | None = None) -> Task:
+                     batch_id: str | None = None, default_webhook_url: str | None = None,
+                     sealed_secrets: dict[str, str] | None = None) -> Task:
         """A new queued task from start parameters already validated (and defaulted) by
         ``shared.schemas.make_start_schema``. ``persistent`` is also set by the SDK's ``save_session``; the
-        tenant's ``default_webhook_url`` applies when the request names none. Unknown parameters are ignored."""
+        tenant's ``default_webhook_url`` applies when the request names none; ``sealed_secrets`` are the request's
+        ``secrets`` once sealed (the values themselves never enter a record). Unknown parameters are ignored."""
         asked = {name: params[name] for name in _REQUEST_FIELDS if params.get(name) is not None}
+        if sealed_secrets:
+            asked["sealed_secrets"] = sealed_secrets
         asked["persistent"] = bool(params.get("persistent") or params.get("save_session"))
         if not asked.get("webhook_url") and default_webhook_url:
             asked["webhook_url"] = default_webhook_url

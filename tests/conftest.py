@@ -31,6 +31,8 @@ from shared.task import Task
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PAGES = Path(__file__).parent / "pages"
+SECRETS_KEY = "bG9kZXN0YXItdGVzdHMtc2VjcmV0cy1rZXktMzJieXQ="
+"""The tests' ``LODESTAR_SECRETS_KEY`` (a Fernet key: 32 bytes, URL-safe base64)."""
 KEY = "test-key-tenant-a"
 OTHER_KEY = "test-key-tenant-b"
 
@@ -75,7 +77,7 @@ def redis_url(redis_base: str) -> Iterator[str]:
 
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
-    return load_settings(redis_url=redis_url, api_keys=(KEY, OTHER_KEY), lease_ttl=3)
+    return load_settings(redis_url=redis_url, api_keys=(KEY, OTHER_KEY), lease_ttl=3, secrets_key=SECRETS_KEY)
 
 
 # --- a local web site for the agents ------------------------------------------------------------------------------
@@ -270,6 +272,7 @@ def start_stack(redis_url: str, site: Site, concurrency: int, extra_env: dict[st
         need(False, f"Redis at {redis_url} is not reachable")
     port = free_port()
     env = {**os.environ, "LODESTAR_REDIS_URL": redis_url, "LODESTAR_API_KEYS": f"{KEY},{OTHER_KEY}",
+           "LODESTAR_SECRETS_KEY": SECRETS_KEY,
            "LODESTAR_BROWSER_ALLOWED_HOSTS": urllib.parse.urlsplit(site.base).netloc, "LODESTAR_LEASE_TTL": "3",
            "LODESTAR_KINDS": ",".join(kinds), **(extra_env or {})}
     stack = Stack(env, port, concurrency, quiet=not os.environ.get("LODESTAR_TEST_VERBOSE"), kinds=kinds)

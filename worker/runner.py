@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
 
 from redis.exceptions import RedisError
 
 from shared.control import ControlChannel, ControlState, HandBack
 from shared.queue import Dispatcher, task_ended
+from shared.secrets import SecretsError, redact, unseal
 from shared.settings import Settings
 from shared.states import ExitCode
 from shared.store import LeaseLost, TaskStore, now
@@ -30,6 +31,7 @@ from worker.egress import EgressRules, rules_for
 from worker.lease import LeaseKeeper
 from worker.loop import Outcome, run_episode
 from worker.policy import Episode, PolicyError, StepRecord
+from worker.secrets import SecretsComputer
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,10 @@ def run_claimed(rt: Runtime, task_id: str) -> str:
 
 def _run(rt: Runtime, task: Task, keeper: LeaseKeeper) -> str:
     task_id = task.task_id
+    try:
+        secrets = unseal(task.sealed_secrets, rt.settings.secrets_key) if task.sealed_secrets else {}
+    except SecretsError as exc:
+        return end(rt, task, Outcome(ExitCode.FAILED, error=f"cannot open the task's secrets: {exc}"))
     episode = episode_of(task)
     started_at = task.started_at or now()
     deadline = time.monotonic() + started_at + task.max_duration_seconds - now()
@@ -143,13 +149,16 @@ def _run(rt: Runtime, task: Task, keeper: LeaseKeeper) -> str:
         except Exception as exc:
             log.exception("environment for %s failed to start", task_id)
             return _environment_failed(rt, task, f"environment failed: {exc}")
+        agent_computer = cast(Computer, SecretsComputer(computer, secrets)) if secrets else computer
 
         def on_step(step: StepRecord, observation: Observation) -> bool:
+            if secrets:  # the values never reach a record, even when an error or the page quotes them
+                step = redacted(step, secrets)
             return record_step(rt.store, task, rt.worker_id, step, observation)
 
         first = task.steps_taken + 1  # step numbers go on across attempts; each attempt has max_steps steps
         try:
-            outcome = run_episode(computer, policy, episode, control, on_step, deadline, first_step=first,
+            outcome = run_episode(agent_computer, policy, episode, control, on_step, deadline, first_step=first,
                                   last_step=first + task.max_steps - 1)
         except HandBack as back:
             return _hand_back(rt, task, back)
@@ -160,6 +169,9 @@ def _run(rt: Runtime, task: Task, keeper: LeaseKeeper) -> str:
                 return _hand_back(rt, task, HandBack("its worker shut down; it starts again on another worker"))
             log.exception("task %s crashed", task_id)
             return _environment_failed(rt, task, f"{type(exc).__name__}: {exc}")
+        if secrets:
+            outcome = replace(outcome, result=redact(outcome.result, secrets) if outcome.result else None,
+                              error=redact(outcome.error, secrets) if outcome.error else None)
         return end(rt, task, outcome)
     finally:
         control.close()
@@ -177,6 +189,13 @@ def _open_computer(rt: Runtime, task: Task) -> Computer:
     # proxy's rules switch to this task's as its environment opens
     return host.open(task.viewport_width, task.viewport_height, persistent=task.persistent, owner=task.tenant,
                      egress=rules_for(rt.store, task))
+
+
+def redacted(step: StepRecord, secrets: dict[str, str]) -> StepRecord:
+    """``step`` with every secret value in its thought, URL and results' errors replaced by its ``{{name}}``."""
+    results = [replace(r, error=redact(r.error, secrets)) if r.error else r for r in step.results]
+    return replace(step, thought=redact(step.thought, secrets) if step.thought else None,
+                   url=redact(step.url, secrets), results=results)
 
 
 def record_step(store: TaskStore, task: Task, holder: str, step: StepRecord, observation: Observation) -> bool:

@@ -32,6 +32,7 @@ if ttl > 0 then
   redis.call('EXPIRE', KEYS[6], ttl)
   drop_lease(KEYS[5], prefix, task_id)
   redis.call('ZREM', prefix .. ':dispatch', task_id)
+  redis.call('HDEL', KEYS[1], 'sealed_secrets')  -- a task's secrets live no longer than the task
   if ARGV[9] ~= '' and redis.call('HGET', KEYS[1], 'webhook_url') then
     local delivery = prefix .. ':delivery:' .. ARGV[9]
     redis.call('HSET', delivery, 'task_id', task_id, 'tenant', redis.call('HGET', KEYS[1], 'tenant'),
