@@ -190,13 +190,13 @@ def test_page_instruction_cuts_filler_and_hud() -> None:
 
 
 # --- grounding -------------------------------------------------------------------------------------------------------
-def test_ground_login_types_by_label_order_with_tab() -> None:
+def test_ground_login_types_by_label_order_naming_unnamed_fields_by_position() -> None:
     actions, rest = ground(parse_aria(LOGIN), parse_instruction(
         'Enter the username "karrie" and the password "AU" into the text fields and press login.'))
     assert rest == []
     assert actions == [
         Action("type", text="karrie", target=Target("role", "", role="textbox")),
-        Action("key", keys="Tab"), Action("key", keys="Control+a"), Action("type", text="AU"),
+        Action("type", text="AU", target=Target("role", "", role="textbox", nth=1)),
         Action("click", target=Target("role", "Login", role="button")),
     ]
 

@@ -2,9 +2,10 @@
 
 :func:`ground` takes the outline (``aria.py``: :func:`parse_aria`) and the intents still to do (``instructions.py``:
 :func:`parse_instruction`) and returns one batch of actions plus the intents left for a later step. An element is
-named by ``Target("role", name, role=...)`` when that picks exactly the node meant (the browser resolves it with
-Playwright's ``get_by_role``, first match in document order), else by ``Target("text", ...)``; a field that no
-Target can name is reached with the Tab key from one that can. Which roles are fields is the table in
+named by ``Target("role", name, role=..., nth=k)``: the k-th node of that role and exact name in the outline, which
+is the k-th visible match of Playwright's ``get_by_role`` (an unnamed field is "the 3rd unnamed textbox"); text
+that is no element of its own by ``Target("text", ...)``. Values the instruction says to read off the page (a word,
+a copied text, a table cell) come from ``reading.py``. Which roles are fields is the table in
 ``worker/computer.py``, shared with the browser.
 """
 
@@ -14,8 +15,22 @@ import re
 from dataclasses import dataclass, field, replace
 
 from worker.computer import FIELD_ROLES, TEXT_FIELD_ROLES, Action, Target
-from worker.heuristic.aria import FOCUSABLE_ROLES, AriaNode, field_label, find_clickable, norm_text, text_present
-from worker.heuristic.instructions import Autocomplete, Choose, Click, Focus, Intent, TypeText, role_word
+from worker.heuristic.aria import AriaNode, field_label, find_clickable, norm_text, text_present
+from worker.heuristic.instructions import (
+    Autocomplete,
+    Choose,
+    Click,
+    Expand,
+    FillFromTable,
+    Focus,
+    Hover,
+    Intent,
+    Read,
+    TypeText,
+    Wait,
+    role_word,
+)
+from worker.heuristic.reading import ReadError, nth_word, source_node, table_value
 
 
 class GroundingError(Exception):
@@ -33,8 +48,10 @@ class _Batch:
     """The last action may change the page: ground the rest on the next observation."""
 
 
-def _target_for(node: AriaNode) -> Target:
-    return Target("role", node.name, role=node.role)
+def _target_for(nodes: list[AriaNode], node: AriaNode) -> Target:
+    """``Target("role", ...)`` for ``node``: its role and exact name, and which of the nodes with both it is."""
+    nth = sum(1 for n in nodes[: node.index] if n.role == node.role and n.name == node.name)
+    return Target("role", node.name, role=node.role, nth=nth)
 
 
 _GENERIC_FIELD_WORDS = frozenset({
@@ -120,60 +137,135 @@ def _match_fields(nodes: list[AriaNode], fields: list[AriaNode], descriptor: str
     return []
 
 
-def _directly_targetable(nodes: list[AriaNode], node: AriaNode) -> bool:
-    """True when Target(role, name) picks this node: it is the first of its role with exactly its name."""
-    first = next(n for n in nodes if n.role == node.role and n.name == node.name)
-    return first.index == node.index
+_DATE = re.compile(r"^\s*(\d{1,2})/(\d{1,2})/(\d{4})\s*$")
+_TIME = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*([AaPp])\.?\s*[Mm]\.?\s*$")
 
 
-def _reach(nodes: list[AriaNode], node: AriaNode, batch: _Batch) -> tuple[list[Action], bool]:
-    """Actions that put the keyboard focus in ``node``; the flag says they already cleared it for typing."""
-    if _directly_targetable(nodes, node):
-        return [], True
-    # Tab from the focused field, or from the nearest earlier field a Target can name
-    start: AriaNode | None = None
-    pre: list[Action] = []
-    if batch.focus is not None and batch.focus < node.index:
-        start = nodes[batch.focus]
-    else:
-        for prev in reversed(nodes[: node.index]):
-            if prev.role in FOCUSABLE_ROLES and prev.role not in ("link", "button") and _directly_targetable(nodes,
-                                                                                                            prev):
-                start = prev
-                break
-        if start is None:
-            raise GroundingError(f"cannot reach the {node.role} #{node.index}: nothing before it has a name")
-        pre.append(Action("click", target=_target_for(start)))
-    tabs = 1 + sum(1 for n in nodes[start.index + 1: node.index] if n.role in FOCUSABLE_ROLES)
-    pre.extend(Action("key", keys="Tab") for _ in range(tabs))
-    return pre, False
+def _typing(nodes: list[AriaNode], node: AriaNode, value: str, descriptor: str | None) -> list[Action]:
+    """Actions that type ``value`` into ``node``. A date or time said to be one ("Enter 12/15/2011 as the date") goes
+    into the field's segments as a user types it there: from the first segment (Left arrow), digits in order. A
+    number into a spinner that shows a number: its arrow keys, as many times as the difference."""
+    integer = re.compile(r"-?\d+")
+    if node.role == "spinbutton" and integer.fullmatch(value.strip()) and integer.fullmatch(node.text.strip()):
+        # a spinner is set with its arrow keys from the value it shows (many refuse typed digits)
+        steps = int(value) - int(node.text)
+        key = "ArrowUp" if steps > 0 else "ArrowDown"
+        return [Action("click", target=_target_for(nodes, node)), *(Action("key", keys=key) for _ in range(abs(steps)))]
+    words = set(_field_words(descriptor or ""))
+    date, time = _DATE.match(value), _TIME.match(value)
+    segmented = None
+    if date and "date" in words:
+        segmented = value.strip()
+    elif time and "time" in words:
+        segmented = f"{int(time.group(1)):02d}{time.group(2)}{time.group(3).upper()}M"
+    if segmented is None:
+        return [Action("type", text=value, target=_target_for(nodes, node))]
+    return [Action("click", target=_target_for(nodes, node)), *(Action("key", keys="ArrowLeft") for _ in range(3)),
+            Action("type", text=segmented)]
 
 
 def _ground_type(nodes: list[AriaNode], intents: list[TypeText], batch: _Batch) -> None:
     fields = [n for n in nodes if n.role in TEXT_FIELD_ROLES]
     if not fields:
         raise GroundingError("there is no text field on the page")
-    plan: dict[int, str] = {}
+    plan: dict[int, tuple[str, str | None]] = {}
     for intent in intents:
-        matches = _match_fields(nodes, fields, intent.field)
+        if intent.recall:
+            raise GroundingError("nothing was read to type")
+        candidates = [f for f in fields if f.index not in intent.skip] or fields
+        matches = _match_fields(nodes, candidates, intent.field)
         if not matches:
             raise GroundingError(f'no field matches "{intent.field}"')
+        if intent.skip:  # pasting: into an empty field rather than one that shows text
+            matches = [f for f in matches if not f.text.strip()] or matches
         if intent.every:
-            chosen = matches if len(matches) >= 2 else fields
+            chosen = matches if len(matches) >= 2 else candidates
             for f in chosen:
-                plan.setdefault(f.index, intent.value)
+                plan.setdefault(f.index, (_CLIPBOARD if intent.paste else intent.value, intent.field))
         else:
             free = [f for f in matches if f.index not in plan] or matches
-            plan[free[0].index] = intent.value
-    for index in sorted(plan):  # document order, so Tab moves forward
-        node = nodes[index]
-        pre, direct = _reach(nodes, node, batch)
-        batch.actions.extend(pre)
-        if direct:
-            batch.actions.append(Action("type", text=plan[index], target=_target_for(node)))
+            plan[free[0].index] = (_CLIPBOARD if intent.paste else intent.value, intent.field)
+    for index in sorted(plan):  # document order
+        value, descriptor = plan[index]
+        if value == _CLIPBOARD:
+            batch.actions.extend([Action("click", target=_target_for(nodes, nodes[index])),
+                                  Action("key", keys="Control+a"), Action("key", keys="Control+v")])
         else:
-            batch.actions.extend([Action("key", keys="Control+a"), Action("type", text=plan[index])])
+            batch.actions.extend(_typing(nodes, nodes[index], value, descriptor))
         batch.focus = index
+
+
+HOVER_SECONDS = 0.5
+"""Seconds to wait after pointing at a menu item for its submenu to open (jQuery UI menus wait 300 ms)."""
+_CLIPBOARD = "\x00clipboard"
+"""The planned value of a field that gets the clipboard pasted into it."""
+
+
+def _recall(intents: list[Intent], value: str, source: int | None, paste: bool) -> list[Intent]:
+    """The intents with ``value`` (or, ``paste``, the clipboard) filled into the next ``TypeText`` that recalls
+    what was read; it will not type into the ``source`` field the value came from."""
+    out = list(intents)
+    for i, intent in enumerate(out):
+        if isinstance(intent, TypeText) and intent.recall:
+            out[i] = replace(intent, value=value, recall=False, paste=paste,
+                             skip=(source,) if source is not None else ())
+            break
+    return out
+
+
+def _read(nodes: list[AriaNode], intent: Read, batch: _Batch) -> tuple[str, int | None]:
+    """The value ``intent`` reads and the outline index of the field it came from (None: not a field). Copying a
+    field's text copies it for real (click, Ctrl+A, Ctrl+C: the clipboard keeps what the outline cannot show, such
+    as trailing spaces)."""
+    try:
+        if intent.what == "cell":
+            value = table_value(nodes, intent.key or "")
+            if value is None:
+                raise GroundingError(f'no table gives a value for "{intent.key}"')
+            return value, None
+        node = source_node(nodes, intent.source)
+        field = node.index if node.role in TEXT_FIELD_ROLES else None
+        if intent.what == "word":
+            return nth_word(nodes, intent.source, intent.position or 1), field
+        if field is not None:
+            batch.actions.extend([Action("click", target=_target_for(nodes, node)), Action("key", keys="Control+a"),
+                                  Action("key", keys="Control+c")])
+        return (node.text or node.name).strip(), field
+    except ReadError as exc:
+        raise GroundingError(str(exc)) from None
+
+
+def _ground_hover(nodes: list[AriaNode], intent: Hover, batch: _Batch) -> None:
+    node = find_clickable(nodes, intent.target, "menuitem")
+    if node is None:
+        raise GroundingError(f'nothing called "{intent.target}" to point at')
+    # its submenu opens after the menu's delay: ground the rest on the next observation
+    batch.actions.extend([Action("move", target=_target_for(nodes, node)), Action("wait", seconds=HOVER_SECONDS)])
+    batch.stop = True
+
+
+def _ground_fill_from_table(nodes: list[AriaNode], batch: _Batch) -> None:
+    typed = 0
+    for node in nodes:
+        if node.role in TEXT_FIELD_ROLES:
+            value = table_value(nodes, field_label(nodes, node))
+            if value is not None:
+                batch.actions.append(Action("type", text=value, target=_target_for(nodes, node)))
+                typed += 1
+    if not typed:
+        raise GroundingError("no field has a label the table gives a value for")
+
+
+def _ground_expand(nodes: list[AriaNode], intent: Expand, batch: _Batch) -> None:
+    """Click the first collapsed section, menu or folder whose name has the word(s) of ``intent.what``."""
+    words = _field_words(intent.what)
+    for node in nodes:
+        if node.role in ("tab", "button", "link", "treeitem", "menuitem", "heading") and node.name \
+                and all(w in _field_words(node.name) for w in words) and "expanded" not in node.attrs:
+            batch.actions.append(Action("click", target=_target_for(nodes, node)))
+            batch.stop = True
+            return
+    raise GroundingError(f'nothing called "{intent.what}" to expand')
 
 
 def _ground_click(nodes: list[AriaNode], intent: Click, batch: _Batch) -> None:
@@ -190,14 +282,9 @@ def _ground_click(nodes: list[AriaNode], intent: Click, batch: _Batch) -> None:
         if len(buttons) == 1:
             node = buttons[0]
     if node is None:  # "the button", "the 2nd link": an element named by its role alone
-        position, words = _ordinal(_field_words(intent.target))
-        role = role_word(" ".join(words)) if words else intent.role
-        if role and len(words) <= 2:
-            picked = _nth([n for n in nodes if n.role == role], position or 1)
-            if picked and _directly_targetable(nodes, picked[0]):
-                node = picked[0]
+        node = _by_role_word(nodes, intent.target, intent.role)
     if node is not None:
-        batch.actions.append(Action("click", target=_target_for(node)))
+        batch.actions.append(Action("click", target=_target_for(nodes, node)))
         batch.focus = None
         batch.stop = node.role in ("link", "tab", "menuitem", "treeitem")
         return
@@ -209,12 +296,30 @@ def _ground_click(nodes: list[AriaNode], intent: Click, batch: _Batch) -> None:
     raise GroundingError(f'nothing called "{intent.target}" to click on the page')
 
 
+def _by_role_word(nodes: list[AriaNode], words_text: str, role_hint: str | None) -> AriaNode | None:
+    """The node "the 2nd radio button" or "the button" names by its role and position alone, or None."""
+    position, words = _ordinal(_field_words(words_text))
+    role = role_word(" ".join(words)) if words else role_hint
+    if role and len(words) <= 2:
+        picked = _nth([n for n in nodes if n.role == role], position or 1)
+        if picked:
+            return picked[0]
+    return None
+
+
+_CHOOSABLE = ("checkbox", "radio", "switch", "option", "menuitemcheckbox", "menuitemradio", "treeitem", "tab")
+
+
 def _ground_choose(nodes: list[AriaNode], intent: Choose, batch: _Batch) -> None:
-    choosable = [n for n in nodes if n.role in ("checkbox", "radio", "switch", "option", "menuitemcheckbox",
-                                                "menuitemradio", "treeitem", "tab") and n.name]
+    choosable = [n for n in nodes if n.role in _CHOOSABLE and n.name]
+    in_list: list[AriaNode] = []  # options of a list box (not a drop-down): selected together below
     for item in intent.items:
         node = next((n for n in choosable if n.name == item), None) or next(
             (n for n in choosable if norm_text(n.name) == norm_text(item)), None)
+        if node is None:
+            node = _by_role_word(nodes, item, None)
+            if node is not None and node.role not in _CHOOSABLE:
+                node = None
         if node is None:
             if text_present(nodes, item):
                 batch.actions.append(Action("click", target=Target("text", item)))
@@ -224,12 +329,32 @@ def _ground_choose(nodes: list[AriaNode], intent: Choose, batch: _Batch) -> None
             parent = nodes[node.parent] if node.parent is not None else None
             if parent is not None and parent.role == "combobox":
                 if "selected" not in node.attrs:
-                    batch.actions.append(Action("select", text=node.name, target=_target_for(parent)))
+                    batch.actions.append(Action("select", text=node.name, target=_target_for(nodes, parent)))
+                continue
+            if parent is not None and parent.role == "listbox":
+                in_list.append(node)
                 continue
         if node.role in ("checkbox", "radio", "switch", "menuitemcheckbox", "menuitemradio") and node.checked:
             continue
-        batch.actions.append(Action("click", target=_target_for(node)))
+        batch.actions.append(Action("click", target=_target_for(nodes, node)))
+    if in_list:
+        batch.actions.extend(_select_in_list(nodes, in_list))
     batch.focus = None
+
+
+def _select_in_list(nodes: list[AriaNode], chosen: list[AriaNode]) -> list[Action]:
+    """Select several options of one list box as a keyboard user does: click the first (it alone is selected), then
+    move to each other one with Ctrl+Down (the selection stays) and add it with Ctrl+Space."""
+    chosen = sorted({n.index: n for n in chosen}.values(), key=lambda n: n.index)
+    actions = [Action("click", target=_target_for(nodes, chosen[0]))]
+    siblings = [n.index for n in nodes if n.role == "option" and n.parent == chosen[0].parent]
+    at = siblings.index(chosen[0].index)
+    for node in chosen[1:]:
+        step = siblings.index(node.index) - at if node.index in siblings else 0
+        actions.extend(Action("key", keys="Control+ArrowDown") for _ in range(step))
+        actions.append(Action("key", keys="Control+Space"))
+        at += step
+    return actions
 
 
 def _ground_focus(nodes: list[AriaNode], intent: Focus, batch: _Batch) -> None:
@@ -238,10 +363,7 @@ def _ground_focus(nodes: list[AriaNode], intent: Focus, batch: _Batch) -> None:
     if not matches:
         raise GroundingError(f'no field matches "{intent.field or "the text field"}"')
     node = matches[0]
-    pre, direct = _reach(nodes, node, batch)
-    batch.actions.extend(pre)
-    if direct:
-        batch.actions.append(Action("click", target=_target_for(node)))
+    batch.actions.append(Action("click", target=_target_for(nodes, node)))
     batch.focus = node.index
 
 
@@ -258,7 +380,7 @@ def _ground_autocomplete(nodes: list[AriaNode], intent: Autocomplete, batch: _Ba
     if not starts:
         raise GroundingError(f'no suggestion starting with "{intent.prefix}" is shown')
     pick = (both or starts)[0]
-    target = Target("role", pick.name, role=pick.role) if pick.name else Target("text", pick.text.strip())
+    target = _target_for(nodes, pick) if pick.name else Target("text", pick.text.strip())
     batch.actions.append(Action("click", target=target))
     batch.focus = None
     return None
@@ -291,7 +413,19 @@ def ground(nodes: list[AriaNode], intents: list[Intent]) -> tuple[list[Action], 
                 _ground_type(nodes, run, batch)
                 used += len(run)
                 continue
-            if isinstance(intent, Click):
+            if isinstance(intent, Read):
+                value, source = _read(nodes, intent, batch)
+                copied = intent.what == "text" and source is not None
+                intents = [*intents[: used + 1], *_recall(intents[used + 1:], value, source, copied)]
+            elif isinstance(intent, Hover):
+                _ground_hover(nodes, intent, batch)
+            elif isinstance(intent, Wait):
+                batch.actions.append(Action("wait", seconds=intent.seconds))
+            elif isinstance(intent, FillFromTable):
+                _ground_fill_from_table(nodes, batch)
+            elif isinstance(intent, Expand):
+                _ground_expand(nodes, intent, batch)
+            elif isinstance(intent, Click):
                 _ground_click(nodes, intent, batch)
             elif isinstance(intent, Choose):
                 _ground_choose(nodes, intent, batch)
