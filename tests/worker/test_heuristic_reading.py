@@ -180,3 +180,31 @@ def test_the_instruction_is_no_target_and_the_policy_looks_into_menus() -> None:
     opened = '    - menuitem "Playback"\n    - menu:\n      - menuitem "Prev"'
     submenu = MENU.replace('    - menuitem "Playback"', opened)
     assert step(submenu) == [Action("click", target=Target("role", "Prev", role="menuitem"))]
+
+
+PICKER_CLOSED = f"""- text: Select 02/22/2016 as the date and hit submit.
+- paragraph:
+  - text: "Date:"
+  - textbox
+- button "Submit"
+{HUD}"""
+PICKER_OPEN = PICKER_CLOSED.replace(HUD, """- text: Prev Next March 2016
+- table:
+  - rowgroup:
+    - row "21 22":
+      - cell "21":
+        - link "21"
+      - cell "22":
+        - link "22"
+""" + HUD)
+
+
+def test_a_date_picker_is_opened_paged_to_the_month_and_its_day_clicked() -> None:
+    intents = parse_instruction("Select 02/22/2016 as the date and hit submit.")
+    actions, rest = ground(parse_aria(PICKER_CLOSED), intents)
+    assert actions == [Action("click", target=Target("role", "", role="textbox"))] and rest == intents
+    actions, rest = ground(parse_aria(PICKER_OPEN), intents)
+    assert actions == [Action("click", target=Target("text", "Prev"))] and rest == intents
+    feb = PICKER_OPEN.replace("March 2016", "February 2016")
+    actions, rest = ground(parse_aria(feb), intents)
+    assert actions[0] == Action("click", target=Target("role", "22", role="link")) and rest == intents[1:]

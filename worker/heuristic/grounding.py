@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from worker.computer import FIELD_ROLES, TEXT_FIELD_ROLES, Action, Target
-from worker.heuristic.aria import AriaNode, field_label, find_clickable, norm_text, text_present
+from worker.heuristic.aria import AriaNode, field_label, find_clickable, norm_text, target_for, text_present
 from worker.heuristic.instructions import (
     Autocomplete,
     Choose,
@@ -25,12 +25,14 @@ from worker.heuristic.instructions import (
     Focus,
     Hover,
     Intent,
+    PickDate,
     Read,
     TypeText,
     Wait,
     role_word,
 )
 from worker.heuristic.reading import ReadError, nth_word, source_node, table_value
+from worker.heuristic.widgets import HOVER_SECONDS, WidgetError, date_picker_step, select_in_list, typing
 
 
 class GroundingError(Exception):
@@ -46,12 +48,6 @@ class _Batch:
     """Outline index of the field that has the keyboard focus after ``actions`` (None: unknown)."""
     stop: bool = False
     """The last action may change the page: ground the rest on the next observation."""
-
-
-def _target_for(nodes: list[AriaNode], node: AriaNode) -> Target:
-    """``Target("role", ...)`` for ``node``: its role and exact name, and which of the nodes with both it is."""
-    nth = sum(1 for n in nodes[: node.index] if n.role == node.role and n.name == node.name)
-    return Target("role", node.name, role=node.role, nth=nth)
 
 
 _GENERIC_FIELD_WORDS = frozenset({
@@ -137,33 +133,6 @@ def _match_fields(nodes: list[AriaNode], fields: list[AriaNode], descriptor: str
     return []
 
 
-_DATE = re.compile(r"^\s*(\d{1,2})/(\d{1,2})/(\d{4})\s*$")
-_TIME = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*([AaPp])\.?\s*[Mm]\.?\s*$")
-
-
-def _typing(nodes: list[AriaNode], node: AriaNode, value: str, descriptor: str | None) -> list[Action]:
-    """Actions that type ``value`` into ``node``. A date or time said to be one ("Enter 12/15/2011 as the date") goes
-    into the field's segments as a user types it there: from the first segment (Left arrow), digits in order. A
-    number into a spinner that shows a number: its arrow keys, as many times as the difference."""
-    integer = re.compile(r"-?\d+")
-    if node.role == "spinbutton" and integer.fullmatch(value.strip()) and integer.fullmatch(node.text.strip()):
-        # a spinner is set with its arrow keys from the value it shows (many refuse typed digits)
-        steps = int(value) - int(node.text)
-        key = "ArrowUp" if steps > 0 else "ArrowDown"
-        return [Action("click", target=_target_for(nodes, node)), *(Action("key", keys=key) for _ in range(abs(steps)))]
-    words = set(_field_words(descriptor or ""))
-    date, time = _DATE.match(value), _TIME.match(value)
-    segmented = None
-    if date and "date" in words:
-        segmented = value.strip()
-    elif time and "time" in words:
-        segmented = f"{int(time.group(1)):02d}{time.group(2)}{time.group(3).upper()}M"
-    if segmented is None:
-        return [Action("type", text=value, target=_target_for(nodes, node))]
-    return [Action("click", target=_target_for(nodes, node)), *(Action("key", keys="ArrowLeft") for _ in range(3)),
-            Action("type", text=segmented)]
-
-
 def _ground_type(nodes: list[AriaNode], intents: list[TypeText], batch: _Batch) -> None:
     fields = [n for n in nodes if n.role in TEXT_FIELD_ROLES]
     if not fields:
@@ -188,15 +157,13 @@ def _ground_type(nodes: list[AriaNode], intents: list[TypeText], batch: _Batch) 
     for index in sorted(plan):  # document order
         value, descriptor = plan[index]
         if value == _CLIPBOARD:
-            batch.actions.extend([Action("click", target=_target_for(nodes, nodes[index])),
+            batch.actions.extend([Action("click", target=target_for(nodes, nodes[index])),
                                   Action("key", keys="Control+a"), Action("key", keys="Control+v")])
         else:
-            batch.actions.extend(_typing(nodes, nodes[index], value, descriptor))
+            batch.actions.extend(typing(nodes, nodes[index], value, descriptor))
         batch.focus = index
 
 
-HOVER_SECONDS = 0.5
-"""Seconds to wait after pointing at a menu item for its submenu to open (jQuery UI menus wait 300 ms)."""
 _CLIPBOARD = "\x00clipboard"
 """The planned value of a field that gets the clipboard pasted into it."""
 
@@ -228,7 +195,7 @@ def _read(nodes: list[AriaNode], intent: Read, batch: _Batch) -> tuple[str, int 
         if intent.what == "word":
             return nth_word(nodes, intent.source, intent.position or 1), field
         if field is not None:
-            batch.actions.extend([Action("click", target=_target_for(nodes, node)), Action("key", keys="Control+a"),
+            batch.actions.extend([Action("click", target=target_for(nodes, node)), Action("key", keys="Control+a"),
                                   Action("key", keys="Control+c")])
         return (node.text or node.name).strip(), field
     except ReadError as exc:
@@ -240,7 +207,7 @@ def _ground_hover(nodes: list[AriaNode], intent: Hover, batch: _Batch) -> None:
     if node is None:
         raise GroundingError(f'nothing called "{intent.target}" to point at')
     # its submenu opens after the menu's delay: ground the rest on the next observation
-    batch.actions.extend([Action("move", target=_target_for(nodes, node)), Action("wait", seconds=HOVER_SECONDS)])
+    batch.actions.extend([Action("move", target=target_for(nodes, node)), Action("wait", seconds=HOVER_SECONDS)])
     batch.stop = True
 
 
@@ -250,7 +217,7 @@ def _ground_fill_from_table(nodes: list[AriaNode], batch: _Batch) -> None:
         if node.role in TEXT_FIELD_ROLES:
             value = table_value(nodes, field_label(nodes, node))
             if value is not None:
-                batch.actions.append(Action("type", text=value, target=_target_for(nodes, node)))
+                batch.actions.append(Action("type", text=value, target=target_for(nodes, node)))
                 typed += 1
     if not typed:
         raise GroundingError("no field has a label the table gives a value for")
@@ -262,7 +229,7 @@ def _ground_expand(nodes: list[AriaNode], intent: Expand, batch: _Batch) -> None
     for node in nodes:
         if node.role in ("tab", "button", "link", "treeitem", "menuitem", "heading") and node.name \
                 and all(w in _field_words(node.name) for w in words) and "expanded" not in node.attrs:
-            batch.actions.append(Action("click", target=_target_for(nodes, node)))
+            batch.actions.append(Action("click", target=target_for(nodes, node)))
             batch.stop = True
             return
     raise GroundingError(f'nothing called "{intent.what}" to expand')
@@ -284,7 +251,7 @@ def _ground_click(nodes: list[AriaNode], intent: Click, batch: _Batch) -> None:
     if node is None:  # "the button", "the 2nd link": an element named by its role alone
         node = _by_role_word(nodes, intent.target, intent.role)
     if node is not None:
-        batch.actions.append(Action("click", target=_target_for(nodes, node)))
+        batch.actions.append(Action("click", target=target_for(nodes, node)))
         batch.focus = None
         batch.stop = node.role in ("link", "tab", "menuitem", "treeitem")
         return
@@ -329,32 +296,17 @@ def _ground_choose(nodes: list[AriaNode], intent: Choose, batch: _Batch) -> None
             parent = nodes[node.parent] if node.parent is not None else None
             if parent is not None and parent.role == "combobox":
                 if "selected" not in node.attrs:
-                    batch.actions.append(Action("select", text=node.name, target=_target_for(nodes, parent)))
+                    batch.actions.append(Action("select", text=node.name, target=target_for(nodes, parent)))
                 continue
             if parent is not None and parent.role == "listbox":
                 in_list.append(node)
                 continue
         if node.role in ("checkbox", "radio", "switch", "menuitemcheckbox", "menuitemradio") and node.checked:
             continue
-        batch.actions.append(Action("click", target=_target_for(nodes, node)))
+        batch.actions.append(Action("click", target=target_for(nodes, node)))
     if in_list:
-        batch.actions.extend(_select_in_list(nodes, in_list))
+        batch.actions.extend(select_in_list(nodes, in_list))
     batch.focus = None
-
-
-def _select_in_list(nodes: list[AriaNode], chosen: list[AriaNode]) -> list[Action]:
-    """Select several options of one list box as a keyboard user does: click the first (it alone is selected), then
-    move to each other one with Ctrl+Down (the selection stays) and add it with Ctrl+Space."""
-    chosen = sorted({n.index: n for n in chosen}.values(), key=lambda n: n.index)
-    actions = [Action("click", target=_target_for(nodes, chosen[0]))]
-    siblings = [n.index for n in nodes if n.role == "option" and n.parent == chosen[0].parent]
-    at = siblings.index(chosen[0].index)
-    for node in chosen[1:]:
-        step = siblings.index(node.index) - at if node.index in siblings else 0
-        actions.extend(Action("key", keys="Control+ArrowDown") for _ in range(step))
-        actions.append(Action("key", keys="Control+Space"))
-        at += step
-    return actions
 
 
 def _ground_focus(nodes: list[AriaNode], intent: Focus, batch: _Batch) -> None:
@@ -363,7 +315,7 @@ def _ground_focus(nodes: list[AriaNode], intent: Focus, batch: _Batch) -> None:
     if not matches:
         raise GroundingError(f'no field matches "{intent.field or "the text field"}"')
     node = matches[0]
-    batch.actions.append(Action("click", target=_target_for(nodes, node)))
+    batch.actions.append(Action("click", target=target_for(nodes, node)))
     batch.focus = node.index
 
 
@@ -380,10 +332,22 @@ def _ground_autocomplete(nodes: list[AriaNode], intent: Autocomplete, batch: _Ba
     if not starts:
         raise GroundingError(f'no suggestion starting with "{intent.prefix}" is shown')
     pick = (both or starts)[0]
-    target = _target_for(nodes, pick) if pick.name else Target("text", pick.text.strip())
+    target = target_for(nodes, pick) if pick.name else Target("text", pick.text.strip())
     batch.actions.append(Action("click", target=target))
     batch.focus = None
     return None
+
+
+def _ground_pick_date(nodes: list[AriaNode], intent: PickDate, batch: _Batch) -> bool:
+    fields = [n for n in nodes if n.role in TEXT_FIELD_ROLES]
+    picked = _match_fields(nodes, fields, "date") if fields else []
+    try:
+        actions, done = date_picker_step(nodes, intent.month, intent.day, intent.year, picked[0] if picked else None)
+    except WidgetError as exc:
+        raise GroundingError(str(exc)) from None
+    batch.actions.extend(actions)
+    batch.stop = True
+    return done
 
 
 def ground(nodes: list[AriaNode], intents: list[Intent]) -> tuple[list[Action], list[Intent]]:
@@ -398,6 +362,11 @@ def ground(nodes: list[AriaNode], intents: list[Intent]) -> tuple[list[Action], 
     while used < len(intents) and not batch.stop:
         intent = intents[used]
         try:
+            if isinstance(intent, PickDate):
+                if not _ground_pick_date(nodes, intent, batch):
+                    return batch.actions, intents[used:]
+                used += 1
+                continue
             if isinstance(intent, Autocomplete):
                 second = _ground_autocomplete(nodes, intent, batch)
                 if second is not None:

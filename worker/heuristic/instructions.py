@@ -60,6 +60,16 @@ class TypeText:
 
 
 @dataclass(frozen=True)
+class PickDate:
+    """Pick ``month``/``day``/``year`` in a date picker: open it from its field, page to the month with its Prev /
+    Next controls, click the day ("Select 02/22/2016 as the date")."""
+
+    month: int
+    day: int
+    year: int
+
+
+@dataclass(frozen=True)
 class Hover:
     """Move the mouse over the element named ``target`` (a menu item whose submenu opens on hover)."""
 
@@ -135,7 +145,8 @@ class Autocomplete:
     typed: bool = False
 
 
-Intent = Click | TypeText | Choose | Focus | PressKey | Autocomplete | Wait | Read | FillFromTable | Expand | Hover
+Intent = (Click | TypeText | Choose | Focus | PressKey | Autocomplete | Wait | Read | FillFromTable | Expand | Hover
+          | PickDate)
 
 _FOLLOW_PAGE = re.compile(
     r"\b(?:follow|do|complete|perform|carry\s+out|execute|read)\b.{0,40}?\b(?:instructions?|task|directions?|what)\b"
@@ -397,6 +408,9 @@ def _parse_clause(clause: str, values: list[str]) -> list[Intent]:
                           _restore(rest, values).strip(), re.I)
         if widget:  # 'Select 7 with the spinner': a value typed into the one number field
             return [TypeText(widget.group(1).strip(), widget.group(2).lower())]
+        date = re.match(r"^(\d{1,2})/(\d{1,2})/(\d{4})\s+as\s+the\s+date$", _restore(rest, values).strip(), re.I)
+        if date:  # 'Select 02/22/2016 as the date': with the date picker
+            return [PickDate(int(date.group(1)), int(date.group(2)), int(date.group(3)))]
         items_text = re.sub(r"\s+(?:from|in|on)\s+the\s+.*$", "", rest, flags=re.I)
         items_text = re.sub(r"^(?:the\s+)?(?:following\s+)?(?:items?|options?|checkboxes|boxes)?\s*:?\s*", "",
                             items_text, flags=re.I)

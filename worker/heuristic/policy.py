@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from worker.computer import Action, Observation, Target
 from worker.heuristic.aria import AriaNode, parse_aria
-from worker.heuristic.grounding import HOVER_SECONDS, GroundingError, ground
+from worker.heuristic.grounding import GroundingError, ground
 from worker.heuristic.instructions import Choose, Click, Intent, follows_page, parse_instruction
 from worker.heuristic.miniwob import page_instruction, shown_reward, start_cover_visible, without_instruction
+from worker.heuristic.widgets import HOVER_SECONDS
 from worker.policy import Decision, Episode
 
 
