@@ -208,3 +208,39 @@ def test_a_date_picker_is_opened_paged_to_the_month_and_its_day_clicked() -> Non
     feb = PICKER_OPEN.replace("March 2016", "February 2016")
     actions, rest = ground(parse_aria(feb), intents)
     assert actions[0] == Action("click", target=Target("role", "22", role="link")) and rest == intents[1:]
+
+
+POPUP_FORM = f"""- text: Enter the username "kim" and the password "x1" into the text fields and press login.
+- paragraph:
+  - text: Username
+  - textbox
+- paragraph:
+  - text: Password
+  - textbox
+- button "OK"
+{HUD}"""
+POPUP = POPUP_FORM.replace(HUD, """- paragraph: Your session is about to expire.
+- paragraph: Exit to home page?
+- paragraph:
+  - button "OK"
+  - button "Cancel"
+""" + HUD)
+
+
+def test_a_popup_that_swallowed_the_typing_is_dismissed_and_the_typing_redone() -> None:
+    policy = HeuristicPolicy("Follow the instruction on the page.")
+    episode = Episode(task_id="t", instruction=policy.instruction)
+
+    def step(snapshot: str) -> list[Action]:
+        decision = policy.decide(Observation(b"", "http://x/", "x", 640, 480, accessibility=snapshot), episode)
+        episode.history.append(StepRecord(len(episode.history) + 1, decision.actions,
+                                          [ActionResult(True) for _ in decision.actions], decision.thought, ""))
+        return decision.actions
+
+    typed = step(POPUP_FORM)
+    assert [a.text for a in typed] == ["kim", "x1"]
+    # Given a popup came up while it typed (its fields disabled), it dismisses it rather than follow it
+    assert step(POPUP) == [Action("click", target=Target("role", "Cancel", role="button"))]
+    # then types again and only then submits
+    assert step(POPUP_FORM) == typed
+    assert step(POPUP_FORM) == [Action("click", target=Target("role", "OK", role="button"))]

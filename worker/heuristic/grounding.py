@@ -381,6 +381,8 @@ def ground(nodes: list[AriaNode], intents: list[Intent]) -> tuple[list[Action], 
                     run.append(later)
                 _ground_type(nodes, run, batch)
                 used += len(run)
+                # look at the form before submitting it: typing may have brought up something to deal with first
+                batch.stop = used < len(intents) and isinstance(intents[used], Click)
                 continue
             if isinstance(intent, Read):
                 value, source = _read(nodes, intent, batch)

@@ -19,6 +19,9 @@ from worker.heuristic.miniwob import page_instruction, shown_reward, start_cover
 from worker.heuristic.widgets import HOVER_SECONDS
 from worker.policy import Decision, Episode
 
+DISMISS_WORDS = frozenset({"cancel", "close", "no", "dismiss", "not now", "no thanks", "later"})
+"""Names of the button that dismisses a popup without doing what it asks."""
+
 
 class HeuristicPolicy:
     """Rule-based offline agent (``agent_type="heuristic"``): reads the instruction, grounds it in the ARIA outline.
@@ -34,6 +37,8 @@ class HeuristicPolicy:
     MAX_RETRIES = 2
     MAX_WAITS = 4
     WAIT_SECONDS = 0.25
+    MAX_DISMISSALS = 2
+    """Unexpected popups it dismisses at most in one episode."""
     MAX_LOOKS = 12
     """Tabs (or collapsed sections) and menu items it looks into at most while looking for what it must click."""
 
@@ -50,6 +55,9 @@ class HeuristicPolicy:
         self._start_clicks = 0
         self._read_instruction: str | None = None
         self._explored: set[tuple[str, str]] = set()  # (role, name) of the tabs and menu items looked into
+        self._buttons: set[str] = set()  # names of the buttons of the last observation
+        self._before: list[Intent] | None = None  # the intents as they were before the last batch
+        self._dismissed = 0
 
     def decide(self, observation: Observation, episode: Episode) -> Decision:
         """Next actions for this observation. Never raises for a page it does not understand: returns ``fail``."""
@@ -69,6 +77,12 @@ class HeuristicPolicy:
             self._retries += 1
             if self._retries > self.MAX_RETRIES:
                 return Decision([Action("fail", text=f"an action failed: {error}")], thought=error)
+        buttons, self._buttons = self._buttons, {n.name for n in nodes if n.role == "button" and n.name}
+        interruption = self._interruption(buttons)
+        if interruption is not None:  # a popup the instruction never mentioned: dismiss it, redo what it swallowed
+            self._intents = self._before
+            return Decision([Action("click", target=Target("role", interruption, role="button"))],
+                            thought=f"dismiss the popup that appeared ({interruption!r}) and do that again")
         if self._intents is None:
             text = page_instruction(nodes)
             if text is None:
@@ -95,6 +109,7 @@ class HeuristicPolicy:
                 Action("move", target=target), Action("wait", seconds=HOVER_SECONDS)]
             return Decision(look, thought=f"{exc}; looking in the {place.role} {place.name!r}")
         self._pending = remaining
+        self._before = self._intents
         self._acted = True
         self._sent = len(episode.history)
         thought = f"{self._current_text()} -> {', '.join(_describe(a) for a in actions) or 'nothing to do'}"
@@ -131,6 +146,18 @@ class HeuristicPolicy:
             if fresh:
                 return fresh[0]
         return None
+
+    def _interruption(self, before: set[str]) -> str | None:
+        """The dismissing button ("Cancel", "Close" ...) of a popup that appeared since the last step, when the
+        instruction names no such button; None otherwise (or after ``MAX_DISMISSALS``)."""
+        if not self._acted or self._before is None or self._dismissed >= self.MAX_DISMISSALS:
+            return None
+        said = (self._read_instruction or self.instruction).lower()
+        new = [b for b in self._buttons - before if b.lower() in DISMISS_WORDS and b.lower() not in said]
+        if not new:
+            return None
+        self._dismissed += 1
+        return new[0]
 
     def _wait_or_fail(self, reason: str) -> Decision:
         if self._waits < self.MAX_WAITS:  # the page may still be loading or rendering
