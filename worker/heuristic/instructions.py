@@ -228,7 +228,8 @@ def role_word(word: str) -> str | None:
     """A role as instructions word it ("button", "check box", "radio button") -> its ARIA role, or None."""
     w = re.sub(r"\s+", "", word.lower())
     return {"button": "button", "link": "link", "tab": "tab", "checkbox": "checkbox", "radiobutton": "radio",
-            "option": "option"}.get(w)
+            "radio": "radio", "option": "option", "textarea": "textbox", "textbox": "textbox", "textfield": "textbox",
+            "input": "textbox"}.get(w)
 
 
 def _role_hint(clause: str) -> str | None:
