@@ -56,7 +56,7 @@ def evaluate(base_url: str, key: str, args: argparse.Namespace, subjects: list[S
     """Run the evaluation against the API at ``base_url``; prints the table, writes the files into ``args.out``.
 
     Returns 0, or 1 when an episode was refused or left unfinished, or the first subject's overall success is
-    below ``--min-success``.
+    below ``--min-success``; 130 after Ctrl-C (the run's unfinished tasks are cancelled, no report is written).
     """
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {key}"
@@ -76,7 +76,11 @@ def evaluate(base_url: str, key: str, args: argparse.Namespace, subjects: list[S
         who = " vs ".join(f"{s.name} ({s.kind})" for s in subjects)
         print(f"{who}: {len(families)} families x {args.episodes} seeds x {args.repeats} repeats = "
               f"{len(episodes)} episodes", flush=True)
-        finals = Runner(session, base_url, options).run(episodes)
+        try:
+            finals = Runner(session, base_url, options).run(episodes)
+        except KeyboardInterrupt:
+            print("\ninterrupted: the run's unfinished tasks were cancelled; no report written", file=sys.stderr)
+            return 130
         wall = time.monotonic() - started
         run = {"suite": "miniwob", "run_id": run_id, "url": base_url, "instruction": args.instruction,
                "subjects": [{"name": s.name, "kind": s.kind} for s in subjects], "families_run": families,
