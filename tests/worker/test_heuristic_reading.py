@@ -244,3 +244,27 @@ def test_a_popup_that_swallowed_the_typing_is_dismissed_and_the_typing_redone() 
     # then types again and only then submits
     assert step(POPUP_FORM) == typed
     assert step(POPUP_FORM) == [Action("click", target=Target("role", "OK", role="button"))]
+
+
+RESULTS = f"""- text: Use the textbox to enter "Olin" and press "Search", then find and click the 5th search result.
+- textbox: Olin
+- button "Search"
+- link "Joye"
+- link "Deneen"
+- link "Juan"
+- list:
+  - listitem:
+    - link "1"
+  - listitem:
+    - link "2"
+{HUD}"""
+
+
+def test_the_nth_search_result_is_found_on_its_page() -> None:
+    intents = parse_instruction('Use the textbox to enter "Olin" and press "Search", then find and click the 5th '
+                                'search result.')
+    assert intents[0] == TypeText("Olin", "textbox")
+    actions, rest = ground(parse_aria(RESULTS), intents[2:])
+    assert actions == [Action("click", target=Target("role", "2", role="link"))]  # results 4-6 are on page 2
+    actions, rest = ground(parse_aria(RESULTS), rest)
+    assert actions == [Action("click", target=Target("role", "Deneen", role="link"))] and rest == []

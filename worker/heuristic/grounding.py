@@ -20,6 +20,7 @@ from worker.heuristic.instructions import (
     Autocomplete,
     Choose,
     Click,
+    ClickResult,
     Expand,
     FillFromTable,
     Focus,
@@ -350,6 +351,26 @@ def _ground_pick_date(nodes: list[AriaNode], intent: PickDate, batch: _Batch) ->
     return done
 
 
+def _ground_result(nodes: list[AriaNode], intent: ClickResult, batch: _Batch) -> ClickResult | None:
+    """Click the result, or the page of results that holds it (returns the intent for the next page)."""
+    in_lists = {n.index for n in nodes if n.role == "link" and n.parent is not None
+                and nodes[n.parent].role == "listitem"}
+    results = [n for n in nodes if n.role == "link" and n.name and n.index not in in_lists]
+    if not results:
+        raise GroundingError("no search results are shown")
+    wanted = intent.position - intent.skipped
+    batch.stop = True
+    if 0 < wanted <= len(results):
+        batch.actions.append(Action("click", target=target_for(nodes, results[wanted - 1])))
+        return None
+    page = (intent.position - 1) // len(results) + 1
+    pager = next((n for n in nodes if n.index in in_lists and n.name == str(page)), None)
+    if pager is None or intent.skipped:
+        raise GroundingError(f"no page of results holds result #{intent.position}")
+    batch.actions.append(Action("click", target=target_for(nodes, pager)))
+    return replace(intent, skipped=(page - 1) * len(results))
+
+
 def ground(nodes: list[AriaNode], intents: list[Intent]) -> tuple[list[Action], list[Intent]]:
     """Ground as many leading intents as the current outline allows, as one batch of actions.
 
@@ -365,6 +386,12 @@ def ground(nodes: list[AriaNode], intents: list[Intent]) -> tuple[list[Action], 
             if isinstance(intent, PickDate):
                 if not _ground_pick_date(nodes, intent, batch):
                     return batch.actions, intents[used:]
+                used += 1
+                continue
+            if isinstance(intent, ClickResult):
+                after = _ground_result(nodes, intent, batch)
+                if after is not None:
+                    return batch.actions, [after, *intents[used + 1:]]
                 used += 1
                 continue
             if isinstance(intent, Autocomplete):

@@ -70,6 +70,15 @@ class PickDate:
 
 
 @dataclass(frozen=True)
+class ClickResult:
+    """Click the ``position``-th result of a search (1-based), paging through the results when it is on a later
+    page; ``skipped``: results on the pages before the one shown."""
+
+    position: int
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
 class Hover:
     """Move the mouse over the element named ``target`` (a menu item whose submenu opens on hover)."""
 
@@ -146,7 +155,7 @@ class Autocomplete:
 
 
 Intent = (Click | TypeText | Choose | Focus | PressKey | Autocomplete | Wait | Read | FillFromTable | Expand | Hover
-          | PickDate)
+          | PickDate | ClickResult)
 
 _FOLLOW_PAGE = re.compile(
     r"\b(?:follow|do|complete|perform|carry\s+out|execute|read)\b.{0,40}?\b(?:instructions?|task|directions?|what)\b"
@@ -446,6 +455,9 @@ def _parse_clause(clause: str, values: list[str]) -> list[Intent]:
         return [Click(target, role or "button", alternatives=_SUBMIT_WORDS)]
     if target.lower() in ("login", "log in", "sign in"):
         return [Click(target, role or "button", alternatives=_LOGIN_WORDS)]
+    result = re.fullmatch(r"(\w+)\s+(?:search\s+)?result", target, re.I)
+    if result and _position(result.group(1)) not in (None, -1):
+        return [ClickResult(_position(result.group(1)) or 1)]
     return [Click(target, role)]
 
 
