@@ -268,3 +268,12 @@ def test_the_nth_search_result_is_found_on_its_page() -> None:
     assert actions == [Action("click", target=Target("role", "2", role="link"))]  # results 4-6 are on page 2
     actions, rest = ground(parse_aria(RESULTS), rest)
     assert actions == [Action("click", target=Target("role", "Deneen", role="link"))] and rest == []
+
+
+def test_a_slider_the_outline_does_not_show_is_set_from_the_keyboard() -> None:
+    page = f"""- text: Select 11 with the slider and hit Submit. 14
+- button "Submit"
+{HUD}"""
+    intents = parse_instruction("Select 11 with the slider and hit Submit.")
+    actions, _ = ground(without_instruction(parse_aria(page)), intents)
+    assert actions == [Action("key", keys="Tab"), *[Action("key", keys="ArrowLeft")] * 3]

@@ -33,7 +33,14 @@ from worker.heuristic.instructions import (
     role_word,
 )
 from worker.heuristic.reading import ReadError, nth_word, source_node, table_value
-from worker.heuristic.widgets import HOVER_SECONDS, WidgetError, date_picker_step, select_in_list, typing
+from worker.heuristic.widgets import (
+    HOVER_SECONDS,
+    WidgetError,
+    date_picker_step,
+    select_in_list,
+    slider_keys,
+    typing,
+)
 
 
 class GroundingError(Exception):
@@ -136,6 +143,12 @@ def _match_fields(nodes: list[AriaNode], fields: list[AriaNode], descriptor: str
 
 def _ground_type(nodes: list[AriaNode], intents: list[TypeText], batch: _Batch) -> None:
     fields = [n for n in nodes if n.role in TEXT_FIELD_ROLES]
+    if not fields and len(intents) == 1 and "slider" in _field_words(intents[0].field or ""):
+        try:  # 'Select 11 with the slider': a slider the outline does not show, set from the keyboard
+            batch.actions.extend(slider_keys(nodes, intents[0].value))
+        except WidgetError as exc:
+            raise GroundingError(str(exc)) from None
+        return
     if not fields:
         raise GroundingError("there is no text field on the page")
     plan: dict[int, tuple[str, str | None]] = {}

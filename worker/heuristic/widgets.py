@@ -95,3 +95,23 @@ def date_picker_step(nodes: list[AriaNode], month: int, day: int, year: int,
         raise WidgetError(f"the date picker shows no day {day}")
     # the picker closes with an animation that would swallow the next click
     return [Action("click", target=target_for(nodes, node)), Action("wait", seconds=PICKER_SECONDS)], True
+
+
+def slider_keys(nodes: list[AriaNode], value: str) -> list[Action]:
+    """Set an unlabelled slider (one the outline does not show, such as a jQuery UI handle) to ``value`` from the
+    keyboard: Tab to it (it is the page's first stop) and press the arrow keys as many times as ``value`` differs from
+    the number shown beside it (the only text that is a bare number).
+
+    Raises:
+        WidgetError: ``value`` is not a whole number, or no single bare number is shown.
+    """
+    integer = re.compile(r"-?\d+")
+    if not integer.fullmatch(value.strip()):
+        raise WidgetError(f"cannot slide to {value!r}")
+    shown = [n.text.strip() for n in nodes if n.role in ("text", "generic", "paragraph") and integer.fullmatch(
+        n.text.strip())]
+    if len(shown) != 1:
+        raise WidgetError("no value is shown beside the slider")
+    steps = int(value) - int(shown[0])
+    key = "ArrowRight" if steps > 0 else "ArrowLeft"
+    return [Action("key", keys="Tab"), *(Action("key", keys=key) for _ in range(abs(steps)))]
