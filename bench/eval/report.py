@@ -230,7 +230,7 @@ def write_chart(report: Report, path: Path) -> None:
                       f"n={total.episodes}")
     ax.set_yticks(range(len(families)))
     ax.set_yticklabels(families, fontsize=7 if len(families) > 30 else 9)
-    ax.invert_yaxis()
+    ax.set_ylim(len(families) - 0.5, -0.5)  # first family on top, no empty margin
     ax.set_xlim(0, 100)
     ax.set_xlabel(f"success (%), error bars: {report.run.get('confidence', 0.95):.0%} Wilson interval")
     per = report.run.get("episodes_per_family", "?")

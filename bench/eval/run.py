@@ -129,6 +129,9 @@ class Runner:
         self._seen: dict[str, int] = {}  # batch id -> its "ended" count when last listed
         self._loose: list[Episode] = []  # accepted as reused (an earlier request's task): followed one by one
         self.counts: Counter[str] = Counter()
+        """Statuses of the unfinished tasks of the batches looked at last (for the progress bar)."""
+        self.ended: Counter[str] = Counter()
+        """Final statuses of the attempts that ended so far (a relaunched attempt counts once per attempt)."""
 
     # -- the run ---------------------------------------------------------------------------------------------------
     def run(self, episodes: list[Episode]) -> list[Episode]:
@@ -152,6 +155,7 @@ class Runner:
                 self._submit_some(todo, bar)
                 for episode in self._follow():
                     bar.update(1)
+                    self.ended[episode.record.get("status") or "not submitted"] += 1
                     if episode.system_failure and episode.attempt == 1:
                         again = episode.relaunch()
                         final[again.key] = again
@@ -160,9 +164,10 @@ class Runner:
                         tqdm.write(f"relaunching {episode.family} seed {episode.seed} ({episode.subject.name}): exit "
                                    f"code {episode.exit_code}: {episode.record.get('error') or ''}"[:200],
                                    file=self.out)
-                c = self.counts
-                bar.set_postfix_str(f"queued {c['queued']} running {c['running'] + c['paused']} ok {c['completed']} "
-                                    f"failed {c['failed'] + c['timed_out'] + c['cancelled']}", refresh=False)
+                c, e = self.counts, self.ended
+                bar.set_postfix_str(f"queued {c['queued']} running {c['running'] + c['paused']} | ended: completed "
+                                    f"{e['completed']} failed {e['failed'] + e['timed_out'] + e['cancelled']}",
+                                    refresh=False)
                 if todo or self._in_flight():
                     time.sleep(self.options.poll)
         except KeyboardInterrupt:
