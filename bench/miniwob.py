@@ -250,13 +250,15 @@ def _report(runs: list[EpisodeRun], board: RewardBoard, elapsed: float, min_succ
         rows.append((family, len(group), ok / len(group), statistics.mean(
             float(x["reward"]) if x else 0.0 for x in rewards), statistics.mean(steps),
             statistics.mean(secs) if secs else float("nan"), dict(statuses)))
+    width = max([20, *(len(f) + 1 for f in by_family)])
     print()
-    print(f"{'task family':<20} {'episodes':>8} {'success':>8} {'reward':>7} {'steps':>6} {'seconds':>8}  statuses")
+    print(f"{'task family':<{width}} {'episodes':>8} {'success':>8} {'reward':>7} {'steps':>6} {'seconds':>8}  "
+          "statuses")
     for family, n, rate, reward, mean_steps, mean_secs, by_status in rows:
-        print(f"{family:<20} {n:>8} {rate:>7.0%} {reward:>7.2f} {mean_steps:>6.1f} {mean_secs:>8.2f}  "
+        print(f"{family:<{width}} {n:>8} {rate:>7.0%} {reward:>7.2f} {mean_steps:>6.1f} {mean_secs:>8.2f}  "
               + ", ".join(f"{k} {v}" for k, v in sorted(by_status.items())))
     overall = total_ok / max(len(runs), 1)
-    print(f"{'all':<20} {len(runs):>8} {overall:>7.0%}")
+    print(f"{'all':<{width}} {len(runs):>8} {overall:>7.0%}")
     print(f"throughput: {len(runs) / elapsed * 60:.1f} episodes/min ({len(runs)} episodes in {elapsed:.1f} s)")
     errors = [r.submit_error for r in runs if r.submit_error]
     if errors:
