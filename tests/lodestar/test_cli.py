@@ -22,13 +22,14 @@ from tests.conftest import chromium_available, need
 
 def test_cli_lists_its_commands() -> None:
     help_text = build_parser().format_help()
-    for command in ("up", "api", "worker", "flower", "bench"):
+    for command in ("up", "api", "worker", "flower", "bench", "eval"):
         assert command in help_text
 
 
 def test_building_the_parser_imports_no_benchmark_celery_or_settings() -> None:
     code = ("import sys; from lodestar.cli import build_parser; build_parser(); print(sorted(m for m in "
-            "('bench.suite', 'celery', 'shared.settings', 'worker', 'api') if m in sys.modules))")
+            "('bench.suite', 'bench.eval', 'matplotlib', 'celery', 'shared.settings', 'worker', 'api') "
+            "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -67,6 +68,10 @@ def test_a_bad_setting_is_one_line_and_help_still_works(monkeypatch: pytest.Monk
                            "(missing: flower)"),
     (["bench", "miniwob", "--url", "http://127.0.0.1:1"], "miniwob",
      "lodestar bench miniwob needs the bench extra: pip install 'lodestar[bench]' (missing: miniwob)"),
+    (["eval", "miniwob", "--url", "http://127.0.0.1:1"], "matplotlib",
+     "lodestar eval miniwob needs the bench extra: pip install 'lodestar[bench]' (missing: matplotlib)"),
+    (["eval", "miniwob"], "playwright",
+     "lodestar eval miniwob needs the all extra: pip install 'lodestar[all]' (missing: playwright)"),
     (["up"], "gevent", "lodestar up needs the all extra: pip install 'lodestar[all]' (missing: gevent)"),
     (["bench", "step"], "mss", "lodestar bench step needs the all extra: pip install 'lodestar[all]' "
                                "(missing: mss)"),

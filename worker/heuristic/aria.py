@@ -19,7 +19,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from worker.computer import CLICKABLE_ROLES
+from worker.computer import CLICKABLE_ROLES, Target
 
 FOCUSABLE_ROLES = frozenset({
     "textbox", "searchbox", "spinbutton", "combobox", "button", "link", "checkbox", "radio", "slider", "switch",
@@ -208,3 +208,10 @@ def field_label(nodes: list[AriaNode], node: AriaNode) -> str:
         if words:
             break
     return ""
+
+
+def target_for(nodes: list[AriaNode], node: AriaNode) -> Target:
+    """``Target("role", ...)`` naming ``node``: its role and exact name, and which of the outline's nodes with both
+    it is (``nth``), which is which visible match of Playwright's ``get_by_role`` it is."""
+    nth = sum(1 for n in nodes[: node.index] if n.role == node.role and n.name == node.name)
+    return Target("role", node.name, role=node.role, nth=nth)

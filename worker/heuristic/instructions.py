@@ -44,11 +44,45 @@ class Click:
 @dataclass(frozen=True)
 class TypeText:
     """Type ``value`` into the field described by ``field`` ("username", "text field"; None: the first field);
-    ``every``: into every matching field ("both text fields")."""
+    ``every``: into every matching field ("both text fields").
+
+    ``recall``: the value is what the last :class:`Read` read off the page ("type that into the textbox"); grounding
+    fills it in. ``skip``: outline indices of fields not to type into (where the text came from). ``paste``: paste
+    the clipboard (Ctrl+V) instead of typing ``value`` (after a copied text).
+    """
 
     value: str
     field: str | None = None
     every: bool = False
+    recall: bool = False
+    skip: tuple[int, ...] = ()
+    paste: bool = False
+
+
+@dataclass(frozen=True)
+class PickDate:
+    """Pick ``month``/``day``/``year`` in a date picker: open it from its field, page to the month with its Prev /
+    Next controls, click the day ("Select 02/22/2016 as the date")."""
+
+    month: int
+    day: int
+    year: int
+
+
+@dataclass(frozen=True)
+class ClickResult:
+    """Click the ``position``-th result of a search (1-based), paging through the results when it is on a later
+    page; ``skipped``: results on the pages before the one shown."""
+
+    position: int
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class Hover:
+    """Move the mouse over the element named ``target`` (a menu item whose submenu opens on hover)."""
+
+    target: str
 
 
 @dataclass(frozen=True)
@@ -73,6 +107,41 @@ class PressKey:
 
 
 @dataclass(frozen=True)
+class Wait:
+    """Let ``seconds`` pass before the next action ("wait 2 seconds")."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Read:
+    """Read a value off the page for the next ``TypeText`` with ``recall``.
+
+    ``what``: "word" (the ``position``-th word of the text in ``source``, 1-based, -1 the last), "text" (all of the
+    text in the field ``source``: copying it), or "cell" (the table cell next to the one reading ``key``).
+    ``source``: a descriptor as the instruction words it ("the paragraph", "the 3rd text area"), None: the first.
+    """
+
+    what: str
+    source: str | None = None
+    position: int | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class FillFromTable:
+    """Type into each labelled text field the value the page's table gives for that label ("Enter the value that
+    corresponds with each label into the form")."""
+
+
+@dataclass(frozen=True)
+class Expand:
+    """Open the collapsed section, menu or folder whose name contains ``what`` ("Expand the section below")."""
+
+    what: str
+
+
+@dataclass(frozen=True)
 class Autocomplete:
     """Type ``prefix`` into a field, then pick the suggestion that starts with it (and ends with ``suffix``).
 
@@ -85,7 +154,8 @@ class Autocomplete:
     typed: bool = False
 
 
-Intent = Click | TypeText | Choose | Focus | PressKey | Autocomplete
+Intent = (Click | TypeText | Choose | Focus | PressKey | Autocomplete | Wait | Read | FillFromTable | Expand | Hover
+          | PickDate | ClickResult)
 
 _FOLLOW_PAGE = re.compile(
     r"\b(?:follow|do|complete|perform|carry\s+out|execute|read)\b.{0,40}?\b(?:instructions?|task|directions?|what)\b"
@@ -94,7 +164,8 @@ _FOLLOW_PAGE = re.compile(
     re.I | re.S,
 )
 _VERB = (r"(?:double[- ]?click|click|press|hit|tap|push|select|uncheck|check|tick|choose|pick|mark|enter|type|input|"
-         r"fill|write|put|submit|focus|close|dismiss|log\s*in|login|sign\s*in|switch|open|go)")
+         r"fill|write|put|submit|focus|close|dismiss|log\s*in|login|sign\s*in|switch|open|go|wait|find|copy|paste|expand|"
+         r"use)")
 _VERB_AT_START = re.compile(rf"^{_VERB}\b", re.I)
 _PH = re.compile(r"\x01(\d+)\x02")
 _KEY_WORDS = {"enter": "Enter", "return": "Enter", "tab": "Tab", "escape": "Escape", "esc": "Escape",
@@ -106,7 +177,7 @@ _LOGIN_WORDS = ("Login", "Log in", "Log In", "Sign in", "Sign In", "login", "Sub
 _STOP_FIELD_WORDS = frozenset({
     "the", "a", "an", "enter", "type", "input", "write", "fill", "put", "text", "value", "string", "word", "words",
     "and", "with", "as", "of", "then", "in", "into", "to", "phrase", "following", "characters", "letters", "on",
-    "same", "both", "also", "its", "please", "just", "exactly", "only", "your",
+    "same", "both", "also", "its", "please", "just", "exactly", "only", "your", "number", "numbers", "digits",
 })
 
 
@@ -166,7 +237,8 @@ def role_word(word: str) -> str | None:
     """A role as instructions word it ("button", "check box", "radio button") -> its ARIA role, or None."""
     w = re.sub(r"\s+", "", word.lower())
     return {"button": "button", "link": "link", "tab": "tab", "checkbox": "checkbox", "radiobutton": "radio",
-            "option": "option"}.get(w)
+            "radio": "radio", "option": "option", "textarea": "textbox", "textbox": "textbox", "textfield": "textbox",
+            "input": "textbox"}.get(w)
 
 
 def _role_hint(clause: str) -> str | None:
@@ -225,6 +297,73 @@ def _parse_type(clause: str, values: list[str]) -> list[Intent]:
     return [TypeText(_case(clause, value), field_word or dest, every)]
 
 
+_PRONOUNS = frozenset({"it", "that", "this", "them", "the word", "that word", "the text", "the value", "the answer",
+                       "the result"})
+"""Values that name what was just read or copied ("type that into the textbox")."""
+
+
+def _position(word: str) -> int | None:
+    low = word.lower()
+    if low in ("last", "final"):
+        return -1
+    m = re.fullmatch(r"(\d+)(?:st|nd|rd|th)", low)
+    if m:
+        return int(m.group(1))
+    return {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8,
+            "ninth": 9, "tenth": 10}.get(low)
+
+
+def _parse_reading(verb: str, rest: str, clause: str, values: list[str]) -> list[Intent] | None:
+    """Clauses that wait, read a value off the page, or open a section; None when the clause is none of these.
+
+    'wait 2 seconds', 'Find the 5th word in the paragraph', 'Copy the text in the textarea below',
+    'paste it into the textbox', 'Enter the value of Color into the text field', 'Enter the value that
+    corresponds with each label into the form', 'Enter 12/15/2011 as the date', 'Expand the section below',
+    'Use the textbox to enter "x"'.
+    """
+    text = _restore(rest, values).strip()
+    if verb == "wait":
+        m = re.match(r"^(?:for\s+)?(\d+(?:\.\d+)?)\s*(?:seconds?|secs?|s)\b", text, re.I)
+        return [Wait(float(m.group(1)))] if m else []
+    if verb == "find":
+        m = re.match(r"^(?:the\s+)?(\w+)\s+word\s+(?:in|of|from)\s+(?:the\s+)?(.+)$", text, re.I)
+        if m and _position(m.group(1)) is not None:
+            return [Read("word", m.group(2), _position(m.group(1)))]
+        return []  # 'Find and click on ...' continues in the next clause
+    if verb == "copy":
+        m = re.match(r"^(?:the\s+)?(?:text|value|contents?|words?)?\s*(?:in|from|of)\s+(?:the\s+)?(.+)$", text, re.I)
+        return [Read("text", m.group(1) if m else None)]
+    if verb == "paste":
+        m = re.match(r"^(?:it|that|this|the\s+text)?\s*(?:in|into|to|onto)\s+(?:the\s+)?(.+)$", text, re.I)
+        return [TypeText("", m.group(1) if m else None, recall=True)]
+    if verb == "expand":
+        m = re.match(r"^(?:the\s+|all\s+(?:the\s+)?)?([\w ]+?)(?:\s+(?:below|above|here))?(?:\s*,.*)?$", text, re.I)
+        what = m.group(1).strip().lower() if m else ""
+        if not what or (what.endswith("s") and not what.endswith("ss")):  # 'the sections': look through them later
+            return []
+        return [Expand(what.split()[-1] if what.split()[-1] != "menu" else what)]
+    if verb == "use":
+        m = re.match(r"^(?:the\s+)?(.+?)\s+to\s+(.+)$", rest, re.I)
+        if not m:
+            return []
+        inner = _parse_clause(m.group(2), values)
+        return [TypeText(i.value, i.field or _restore(m.group(1), values), i.every) if isinstance(i, TypeText) else i
+                for i in inner]
+    if verb in ("enter", "type", "input", "write", "put"):
+        if re.search(r"\bvalues?\s+that\s+correspond|\beach\s+label\b", text, re.I):
+            return [FillFromTable()]
+        m = re.match(r"^(?:the\s+)?value\s+(?:of|for)\s+(?:the\s+)?(.+?)\s+(?:into|in|to)\s+(.+)$", text, re.I)
+        if m:
+            return [Read("cell", key=m.group(1).strip()), TypeText("", m.group(2), recall=True)]
+        m = re.match(r"^(.+?)\s+as\s+(?:the\s+|a\s+|an\s+)?([\w ]+)$", text, re.I)
+        if m and not _PH.search(rest):
+            return [TypeText(m.group(1).strip(), m.group(2).strip())]
+        m = re.match(r"^(.+?)\s+(?:into|in|to|on)\s+(.+)$", text, re.I)
+        if m and m.group(1).strip().lower() in _PRONOUNS:
+            return [TypeText("", m.group(2), recall=True)]
+    return None
+
+
 def _parse_login(clause: str, values: list[str]) -> list[Intent] | None:
     val = r"(\x01\d+\x02|[^\s,;]+)"
     user_m = re.search(rf"\b(?:user\s*name|user|e-?mail)\s*(?:is|:|=|as|of)?\s*{val}", clause, re.I) or re.search(
@@ -248,6 +387,9 @@ def _parse_clause(clause: str, values: list[str]) -> list[Intent]:
         return []
     verb = re.sub(r"[\s-]+", "", verb_m.group(0).lower())
     rest = clause[verb_m.end():].strip()
+    special = _parse_reading(verb, rest, clause, values)
+    if special is not None:
+        return special
     if verb in ("login", "signin"):
         login = _parse_login(clause, values)
         return login if login is not None else [Click("Login", "button", alternatives=_LOGIN_WORDS)]
@@ -272,6 +414,13 @@ def _parse_clause(clause: str, values: list[str]) -> list[Intent]:
     if verb in ("close", "dismiss") and not holders:
         return [Click("Close", "button", alternatives=_CLOSE_WORDS)]
     if verb in ("select", "check", "tick", "choose", "pick", "mark"):
+        widget = re.match(r"^(.+?)\s+(?:with|using|on|in)\s+the\s+(spinner|spin\s*button|slider|number\s+field)$",
+                          _restore(rest, values).strip(), re.I)
+        if widget:  # 'Select 7 with the spinner': a value typed into the one number field
+            return [TypeText(widget.group(1).strip(), widget.group(2).lower())]
+        date = re.match(r"^(\d{1,2})/(\d{1,2})/(\d{4})\s+as\s+the\s+date$", _restore(rest, values).strip(), re.I)
+        if date:  # 'Select 02/22/2016 as the date': with the date picker
+            return [PickDate(int(date.group(1)), int(date.group(2)), int(date.group(3)))]
         items_text = re.sub(r"\s+(?:from|in|on)\s+the\s+.*$", "", rest, flags=re.I)
         items_text = re.sub(r"^(?:the\s+)?(?:following\s+)?(?:items?|options?|checkboxes|boxes)?\s*:?\s*", "",
                             items_text, flags=re.I)
@@ -279,6 +428,9 @@ def _parse_clause(clause: str, values: list[str]) -> list[Intent]:
             return [Choose(())]
         parts = [p.strip() for p in re.split(r"\s*,\s*|\s+and\s+|\s*&\s*", items_text) if p.strip()]
         items = tuple(_restore(p, values) for p in parts)
+        if len(items) == 1 and ">" in items[0]:  # 'Select File>Open>Recent': through the submenus
+            path = [p.strip() for p in items[0].split(">") if p.strip()]
+            return [*(Hover(p) for p in path[:-1]), Click(path[-1], "menuitem")]
         return [Choose(items)] if items else []
     # click / press / tap / switch / open / go / close "x"
     if holders:
@@ -287,6 +439,8 @@ def _parse_clause(clause: str, values: list[str]) -> list[Intent]:
         if target.strip().lower() in ("x", _TIMES) or verb in ("close", "dismiss"):
             return [Click(target, hint, alternatives=_CLOSE_WORDS)]
         return [Click(target, hint)]
+    if verb == "switch" and re.match(r"^(?:between|through|across)\b", rest, re.I):
+        return []  # 'Switch between the tabs to find ...': the policy looks through the tabs for what comes next
     rest = re.sub(r"^(?:to|on)\s+", "", rest, flags=re.I) if verb in ("switch", "go", "open") else rest
     target, role = _clean_target(_restore(rest, values))
     if not target:
@@ -301,6 +455,9 @@ def _parse_clause(clause: str, values: list[str]) -> list[Intent]:
         return [Click(target, role or "button", alternatives=_SUBMIT_WORDS)]
     if target.lower() in ("login", "log in", "sign in"):
         return [Click(target, role or "button", alternatives=_LOGIN_WORDS)]
+    result = re.fullmatch(r"(\w+)\s+(?:search\s+)?result", target, re.I)
+    if result and _position(result.group(1)) not in (None, -1):
+        return [ClickResult(_position(result.group(1)) or 1)]
     return [Click(target, role)]
 
 
@@ -313,7 +470,8 @@ def parse_instruction(instruction: str) -> list[Intent]:
     intents: list[Intent] = []
     for clause in _clauses(text):
         intents.extend(_parse_clause(clause, values))
-    if intents and isinstance(intents[-1], Autocomplete):  # a form entry is finished by submitting it
+    if intents and isinstance(intents[-1], Autocomplete | TypeText | FillFromTable):
+        # a form entry is finished by submitting it (when the form has a Submit button)
         intents.append(Click("Submit", "button", alternatives=_SUBMIT_WORDS, optional=True))
     return intents
 
@@ -322,5 +480,7 @@ def first_sentences(text: str) -> str:
     """The first sentence plus any following ones that start with a verb (quote-aware)."""
     protected, values = _protect_quotes(text)
     sentences = [s for s in re.split(r"(?<=[.!?])\s+", protected) if s.strip()]
-    kept = sentences[:1] + [s for s in sentences[1:] if _VERB_AT_START.match(s.strip())]
+    # a later sentence that starts with a verb goes on; one ending in a colon is a field's label ("Select a value:")
+    kept = sentences[:1] + [s for s in sentences[1:] if _VERB_AT_START.match(s.strip())
+                            and not s.strip().endswith(":")]
     return _PH.sub(lambda m: '"' + values[int(m.group(1))] + '"', " ".join(kept))

@@ -10,6 +10,7 @@ clicks the cover first, finishes when the cover comes back, and reads the instru
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from worker.heuristic.aria import TEXT_ROLES, AriaNode
 from worker.heuristic.instructions import first_sentences, parse_instruction
@@ -40,6 +41,11 @@ def page_instruction(nodes: list[AriaNode]) -> str | None:
     MiniWoB++'s query (``#query``) shares a text run with the filler words after it and the corner HUD; both are
     cut off (the HUD at "Last reward:", the filler as sentences with no verb).
     """
+    found = _instruction_at(nodes)
+    return found[1] if found else None
+
+
+def _instruction_at(nodes: list[AriaNode]) -> tuple[int, str] | None:
     for node in nodes:
         if node.role == "textbox":
             continue
@@ -50,5 +56,29 @@ def page_instruction(nodes: list[AriaNode]) -> str | None:
         if not raw or raw == "START":
             continue
         if parse_instruction(raw):
-            return first_sentences(raw)
+            return node.index, first_sentences(raw)
     return None
+
+
+def without_instruction(nodes: list[AriaNode]) -> list[AriaNode]:
+    """The outline with the words of the page's instruction and its corner HUD taken out of their text run (what
+    follows the instruction in the same run stays): so "click on the item labeled "Prev"" does not find "Prev" in
+    the instruction itself. Node indices are unchanged."""
+    out = []
+    found = _instruction_at(nodes)
+    for node in nodes:
+        text = _HUD.sub("", node.text) if "Last reward:" in node.text else node.text
+        if found and node.index == found[0]:
+            text = _after_instruction(text, found[1])
+        out.append(replace(node, text=text) if text != node.text else node)
+    return out
+
+
+def _after_instruction(text: str, instruction: str) -> str:
+    """``text`` without its leading ``instruction`` (as :func:`first_sentences` rebuilt it), compared loosely."""
+    squeezed = re.sub(r"\s+", " ", text).strip()
+    if squeezed.startswith(instruction):
+        return squeezed[len(instruction):].strip()
+    last = instruction.rsplit(" ", 1)[-1]
+    at = squeezed.find(last)
+    return squeezed[at + len(last):].strip() if at >= 0 else ""
