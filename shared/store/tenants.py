@@ -18,7 +18,7 @@ from shared.settings import Settings
 from shared.store.keys import Keys
 from shared.tenants import KEY_PREFIX, Principal, check_rate_limit, digest, env_tenant
 
-TENANT_LIMITS = ("max_queued", "max_running", "rate_limit", "webhook_url")
+TENANT_LIMITS = ("max_queued", "max_running", "rate_limit", "webhook_url", "daily_budget_usd")
 """Tenant settings an operator sets (``lodestar keys limits``)."""
 
 
@@ -105,13 +105,16 @@ class Tenants:
         """Set tenant settings (:data:`TENANT_LIMITS`); None values are skipped.
 
         Raises:
-            ValueError: ``rate_limit`` is not rate-limit notation.
+            ValueError: ``rate_limit`` is not rate-limit notation, or ``daily_budget_usd`` is negative.
             TypeError: a name that is not a tenant setting.
         """
         unknown = set(limits) - set(TENANT_LIMITS)
         if unknown:
             raise TypeError(f"not tenant settings: {', '.join(sorted(unknown))}")
         check_rate_limit(limits.get("rate_limit"))
+        budget = limits.get("daily_budget_usd")
+        if budget is not None and not (isinstance(budget, int | float) and 0 <= budget < float("inf")):
+            raise ValueError(f"daily budget {budget!r}: expected USD >= 0 (0: no budget)")
         values = {k: v for k, v in limits.items() if v is not None}
         if values:
             self._redis.hset(self._keys.tenant(tenant), mapping=values)  # type: ignore[arg-type]
@@ -148,18 +151,19 @@ class Tenants:
     def _principal(self, tenant: str, key_id: str, name: str) -> Principal:
         info = self.tenant(tenant)
         return Principal(tenant, key_id, name, info["max_queued"], info["max_running"], info["rate_limit"],
-                         info.get("webhook_url"))
+                         info.get("webhook_url"), info["daily_budget_usd"])
 
     def tenant(self, tenant: str) -> dict[str, Any]:
         """Tenant settings merged with the defaults from settings: ``{tenant, name, max_queued, max_running,
-        rate_limit, webhook_url}`` (limits 0: none)."""
+        rate_limit, webhook_url, daily_budget_usd}`` (limits 0: none)."""
         raw = {k.decode(): v.decode() for k, v in
                cast(dict[bytes, bytes], self._redis.hgetall(self._keys.tenant(tenant))).items()}
         return {"tenant": tenant, "name": raw.get("name", tenant),
                 "max_queued": int(raw.get("max_queued") or self.settings.default_max_queued),
                 "max_running": int(raw.get("max_running") or self.settings.default_max_running),
                 "rate_limit": raw.get("rate_limit", self.settings.default_rate_limit),
-                "webhook_url": raw.get("webhook_url") or None}
+                "webhook_url": raw.get("webhook_url") or None,
+                "daily_budget_usd": float(raw.get("daily_budget_usd") or self.settings.default_daily_budget_usd)}
 
     def webhook_secret(self, tenant: str) -> str:
         """The tenant's webhook signing secret, created on first use."""
