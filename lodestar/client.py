@@ -110,7 +110,7 @@ def keys(args: argparse.Namespace) -> int:
     tenants = TaskStore.from_settings(load_settings()).tenants
     try:
         return _keys(tenants, args)
-    except ValueError as exc:  # a bad --rate-limit
+    except ValueError as exc:  # a bad --rate-limit or --daily-budget
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -119,7 +119,7 @@ def _keys(tenants: Any, args: argparse.Namespace) -> int:
     if args.keys_command == "create":
         key, principal = tenants.create_key(args.name, args.tenant, max_queued=args.max_queued,
                                             max_running=args.max_running, rate_limit=args.rate_limit,
-                                            webhook_url=args.webhook_url)
+                                            webhook_url=args.webhook_url, daily_budget_usd=args.daily_budget)
         print(f"key:    {key}\nkey id: {principal.key_id}\ntenant: {principal.tenant}\n"
               "Store the key now: it is not shown again (Redis keeps only its SHA-256).")
         return 0
@@ -137,7 +137,7 @@ def _keys(tenants: Any, args: argparse.Namespace) -> int:
         print(f"no single key matches {args.key_id!r} (give the 12-character key id)", file=sys.stderr)
         return 1
     tenants.set_limits(args.tenant, max_queued=args.max_queued, max_running=args.max_running,
-                       rate_limit=args.rate_limit, webhook_url=args.webhook_url)
+                       rate_limit=args.rate_limit, webhook_url=args.webhook_url, daily_budget_usd=args.daily_budget)
     print(json.dumps(tenants.tenant(args.tenant)))
     return 0
 
@@ -158,6 +158,9 @@ def add_keys_arguments(p: argparse.ArgumentParser) -> None:
         q.add_argument("--max-running", type=int, help="most running tasks (0: no limit)")
         q.add_argument("--rate-limit", help='API requests, e.g. "20/second;1000/minute"')
         q.add_argument("--webhook-url", help="default webhook for the tenant's tasks")
+        q.add_argument("--daily-budget", type=float, metavar="USD",
+                       help="USD the tenant's model calls may cost per UTC day (0: no budget); once spent, submits "
+                            "get 429 and running tasks fail before their next call (exit code 8)")
 
     q = sub.add_parser("create", help="create an API key (for a new tenant unless --tenant)")
     q.add_argument("--name", required=True)

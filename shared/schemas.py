@@ -7,6 +7,7 @@ the OpenAPI document (``api/openapi.py``).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from marshmallow import (
@@ -21,6 +22,7 @@ from marshmallow import (
 )
 
 from shared.models import registry as model_registry
+from shared.output_schema import check_schema
 from shared.settings import Settings
 from shared.states import PRIORITIES, ExitCode, Status
 from shared.task import DEFAULT_TEMPERATURE, DEFAULT_VIEWPORT, KINDS, OFFLINE_AGENTS
@@ -104,15 +106,46 @@ def make_start_schema(settings: Settings) -> Schema:
         harness_version = fields.Str(validate=validate.OneOf(["v1", "v2"]))
         stream_deltas = fields.Bool()
         agent_icon = fields.Str(validate=validate.Length(max=2048))
+        output_schema = fields.Dict(metadata={"description": (
+            "Lodestar: a JSON Schema (draft 2020-12) the final answer must match; `result` is then the parsed JSON "
+            "value. Models are asked for it in their provider's way (OpenAI text.format, Anthropic a final_answer "
+            "tool, a prompt for the others), scripted agents answer with `done <JSON>`. An answer that does not "
+            f"match is sent back to the model {s.output_schema_retries} time(s), then the task fails (exit code "
+            "1) with the validation errors in `error`.")})
+
+        @validates("output_schema")
+        def _output_schema_is_a_schema(self, value: dict[str, Any], **_: Any) -> None:
+            if len(json.dumps(value, separators=(",", ":"))) > s.max_output_schema_chars:
+                raise ValidationError(f"at most {s.max_output_schema_chars} characters of JSON")
+            try:
+                check_schema(value)
+            except ValueError as exc:
+                raise ValidationError(str(exc)) from None
+
+        max_cost_usd = fields.Float(validate=validate.Range(0, 1e9, min_inclusive=False), allow_nan=False,
+                                    metadata={"description": (
+                                        "Lodestar: the most USD the task's model calls may cost (model prices: "
+                                        "LODESTAR_MODEL_PRICES). The call that would go over it is not made: the "
+                                        "task fails with exit code 8. Offline agents cost 0.")})
 
         @validates_schema
         def _model_has_a_policy(self, data: dict[str, Any], **_: Any) -> None:
-            """A task needs an offline ``agent_type`` or a ``model`` the registry knows (``shared/models.py``)."""
+            """A task needs an offline ``agent_type`` or a ``model`` the registry knows (``shared/models.py``); a
+            budget needs the model's price; a structured answer needs a model or the scripted agent."""
             if not data.get("agent_type") and not known_models.known(data.get("model") or ""):
                 raise ValidationError(
                     f"model {data.get('model')!r} has no provider on this deployment (known: "
                     f"{known_models.describe()}); or set agent_type to one of {', '.join(OFFLINE_AGENTS)}",
                     field_name="model")
+            priced = data.get("max_cost_usd") is not None and not data.get("agent_type")
+            spec = known_models.resolve(data.get("model") or "") if priced else None
+            if spec is not None and spec.price_input is None:
+                raise ValidationError(
+                    f"model {spec.name!r} has no price on this deployment (LODESTAR_MODEL_PRICES), so its cost "
+                    "cannot be counted", field_name="max_cost_usd")
+            if data.get("output_schema") is not None and data.get("agent_type") == "heuristic":
+                raise ValidationError("the heuristic agent gives no structured answers; use a model or the "
+                                      "scripted agent (done <JSON>)", field_name="output_schema")
 
         @post_load
         def _defaults(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
@@ -169,8 +202,10 @@ class TaskSchema(Schema):
     steps_taken = fields.Int()
     max_steps = fields.Int()
     progress = fields.Float(metadata={"description": "steps_taken / max_steps, 1.0 once ended"})
-    message = fields.Str(allow_none=True, metadata={"description": "One line on what the agent is doing now."})
-    result = fields.Str(allow_none=True, metadata={"description": "The agent's final answer."})
+    message = fields.Str(allow_none=True, metadata={"description": "One line on what the agent is doing now (e.g. "
+                         "\"waiting for the openai rate limit (rpm 60)\")."})
+    result = fields.Raw(allow_none=True, metadata={"description": "The agent's final answer: a string, or, for a "
+                        "task with an output_schema, the JSON value (object, array, ...) that matched it."})
     error = fields.Str(allow_none=True)
     current_url = fields.Str(allow_none=True)
     last_screenshot_url = fields.Str(allow_none=True)
@@ -180,6 +215,18 @@ class TaskSchema(Schema):
                         "output_tokens, total_tokens, calls (null for offline agents)."})
     cost = fields.Float(allow_none=True, metadata={"description": "USD spent on the model so far, from the "
                         "deployment's price table (null when the model has no price)."})
+    max_cost_usd = fields.Float(allow_none=True, metadata={"description": "The task's budget in USD (exit code 8 "
+                                "when its next model call would go over it)."})
+    output_schema = fields.Dict(allow_none=True, metadata={"description": "The JSON Schema the answer must match."})
+    queue_position = fields.Int(allow_none=True, metadata={"description": (
+        "While queued: its place in the queue of its kind, across tenants (1: the next task a free worker of that "
+        "kind takes), ordered as the broker serves them (priority, then created_at); approximate (a task handed "
+        "back goes to the front of its priority but keeps its place here). null when not queued, or deferred by "
+        "its tenant's max_running.")})
+    wait_reason = fields.Str(allow_none=True, metadata={"description": (
+        "While queued, why it has not started: \"tenant max_running reached\", \"no worker for kind <kind>\" "
+        "(no worker of that kind answered within 3 reaper intervals), \"rate limited\" (its model's provider "
+        "limit is full or blocked now), or \"queued behind N tasks\". null when not queued.")})
 
 
 class ErrorSchema(Schema):

@@ -44,13 +44,13 @@ class Tenants:
     # -- administration ------------------------------------------------------------------------------------------
     def create_key(self, name: str, tenant: str | None = None, *, max_queued: int | None = None,
                    max_running: int | None = None, rate_limit: str | None = None,
-                   webhook_url: str | None = None) -> tuple[str, Principal]:
+                   webhook_url: str | None = None, daily_budget_usd: float | None = None) -> tuple[str, Principal]:
         """Create a key (for a new tenant unless ``tenant`` names one); returns ``(key, principal)``.
 
         Limits given here are stored on the tenant (they apply to all its keys).
 
         Raises:
-            ValueError: ``rate_limit`` is not rate-limit notation.
+            ValueError: ``rate_limit`` is not rate-limit notation, or ``daily_budget_usd`` is negative.
         """
         check_rate_limit(rate_limit)
         key = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -63,8 +63,10 @@ class Tenants:
         pipe.sadd(self._keys.apikeys, d)
         pipe.hsetnx(tenant_key, "name", name)
         pipe.hsetnx(tenant_key, "webhook_secret", "whsec_" + secrets.token_urlsafe(32))
+        if daily_budget_usd is not None and not 0 <= daily_budget_usd < float("inf"):
+            raise ValueError(f"daily budget {daily_budget_usd!r}: expected USD >= 0 (0: no budget)")
         updates = {"max_queued": max_queued, "max_running": max_running, "rate_limit": rate_limit,
-                   "webhook_url": webhook_url}
+                   "webhook_url": webhook_url, "daily_budget_usd": daily_budget_usd}
         for field, value in updates.items():
             if value is not None:
                 pipe.hset(tenant_key, field, value)
