@@ -37,12 +37,13 @@ class Reply:
 
 @dataclass
 class Recorded:
-    """One request as the fake received it (``at``: time.monotonic())."""
+    """One request as the fake received it (``at``: time.monotonic(); ``wall``: time.time())."""
 
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
     at: float
+    wall: float = field(default_factory=time.time)
 
 
 Turn = Callable[[dict[str, Any], "Session"], "dict[str, Any] | Reply"] | Reply
