@@ -240,7 +240,8 @@ class EventSchema(Schema):
     Step events carry ``step``, ``actions``, ``results``, ``thought``, ``url``, ``messages``, ``usage`` (model
     tasks: this step's tokens and cost) and ``screenshot_url`` (url mode) or ``screenshot`` (a base64 data URL);
     a status event for a model's question carries ``reason: "ask_user"`` and ``question``; the end event carries
-    ``status``, ``exit_code``, ``result`` and ``error``."""
+    ``status``, ``exit_code``, ``result`` (text, or the JSON answer of a task with an ``output_schema``) and
+    ``error``."""
 
     seq = fields.Int(required=True)
     type = fields.Str(required=True)
