@@ -19,7 +19,7 @@ from typing import Any
 
 from shared.control import ControlState
 from shared.models import ProviderLimit
-from shared.states import ExitCode
+from shared.states import ExitCode, Status
 from shared.store import LeaseLost, TaskStore
 from shared.task import Task
 from worker.policy import CallEstimate, PolicyError
@@ -69,7 +69,8 @@ class TaskMeter:
                 announced = True
                 message = f"waiting for the {limit.provider} rate limit ({limit.describe(which)})"
                 log.info("task %s: %s, %.1f s", self.task.task_id, message, wait)
-                result = self.store.apply(self.task.task_id, fields={"message": message}, holder=self.holder)
+                result = self.store.apply(self.task.task_id, fields={"message": message}, holder=self.holder,
+                                          allowed_from=(Status.RUNNING, Status.PAUSED))
                 if result.lost:
                     raise LeaseLost("the lease expired while the task waited for a rate limit")
             if self.poll().stop:

@@ -157,3 +157,26 @@ def test_rate_limit_windows_and_retry_after_blocks_are_shared(settings: Settings
     store.limits.block(blocked.scope, 1)
     wait, which = store.limits.acquire(blocked, 10)
     assert which == "retry-after" and 25 < wait <= 30 and store.limits.limited(blocked)
+
+
+def test_the_registry_takes_rpm_and_tpm_per_entry_and_names_a_bad_one() -> None:
+    from shared.models import ModelRegistry
+
+    models = ModelRegistry(json.dumps({"openai/*": {"rpm": 60, "tpm": 200_000}, "openai/gpt-5.4": {"rpm": 10}}))
+    glob, exact = models.resolve("openai/computer-use-preview"), models.resolve("openai/gpt-5.4")
+    assert glob is not None and glob.limit() == ProviderLimit("openai", "openai/*", 60, 200_000)
+    assert exact is not None and exact.limit() == ProviderLimit("openai", "openai/gpt-5.4", 10, None)
+    builtin = ModelRegistry().resolve("anthropic/claude-haiku-4-5")
+    assert builtin is not None and builtin.limit() == ProviderLimit("anthropic", "anthropic/claude-haiku-4-5")
+    for bad in ({"rpm": 0}, {"tpm": "lots"}, {"rpm": True}):
+        with pytest.raises(ValueError, match=r"LODESTAR_MODELS\['openai/\*'\]: (rpm|tpm) must be a positive integer"):
+            ModelRegistry(json.dumps({"openai/*": bad}))
+
+
+@pytest.mark.parametrize(("headers", "seconds"), [
+    ({"retry-after": "3"}, 3.0), ({"retry-after-ms": "250", "retry-after": "9"}, 0.25), ({}, None),
+    ({"retry-after": "soon"}, None)])
+def test_a_providers_retry_after_is_read_in_each_of_its_forms(headers: dict[str, str], seconds: float | None) -> None:
+    from worker.providers.base import retry_after_seconds
+
+    assert retry_after_seconds(headers) == seconds
