@@ -4,6 +4,7 @@ every task a request names (another tenant's task is a 404, as if it did not exi
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from flask import g, request
 
@@ -51,3 +52,13 @@ def base_url() -> str:
 def urls() -> Callable[[Task, int], str]:
     """The screenshot URL maker for ``Task.to_json`` in this request."""
     return screenshot_urls(base_url())
+
+
+def task_bodies(tasks: list[Task]) -> list[dict[str, Any]]:
+    """The public JSON of ``tasks`` (``Task.to_json``), queued ones with their ``queue_position`` and
+    ``wait_reason`` from the store (one round trip for all of them, none when none is queued)."""
+    make_url = urls()
+    bodies = [task.to_json(make_url) for task in tasks]
+    for body, where in zip(bodies, state().store.queue.describe(tasks), strict=True):
+        body.update(where)
+    return bodies

@@ -51,6 +51,10 @@ _Q = [
     {"name": "created_before", "in": "query", "schema": {"type": "string"}, "description": "epoch s or ISO 8601"},
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
     {"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "next_cursor of the last page"},
+    {"name": "wait_reason", "in": "query", "schema": {"type": "string"},
+     "description": "queued tasks whose wait_reason starts with this: \"tenant max_running reached\", \"no worker\", "
+                    "\"rate limited\" or \"queued behind\" (implies status=queued); every queued task in a page "
+                    "carries its queue_position and wait_reason"},
 ]
 _OBJ = {"application/json": {"schema": {"type": "object"}}}
 
@@ -65,7 +69,8 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "operationId": "start", "summary": "Start a task (Lightcone: agent.tasks.start)",
             "requestBody": {"required": True, "content": {"application/json": {"schema": "TaskStart"}}},
             "responses": {**_ok("TaskStartResponse"), **_errors(400, 401, 422, 503),
-                          "429": {"description": "Rate limit, or the tenant's max queued tasks", **_JSON_ERR}}},
+                          "429": {"description": "Rate limit, the tenant's max queued tasks, or its daily budget "
+                                                 "spent (until 00:00 UTC: retry-after)", **_JSON_ERR}}},
         "get": {
             "operationId": "list", "summary": "List the tenant's tasks, newest first (Lodestar)", "parameters": _Q,
             "responses": {"200": {"description": "{data: [Task], next_cursor, has_more}", "content": _OBJ},
@@ -74,19 +79,29 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "operationId": "start_batch",
         "summary": "Submit up to 10 000 tasks: a JSON array, {tasks: [...]} or NDJSON (application/x-ndjson)",
         "description": "Each item is validated on its own; valid items are accepted. Answer: {batch_id, accepted, "
-                       "rejected, tasks: [{index, task_id, status, reused?}], errors: [{index, error}]}; 422 when "
-                       "no item is valid. Tasks are stored and queued in chunks of 1000, each all or nothing: if "
-                       "Redis fails midway, the items not stored are errors of type queue_unavailable (resubmit "
-                       "them; idempotency keys make that safe), and 503 when none was stored.",
+                       "rejected, tasks: [{index, task_id, status, reused?}], errors: [{index, error}], "
+                       "max_cost_usd?}; 422 when no item is valid. Tasks are stored and queued in chunks of 1000, "
+                       "each all or nothing: if Redis fails midway, the items not stored are errors of type "
+                       "queue_unavailable (resubmit them; idempotency keys make that safe), and 503 when none was "
+                       "stored. {\"tasks\": [...], \"max_cost_usd\": N} gives the batch a budget in USD shared "
+                       "by its tasks: once their model calls have cost N, a task whose next call would go over it "
+                       "fails with exit code 8 (GET /agent/batches/{id} shows max_cost_usd and spent_usd).",
         "requestBody": {"required": True, "content": {
-            "application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/TaskStart"}}},
+            "application/json": {"schema": {"oneOf": [
+                {"type": "array", "items": {"$ref": "#/components/schemas/TaskStart"}},
+                {"type": "object", "required": ["tasks"], "properties": {
+                    "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/TaskStart"}},
+                    "max_cost_usd": {"type": "number", "minimum": 0, "exclusiveMinimum": True,
+                                     "description": "the batch's budget in USD"}}}]}},
             "application/x-ndjson": {"schema": {"type": "string"}}}},
         "responses": {**_obj("The batch's outcome"), **_errors(400, 401, 422, 503),
                       "413": {"description": "More items than allowed", **_JSON_ERR},
-                      "429": {"description": "The tenant's max queued tasks", **_JSON_ERR}}}},
+                      "429": {"description": "The tenant's max queued tasks, or its daily budget spent",
+                              **_JSON_ERR}}}},
     "/agent/batches/{id}": {"get": {
         "operationId": "batch_summary", "summary": "Counts of a batch's tasks by status", "parameters": [_ID],
-        "responses": {**_obj("{batch_id, total, counts, ended, done}"), **_errors(401, 404)}}},
+        "responses": {**_obj("{batch_id, total, counts, ended, done, max_cost_usd?, spent_usd?}"),
+                      **_errors(401, 404)}}},
     "/agent/tasks/cancel": {"post": {
         "operationId": "cancel_many", "summary": "Cancel by {task_ids: [...]} or by {filter: {...}}",
         "requestBody": {"required": True, "content": _OBJ},
@@ -104,7 +119,8 @@ OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "responses": {"202": {"description": "{delivery_id}", "content": _OBJ}, **_errors(401, 404, 409, 503)}}},
     "/agent/tenant": {"get": {
         "operationId": "tenant", "summary": "The caller's tenant: limits, counts, webhook signing secret",
-        "responses": {**_obj("{tenant, name, max_queued, max_running, rate_limit, webhook_secret, counts}"),
+        "responses": {**_obj("{tenant, name, max_queued, max_running, rate_limit, daily_budget_usd, "
+                             "spent_today_usd, webhook_secret, counts}"),
                       **_errors(401)}}},
     "/agent/tasks/stream": {"post": {
         "operationId": "start_stream", "summary": "Start a task and stream its events (Lightcone: start_stream)",
@@ -158,7 +174,11 @@ def build_spec(settings: Settings) -> dict[str, Any]:
             "Without agent_type a task runs the model named by `model` (default tzafon.northstar-cua-fast), picked "
             "from the model registry (shared/models.py, extended with LODESTAR_MODELS); an unknown model is a 422. "
             f"Offline agents (agent_type): {', '.join(OFFLINE_AGENTS)}. Accepted but without effect "
-            f"in this release: {', '.join(IGNORED_PARAMS)}. Unknown fields are ignored.")},
+            f"in this release: {', '.join(IGNORED_PARAMS)}. Unknown fields are ignored. "
+            "Lodestar's capabilities: output_schema (a structured, validated result), max_cost_usd per task and "
+            "per batch, a tenant's daily budget (exit code 8: a budget would be exceeded, `error` names it; a "
+            "spent daily budget refuses submits with 429), provider rate limits shared by every worker (a task "
+            "waits, its message says so), and queue_position / wait_reason on queued tasks.")},
         security=[{"bearer": []}],
     )
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})

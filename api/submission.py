@@ -13,6 +13,7 @@ from api.errors import ApiError, unavailable
 from api.state import state
 from shared.secrets import seal
 from shared.store import IN_PROGRESS, InProgress, new_task_id, now
+from shared.store.budgets import seconds_to_next_day
 from shared.task import Task
 
 
@@ -45,10 +46,12 @@ def start(tasks: list[Task]) -> list[Started]:
     be stored (Redis failed midway) get a ``queue_unavailable`` error to resubmit.
 
     Raises:
-        ApiError: 429 when the new tasks do not fit under the tenant's ``max_queued``; 503 when none could be
-            stored; a RedisError (answered 503) when Redis is down before anything was written.
+        ApiError: 429 when the tenant's daily budget is spent, or the new tasks do not fit under its
+            ``max_queued``; 503 when none could be stored; a RedisError (answered 503) when Redis is down before
+            anything was written.
     """
     st = state()
+    check_daily_budget()
     existing = st.store.claim_idempotency_keys(tasks)
     fresh = [task for task, earlier in zip(tasks, existing, strict=True) if earlier is None]
     _check_room(len(fresh))
@@ -70,6 +73,19 @@ def start(tasks: list[Task]) -> list[Started]:
             outcomes.append(Started(None, error=ApiError(503, "queue_unavailable",
                                                          "not stored: Redis failed during the batch; resubmit")))
     return outcomes
+
+
+def check_daily_budget() -> None:
+    """Raise ApiError 429 (``retry-after``: until the next UTC midnight) when the tenant has a daily budget and its
+    model calls already cost that much today. Tenants without a budget cost nothing here."""
+    budget = g.principal.daily_budget_usd
+    if budget > 0:
+        spent = state().store.budgets.day_spent(g.tenant)
+        if spent >= budget:
+            raise ApiError(429, "daily_budget_spent",
+                           f"the tenant's daily budget of ${budget:g} is spent (${spent:.6g} today, UTC); new tasks "
+                           "are refused until 00:00 UTC", headers={"retry-after": str(seconds_to_next_day()),
+                                                                    "x-should-retry": "false"})
 
 
 def _check_room(new: int) -> None:

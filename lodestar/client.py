@@ -110,7 +110,7 @@ def keys(args: argparse.Namespace) -> int:
     tenants = TaskStore.from_settings(load_settings()).tenants
     try:
         return _keys(tenants, args)
-    except ValueError as exc:  # a bad --rate-limit or --allowed-domains pattern
+    except ValueError as exc:  # a bad --rate-limit, --allowed-domains pattern or --daily-budget
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -119,7 +119,8 @@ def _keys(tenants: Any, args: argparse.Namespace) -> int:
     if args.keys_command == "create":
         key, principal = tenants.create_key(args.name, args.tenant, max_queued=args.max_queued,
                                             max_running=args.max_running, rate_limit=args.rate_limit,
-                                            webhook_url=args.webhook_url, allowed_domains=args.allowed_domains)
+                                            webhook_url=args.webhook_url, allowed_domains=args.allowed_domains,
+                                            daily_budget_usd=args.daily_budget)
         print(f"key:    {key}\nkey id: {principal.key_id}\ntenant: {principal.tenant}\n"
               "Store the key now: it is not shown again (Redis keeps only its SHA-256).")
         return 0
@@ -137,7 +138,8 @@ def _keys(tenants: Any, args: argparse.Namespace) -> int:
         print(f"no single key matches {args.key_id!r} (give the 12-character key id)", file=sys.stderr)
         return 1
     tenants.set_limits(args.tenant, max_queued=args.max_queued, max_running=args.max_running,
-                       rate_limit=args.rate_limit, webhook_url=args.webhook_url, allowed_domains=args.allowed_domains)
+                       rate_limit=args.rate_limit, webhook_url=args.webhook_url, allowed_domains=args.allowed_domains,
+                       daily_budget_usd=args.daily_budget)
     print(json.dumps(tenants.tenant(args.tenant)))
     return 0
 
@@ -160,6 +162,9 @@ def add_keys_arguments(p: argparse.ArgumentParser) -> None:
         q.add_argument("--webhook-url", help="default webhook for the tenant's tasks")
         q.add_argument("--allowed-domains", help='the only hosts its tasks may reach, e.g. "a.com,*.b.org" (each '
                        "task's own allowed_domains applies too: a host must match both); \"\" removes it")
+        q.add_argument("--daily-budget", type=float, metavar="USD",
+                       help="USD the tenant's model calls may cost per UTC day (0: no budget); once spent, submits "
+                            "get 429 and running tasks fail before their next call (exit code 8)")
 
     q = sub.add_parser("create", help="create an API key (for a new tenant unless --tenant)")
     q.add_argument("--name", required=True)

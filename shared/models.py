@@ -31,6 +31,11 @@ JSON file, mapping a model name or an ``fnmatch`` glob to an entry. Entry keys (
 - ``max_tokens``: output token limit (anthropic, openai-compat).
 - ``send_temperature``: whether the task's ``temperature`` is sent (default true; false for ``openai/*`` GA
   models and Anthropic, which refuse it: see :data:`BUILTIN`).
+- ``rpm`` / ``tpm``: requests and tokens (input + output) per minute (``LODESTAR_PROVIDER_LIMIT_WINDOW``), shared
+  by every worker through Redis. The limit belongs to the entry: an entry for one model limits that model, a glob
+  entry (``"openai/*"``) one budget for every model it matches. A call that would go over waits. A provider's 429
+  with ``retry-after`` holds back every worker calling a model of the same entry (built-in names without an entry:
+  the same model) until it has passed.
 
 Example (a self-hosted UI-TARS-1.5 on vLLM)::
 
@@ -91,7 +96,24 @@ BUILTIN: tuple[tuple[str, dict[str, Any]], ...] = (
 The GA computer tool serves GPT-5-family models, which refuse a non-default ``temperature``: not sent to them."""
 
 _ENTRY_KEYS = frozenset({"provider", "model", "base_url", "api_key", "api_key_env", "coordinates", "dialect", "tool",
-                         "max_pixels", "min_pixels", "max_long_edge", "max_tokens", "send_temperature"})
+                         "max_pixels", "min_pixels", "max_long_edge", "max_tokens", "send_temperature", "rpm", "tpm"})
+
+
+@dataclass(frozen=True)
+class ProviderLimit:
+    """The rate limit a model's calls count against, shared by every worker: ``scope`` names it (the registry
+    entry's key, e.g. "openai/*", or the model name when no operator entry matches); ``rpm`` / ``tpm`` are
+    requests and tokens per window (None: no limit of that kind). A provider's ``retry-after`` blocks the scope."""
+
+    provider: str
+    scope: str
+    rpm: int | None = None
+    tpm: int | None = None
+
+    def describe(self, which: str) -> str:
+        """``which`` ("rpm", "tpm" or "retry-after") as the task's message words it: "rpm 60"."""
+        value = {"rpm": self.rpm, "tpm": self.tpm}.get(which)
+        return f"{which} {value}" if value is not None else which
 
 
 @dataclass(frozen=True)
@@ -117,6 +139,14 @@ class ModelSpec:
     send_temperature: bool = True
     price_input: float | None = None
     price_output: float | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    limit_scope: str = ""
+    """The key of the registry entry that served this name ("" for a built-in name): see :meth:`limit`."""
+
+    def limit(self) -> ProviderLimit:
+        """The rate limit this model's calls count against (scope: its entry's key, else the model name)."""
+        return ProviderLimit(self.provider, self.limit_scope or self.name, self.rpm, self.tpm)
 
     def resolved_api_key(self) -> str | None:
         """The literal key, else the variable named by ``api_key_env``, else None (the SDK reads its own env var)."""
@@ -180,7 +210,7 @@ def _check_entry(key: str, entry: Any) -> dict[str, Any]:
     for name, allowed in (("coordinates", COORDINATES), ("dialect", DIALECTS), ("tool", TOOLS[provider])):
         if name in entry and entry[name] not in allowed:
             raise ValueError(f"{where}: {name} must be one of {', '.join(allowed)}")
-    for name in ("max_pixels", "min_pixels", "max_long_edge", "max_tokens"):
+    for name in ("max_pixels", "min_pixels", "max_long_edge", "max_tokens", "rpm", "tpm"):
         if name in entry and not (isinstance(entry[name], int) and not isinstance(entry[name], bool)
                                   and entry[name] > 0):
             raise ValueError(f"{where}: {name} must be a positive integer")
@@ -203,11 +233,17 @@ def _price(key: str, value: Any) -> tuple[float, float]:
 
 def _match(table: dict[str, Any], name: str) -> Any:
     """The value of ``name``'s exact key, else of the longest glob key matching it, else None."""
+    key = _match_key(table, name)
+    return None if key is None else table[key]
+
+
+def _match_key(table: dict[str, Any], name: str) -> str | None:
+    """``name`` when it is a key, else the longest glob key matching it, else None."""
     if name in table:
-        return table[name]
+        return name
     for key in sorted((k for k in table if any(c in k for c in "*?[")), key=len, reverse=True):
         if fnmatch.fnmatchcase(name, key):
-            return table[key]
+            return key
     return None
 
 
@@ -227,7 +263,8 @@ class ModelRegistry:
         """The spec serving ``name``, or None when no built-in or configured entry knows it."""
         if not name:
             return None
-        entry = _match(self.entries, name)
+        entry_key = _match_key(self.entries, name)
+        entry = None if entry_key is None else self.entries[entry_key]
         builtin = next((b for pattern, b in BUILTIN if fnmatch.fnmatchcase(name, pattern)), None)
         if entry is None and builtin is None:
             return None
@@ -241,7 +278,8 @@ class ModelRegistry:
             merged.setdefault("coordinates", _compat_coordinates(name.lower(), merged["dialect"]))
         price = _match(self.prices, name)
         spec = ModelSpec(name=name, provider=provider, model=merged.get("model") or _upstream(name),
-                         price_input=price[0] if price else None, price_output=price[1] if price else None)
+                         price_input=price[0] if price else None, price_output=price[1] if price else None,
+                         limit_scope=entry_key or "")
         known = {k: v for k, v in merged.items() if k in _ENTRY_KEYS and k not in ("provider", "model")}
         return replace(spec, **known)
 

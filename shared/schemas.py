@@ -7,6 +7,7 @@ the OpenAPI document (``api/openapi.py``).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from marshmallow import (
@@ -23,6 +24,7 @@ from marshmallow import (
 from shared.models import registry as model_registry
 from shared.netguard import clean_domain_patterns
 from shared.secrets import NAME
+from shared.output_schema import check_schema
 from shared.settings import Settings
 from shared.states import PRIORITIES, ExitCode, Status
 from shared.task import DEFAULT_TEMPERATURE, DEFAULT_VIEWPORT, KINDS, OFFLINE_AGENTS
@@ -120,6 +122,27 @@ def make_start_schema(settings: Settings) -> Schema:
         harness_version = fields.Str(validate=validate.OneOf(["v1", "v2"]))
         stream_deltas = fields.Bool()
         agent_icon = fields.Str(validate=validate.Length(max=2048))
+        output_schema = fields.Dict(metadata={"description": (
+            "Lodestar: a JSON Schema (draft 2020-12) the final answer must match; `result` is then the parsed JSON "
+            "value. Models are asked for it in their provider's way (OpenAI text.format, Anthropic a final_answer "
+            "tool, a prompt for the others), scripted agents answer with `done <JSON>`. An answer that does not "
+            f"match is sent back to the model {s.output_schema_retries} time(s), then the task fails (exit code "
+            "1) with the validation errors in `error`.")})
+
+        @validates("output_schema")
+        def _output_schema_is_a_schema(self, value: dict[str, Any], **_: Any) -> None:
+            if len(json.dumps(value, separators=(",", ":"))) > s.max_output_schema_chars:
+                raise ValidationError(f"at most {s.max_output_schema_chars} characters of JSON")
+            try:
+                check_schema(value)
+            except ValueError as exc:
+                raise ValidationError(str(exc)) from None
+
+        max_cost_usd = fields.Float(validate=validate.Range(0, 1e9, min_inclusive=False), allow_nan=False,
+                                    metadata={"description": (
+                                        "Lodestar: the most USD the task's model calls may cost (model prices: "
+                                        "LODESTAR_MODEL_PRICES). The call that would go over it is not made: the "
+                                        "task fails with exit code 8. Offline agents cost 0.")})
 
         secrets = fields.Dict(
             keys=fields.Str(validate=validate.Regexp(NAME.pattern + "$", error="a secret's name is a letter or _ then "
@@ -136,12 +159,22 @@ def make_start_schema(settings: Settings) -> Schema:
 
         @validates_schema
         def _model_has_a_policy(self, data: dict[str, Any], **_: Any) -> None:
-            """A task needs an offline ``agent_type`` or a ``model`` the registry knows (``shared/models.py``)."""
+            """A task needs an offline ``agent_type`` or a ``model`` the registry knows (``shared/models.py``); a
+            budget needs the model's price; a structured answer needs a model or the scripted agent."""
             if not data.get("agent_type") and not known_models.known(data.get("model") or ""):
                 raise ValidationError(
                     f"model {data.get('model')!r} has no provider on this deployment (known: "
                     f"{known_models.describe()}); or set agent_type to one of {', '.join(OFFLINE_AGENTS)}",
                     field_name="model")
+            priced = data.get("max_cost_usd") is not None and not data.get("agent_type")
+            spec = known_models.resolve(data.get("model") or "") if priced else None
+            if spec is not None and spec.price_input is None:
+                raise ValidationError(
+                    f"model {spec.name!r} has no price on this deployment (LODESTAR_MODEL_PRICES), so its cost "
+                    "cannot be counted", field_name="max_cost_usd")
+            if data.get("output_schema") is not None and data.get("agent_type") == "heuristic":
+                raise ValidationError("the heuristic agent gives no structured answers; use a model or the "
+                                      "scripted agent (done <JSON>)", field_name="output_schema")
 
         @post_load
         def _defaults(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
@@ -200,8 +233,10 @@ class TaskSchema(Schema):
     steps_taken = fields.Int()
     max_steps = fields.Int()
     progress = fields.Float(metadata={"description": "steps_taken / max_steps, 1.0 once ended"})
-    message = fields.Str(allow_none=True, metadata={"description": "One line on what the agent is doing now."})
-    result = fields.Str(allow_none=True, metadata={"description": "The agent's final answer."})
+    message = fields.Str(allow_none=True, metadata={"description": "One line on what the agent is doing now (e.g. "
+                         "\"waiting for the openai rate limit (rpm 60)\")."})
+    result = fields.Raw(allow_none=True, metadata={"description": "The agent's final answer: a string, or, for a "
+                        "task with an output_schema, the JSON value (object, array, ...) that matched it."})
     error = fields.Str(allow_none=True)
     current_url = fields.Str(allow_none=True)
     last_screenshot_url = fields.Str(allow_none=True)
@@ -213,6 +248,18 @@ class TaskSchema(Schema):
                         "deployment's price table (null when the model has no price)."})
     allowed_domains = fields.List(fields.Str(), metadata={"description": "The task's host patterns, normalized "
                                   "([] when it set none)."})
+    max_cost_usd = fields.Float(allow_none=True, metadata={"description": "The task's budget in USD (exit code 8 "
+                                "when its next model call would go over it)."})
+    output_schema = fields.Dict(allow_none=True, metadata={"description": "The JSON Schema the answer must match."})
+    queue_position = fields.Int(allow_none=True, metadata={"description": (
+        "While queued: its place in the queue of its kind, across tenants (1: the next task a free worker of that "
+        "kind takes), ordered as the broker serves them (priority, then created_at); approximate (a task handed "
+        "back goes to the front of its priority but keeps its place here). null when not queued, or deferred by "
+        "its tenant's max_running.")})
+    wait_reason = fields.Str(allow_none=True, metadata={"description": (
+        "While queued, why it has not started: \"tenant max_running reached\", \"no worker for kind <kind>\" "
+        "(no worker of that kind answered within 3 reaper intervals), \"rate limited\" (its model's provider "
+        "limit is full or blocked now), or \"queued behind N tasks\". null when not queued.")})
 
 
 class ErrorSchema(Schema):
@@ -228,7 +275,8 @@ class EventSchema(Schema):
     a blocked event (the egress proxy refused a request: ``url``, ``host``, ``port``, ``method``, ``reason``) comes
     once per refused host and port;
     a status event for a model's question carries ``reason: "ask_user"`` and ``question``; the end event carries
-    ``status``, ``exit_code``, ``result`` and ``error``."""
+    ``status``, ``exit_code``, ``result`` (text, or the JSON answer of a task with an ``output_schema``) and
+    ``error``."""
 
     seq = fields.Int(required=True)
     type = fields.Str(required=True)

@@ -120,6 +120,11 @@ class Settings:
     max_context_turns: int = 100
     max_message_chars: int = 10_000
     max_metadata_keys: int = 50
+    max_output_schema_chars: int = 20_000
+    """Longest ``output_schema`` a start request may give, as compact JSON text."""
+    output_schema_retries: int = 1
+    """Times a model whose final answer does not match the task's ``output_schema`` is told the validation errors
+    and asked again before the task fails (exit code 1). Offline agents get none: nobody could answer again."""
     viewport_min_width: int = 320
     viewport_max_width: int = 3840
     viewport_min_height: int = 240
@@ -132,6 +137,10 @@ class Settings:
     """Most running or paused tasks per tenant (0: no limit), enforced by the workers; the rest wait queued."""
     default_rate_limit: str = ""
     """Requests a tenant may make to the API, in the `limits` notation ("20/second;1000/minute"); empty: none."""
+    default_daily_budget_usd: float = 0.0
+    """USD a tenant's model calls may cost per UTC day (0: no budget); once spent, submits get 429 and running
+    tasks fail before their next call (exit code 8). A tenant's own setting (``lodestar keys limits
+    --daily-budget``) wins."""
     idempotency_window: int = 24 * 3600
     """Seconds an ``idempotency_key`` returns the task it first created."""
     batch_max_items: int = 10_000
@@ -221,6 +230,9 @@ class Settings:
     ones are replaced by a text placeholder."""
     auto_approve_safety_checks: bool = False
     """Acknowledge a model's pending safety checks without pausing the task for the user."""
+    provider_limit_window: int = 60
+    """Seconds of the window a model entry's ``rpm`` and ``tpm`` count in (60: per minute, as the names say; a
+    shorter window divides the same counts over less time)."""
 
 
 def _coerce(raw: str, current: Any, name: str) -> Any:

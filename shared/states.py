@@ -69,6 +69,9 @@ class ExitCode(IntEnum):
     """Its worker was lost and it had been started ``max_attempts`` times (status ``failed``)."""
     POLICY_ERROR = 7
     """The model or agent raised an error the loop could not recover from (status ``failed``)."""
+    BUDGET_EXCEEDED = 8
+    """A budget would be exceeded by the next model call: the task's ``max_cost_usd``, its batch's
+    ``max_cost_usd`` or its tenant's daily budget; ``error`` names which (status ``failed``)."""
 
 
 EXIT_STATUS: dict[ExitCode, Status] = {
@@ -80,6 +83,7 @@ EXIT_STATUS: dict[ExitCode, Status] = {
     ExitCode.ENVIRONMENT_ERROR: Status.FAILED,
     ExitCode.WORKER_LOST: Status.FAILED,
     ExitCode.POLICY_ERROR: Status.FAILED,
+    ExitCode.BUDGET_EXCEEDED: Status.FAILED,
 }
 """The terminal status each exit code ends in."""
 

@@ -6,8 +6,9 @@ shape of ``shared.schemas.TaskSchema``). Every layer passes ``Task`` objects: th
 writes and reads them, the worker runs them. Nothing else knows how a field is encoded in Redis.
 
 Encoding: one hash field per record field, the value as text (ints and floats as decimal text, booleans "1" / "0",
-dicts and lists as compact JSON, None as ""). A field that holds its default is not stored (a queued task's hash
-is about a third smaller), nor is ``task_id`` (it is the end of the hash's key).
+dicts and lists as compact JSON, a :data:`JSONValue` field (``result``) as JSON text, None as ""). A field that holds
+its default is not stored (a queued task's hash is about a third smaller), nor is ``task_id`` (it is the end of the
+hash's key).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 from shared.states import TERMINAL, Status
 
@@ -39,6 +40,10 @@ DEFAULT_TEMPERATURE = 0.2
 """Sampling temperature when the request gives none (Lightcone's documented default)."""
 DEFAULT_VIEWPORT = (1280, 720)
 """Viewport width and height in CSS pixels when the request gives none (Lightcone's documented default)."""
+
+JSONValue: TypeAlias = Any
+"""Any JSON value (object, array, string, number, boolean, null). A field of this type is stored as its JSON text;
+a value written before the field had this type (plain text that is not JSON) reads back as that text."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,11 @@ class Task:
     batch_id: str | None = None
     sealed_secrets: dict[str, str] = field(default_factory=dict)
     """The task's secrets, sealed (``shared/secrets.py``: name -> Fernet token); never shown, dropped at the end."""
+    output_schema: dict[str, Any] | None = None
+    """A JSON Schema (draft 2020-12, checked at submit) the agent's final answer must match; ``result`` is then the
+    parsed answer instead of text."""
+    max_cost_usd: float | None = None
+    """The most USD the task's model calls may cost; the call that would go over it is not made (exit code 8)."""
     # -- where it stands ---------------------------------------------------------------------------------------------
     status: Status = Status.QUEUED
     exit_code: int | None = None
@@ -94,7 +104,8 @@ class Task:
     steps_taken: int = 0
     message: str | None = None
     """One line on what the agent is doing now."""
-    result: str | None = None
+    result: JSONValue = None
+    """The agent's final answer: text, or (with ``output_schema``) the JSON value that matched it."""
     error: str | None = None
     current_url: str | None = None
     usage: dict[str, int] | None = None
@@ -164,7 +175,10 @@ class Task:
             # every step stores the screenshot it acted on
             "last_screenshot_url": screenshot_url(self, steps) if steps else None,
             "metadata": self.metadata, "idempotency_key": self.idempotency_key, "usage": self.usage,
-            "cost": self.cost, "allowed_domains": self.allowed_domains,
+            "cost": self.cost, "allowed_domains": self.allowed_domains, "max_cost_usd": self.max_cost_usd,
+            "output_schema": self.output_schema,
+            # where a queued task stands: filled in by the API from the store (``TaskStore.queue``)
+            "queue_position": None, "wait_reason": None,
         }
 
     @property
@@ -186,13 +200,17 @@ _STORED = tuple(name for name in _FIELDS if name != "task_id")
 _REQUEST_FIELDS = (
     "instruction", "kind", "model", "agent_type", "priority", "max_steps", "max_duration_seconds", "temperature",
     "screenshot_mode", "stream_mode", "viewport_width", "viewport_height", "start_url", "system_prompt", "context",
-    "metadata", "idempotency_key", "webhook_url", "webhook_events", "allowed_domains",
+    "metadata", "idempotency_key", "webhook_url", "webhook_events", "allowed_domains", "output_schema",
+    "max_cost_usd",
 )
 """Start parameters that become record fields as they are."""
 
 
 def _kind_of(hint: Any) -> type:
-    """The base type of a field's annotation (``int | None`` -> int, ``dict[str, str]`` -> dict)."""
+    """The base type of a field's annotation (``int | None`` -> int, ``dict[str, str]`` -> dict; :data:`JSONValue`
+    -> ``object``: stored as JSON text)."""
+    if hint is Any:
+        return object
     options = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(hint, types.UnionType) else [hint]
     base = typing.get_origin(options[0]) or options[0]
     return base if isinstance(base, type) else str
@@ -205,7 +223,7 @@ def _encode(value: Any, name: str) -> str:
     if value is None:
         return ""
     kind = _TYPES[name]
-    if kind in (dict, list):
+    if kind in (dict, list, object):
         return json.dumps(value, separators=(",", ":"))
     if kind is bool:
         return "1" if value else "0"
@@ -237,6 +255,11 @@ def decode_field(name: str, text: str) -> Any:
         raise ValueError(f"{name!r} is not a field of Task")
     if text == "":
         return None
+    if kind is object:
+        try:
+            return json.loads(text)
+        except ValueError:  # stored as plain text, before the field held any JSON value
+            return text
     if kind in (dict, list):
         return json.loads(text)
     if kind is bool:

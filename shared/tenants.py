@@ -31,7 +31,8 @@ def env_tenant(key: str) -> str:
 @dataclass(frozen=True)
 class Principal:
     """Who a request acts for. Limits: 0 means none; ``rate_limit`` in the ``limits`` library's notation
-    ("20/second;1000/minute"), "" for none."""
+    ("20/second;1000/minute"), "" for none; ``daily_budget_usd``: USD the tenant's model calls may cost per UTC
+    day."""
 
     tenant: str
     key_id: str
@@ -40,6 +41,7 @@ class Principal:
     max_running: int
     rate_limit: str
     webhook_url: str | None = None
+    daily_budget_usd: float = 0.0
 
 
 def check_rate_limit(spec: str | None) -> None:

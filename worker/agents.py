@@ -12,7 +12,7 @@ from collections.abc import Callable
 from shared.settings import Settings
 from shared.task import OFFLINE_AGENTS
 from worker.heuristic import HeuristicPolicy
-from worker.policy import Episode, Policy, PolicyError
+from worker.policy import Episode, Meter, Policy, PolicyError
 from worker.providers import make_model_policy
 from worker.scripted import ScriptedPolicy
 
@@ -25,9 +25,10 @@ POLICIES: dict[str, Callable[[Episode], Policy]] = {
 assert tuple(POLICIES) == OFFLINE_AGENTS, "the API and the workers must offer the same offline agents"
 
 
-def make_policy(agent_type: str | None, episode: Episode, settings: Settings) -> Policy:
+def make_policy(agent_type: str | None, episode: Episode, settings: Settings, meter: Meter | None = None) -> Policy:
     """Build the policy for a task: the offline agent named ``agent_type``, else the provider adapter serving
-    ``episode.model``, configured from ``settings``.
+    ``episode.model``, configured from ``settings`` and reporting its calls to ``meter`` (offline agents make
+    none: they cost nothing).
 
     Raises:
         PolicyError: no offline agent is named ``agent_type`` and no provider serves the model (or its SDK
@@ -37,7 +38,7 @@ def make_policy(agent_type: str | None, episode: Episode, settings: Settings) ->
     if factory is not None:
         return factory(episode)
     if not agent_type:
-        return make_model_policy(episode, settings)
+        return make_model_policy(episode, settings, meter=meter)
     raise PolicyError(
         f"no policy for agent_type={agent_type!r} model={episode.model!r}; offline agents: {', '.join(POLICIES)}"
     )

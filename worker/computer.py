@@ -83,7 +83,8 @@ class Action:
     - wait: ``seconds``
     - navigate: ``url``
     - select: ``target`` (a <select>) and ``text`` (the option's label)
-    - done: ``text`` is the result; fail: ``text`` is the reason. Both end the episode and touch nothing.
+    - done: ``text`` is the result (and ``value`` a JSON answer the policy parsed, for a task with an
+      ``output_schema``); fail: ``text`` is the reason. Both end the episode and touch nothing.
     """
 
     type: ActionType
@@ -98,12 +99,13 @@ class Action:
     url: str | None = None
     seconds: float = 0.0
     target: Target | None = None
+    value: Any = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form for events: only the fields that are set."""
+        """JSON-ready form for events: only the fields that are set (``value``: whenever it is not None)."""
         out: dict[str, Any] = {"type": self.type}
         for k, v in asdict(self).items():
-            if k != "type" and v not in (None, 0, 0.0, ""):
+            if k != "type" and (v not in (None, 0, 0.0, "") or (k == "value" and v is not None)):
                 out[k] = v
         return out
 

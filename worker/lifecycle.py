@@ -25,6 +25,7 @@ from celery.signals import worker_process_shutdown, worker_ready, worker_shuttin
 
 from shared.queue import Dispatcher
 from shared.store import TaskStore
+from shared.task import KINDS
 from worker.reaper import Reaper
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,9 @@ def setup(app: Celery) -> None:
         _main_pid[0] = os.getpid()
         settings = app.conf.lodestar_settings
         store = TaskStore.from_settings(settings, retry_seconds=settings.redis_retry_seconds)
-        reaper = Reaper(Dispatcher(app, store), f"{os.uname().nodename}:{os.getpid()}")
+        consumed = set(app.amqp.queues.consume_from or {})
+        reaper = Reaper(Dispatcher(app, store), f"{os.uname().nodename}:{os.getpid()}",
+                        kinds=[kind for kind in KINDS if kind in consumed])
         reaper.start()
         _reaper.append(reaper)
 

@@ -8,6 +8,10 @@ between the decision and the action, so a pause takes effect before the next act
 Two hooks serve model-backed policies (``worker/providers``): a ``Decision.ask_user`` question pauses the task
 until the user resumes it or answers with a message (``ControlChannel.ask``), and a ``Decision.error`` (a malformed
 model answer) makes the step a failed step, counted towards ``MAX_FAILED_STEPS``.
+
+A task with an ``output_schema`` ends only on a final answer that matches it (:func:`check_answer`): an answer that
+does not is a failed step whose error (the validation errors) the model reads at its next turn, ``answer_retries``
+times, then the task fails with exit code 1.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from shared.control import ControlState
+from shared.output_schema import answer_errors, parse_answer
 from shared.states import ExitCode
-from worker.computer import ActionResult, Computer, Observation, execute
+from worker.computer import Action, ActionResult, Computer, Observation, execute
 from worker.policy import Episode, Policy, PolicyError, StepRecord
 
 MAX_FAILED_STEPS = 5
@@ -28,11 +33,30 @@ MAX_FAILED_STEPS = 5
 
 @dataclass(frozen=True)
 class Outcome:
-    """How an episode ended: the exit code (which implies the status), the agent's result or the error."""
+    """How an episode ended: the exit code (which implies the status), the agent's result (text, or the JSON value
+    that matched the task's ``output_schema``) or the error."""
 
     code: ExitCode
-    result: str | None = None
+    result: Any = None
     error: str | None = None
+
+
+def check_answer(done: Action, schema: dict[str, Any] | None) -> tuple[Any, str | None]:
+    """The result a ``done`` action gives and what is wrong with it: ``(its text, None)`` without a schema; with
+    one, ``(the JSON value, None)`` when it matches, else ``(None, the reasons)``. The value is the action's
+    ``value`` when the policy parsed one (a tool's input, a script's JSON), else the JSON read from its text."""
+    if schema is None:
+        return done.text, None
+    value = done.value
+    if value is None:
+        try:
+            value = parse_answer(done.text)
+        except ValueError as exc:
+            return None, f"the final answer does not match output_schema: {exc}"
+    errors = answer_errors(schema, value)
+    if errors:
+        return None, "the final answer does not match output_schema: " + "; ".join(errors)
+    return value, None
 
 
 class Control(Protocol):
@@ -61,6 +85,7 @@ def run_episode(
     first_step: int = 1,
     clock: Callable[[], float] = time.monotonic,
     last_step: int | None = None,
+    answer_retries: int = 0,
 ) -> Outcome:
     """Run ``episode`` until it ends; returns the ``Outcome`` (never raises for the agent's or a page's failure;
     the control channel's guard may raise to stop the episode at a checkpoint).
@@ -70,10 +95,13 @@ def run_episode(
         first_step: number of the first step (a task started again after a worker loss keeps counting).
         last_step: number of the last step allowed (default ``episode.max_steps``; a task started again gets
             ``max_steps`` steps of its own).
+        answer_retries: times a final answer that does not match ``episode.output_schema`` is sent back (as the
+            step's error) before the task fails; 0 for offline agents, which could not answer again.
     """
     step = first_step
     last = episode.max_steps if last_step is None else last_step
     failed_in_a_row = 0
+    retries_left = answer_retries
     while True:
         stopped = _checkpoint(control, deadline, clock, fresh=False)
         if stopped:
@@ -87,7 +115,7 @@ def run_episode(
         try:
             decision = policy.decide(observation, episode)
         except PolicyError as exc:
-            return Outcome(ExitCode.POLICY_ERROR, error=str(exc))
+            return Outcome(exc.code, error=str(exc))
         if decision.ask_user is not None:
             control.ask(decision.ask_user, deadline)
 
@@ -107,6 +135,12 @@ def run_episode(
                 break
         if decision.error is not None and all(r.ok for r in results):
             results.append(ActionResult(False, error=decision.error))
+        answer, wrong = None, None
+        if terminal is not None and terminal.type == "done" and all(r.ok for r in results):
+            answer, wrong = check_answer(terminal, episode.output_schema)
+            if wrong is not None:  # the model reads it at its next turn, as the step's error
+                hint = "; answer again with JSON that matches the schema" if retries_left > 0 else ""
+                results.append(ActionResult(False, error=wrong + hint))
         record = StepRecord(step, list(decision.actions), results, decision.thought, observation.url,
                             episode.new_messages, usage=decision.usage)
         episode.history.append(record)
@@ -114,10 +148,14 @@ def run_episode(
             return Outcome(ExitCode.CANCELLED, error="the task was ended while its step ran")
         step += 1
 
+        if wrong is not None:
+            if retries_left <= 0:
+                return Outcome(ExitCode.FAILED, error=wrong)
+            retries_left -= 1
         all_ok = all(r.ok for r in results)
         if terminal is not None and all_ok:
             if terminal.type == "done":
-                return Outcome(ExitCode.COMPLETED, result=terminal.text)
+                return Outcome(ExitCode.COMPLETED, result=answer)
             return Outcome(ExitCode.FAILED, error=terminal.text or "the agent gave up")
         failed_in_a_row = 0 if all_ok or not results else failed_in_a_row + 1
         if failed_in_a_row >= MAX_FAILED_STEPS:

@@ -13,15 +13,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from shared.models import ProviderLimit
+from shared.states import ExitCode
 from shared.task import DEFAULT_TEMPERATURE
 from worker.computer import Action, ActionResult, Observation
 
-__all__ = ["Decision", "Episode", "Policy", "PolicyError", "StepRecord"]
+__all__ = ["CallEstimate", "Decision", "Episode", "Meter", "Policy", "PolicyError", "StepRecord"]
 
 
 class PolicyError(Exception):
     """The policy cannot go on. Raised while building the policy (a bad script line, an unknown agent), the task
-    fails with exit code 1; raised by ``decide`` (a model error after retries), with exit code 7."""
+    fails with exit code 1; raised by ``decide``, with ``code``: 7 (a model error after retries) unless said
+    otherwise (8: a budget would be exceeded; 4 or 3: cancelled or timed out while waiting for a rate limit)."""
+
+    def __init__(self, message: str, code: ExitCode = ExitCode.POLICY_ERROR):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,35 @@ class Episode:
     history: list[StepRecord] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     new_messages: list[str] = field(default_factory=list)
+    output_schema: dict[str, Any] | None = None
+    """The JSON Schema the final answer must match (``shared/output_schema.py``), None for a text answer."""
+
+
+@dataclass(frozen=True)
+class CallEstimate:
+    """What the next model call is expected to use: tokens, and USD at the model's price (None: no price)."""
+
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class Meter(Protocol):
+    """What a model policy reports its calls to (``worker/metering.py``; the worker injects one per task).
+
+    ``before_call`` may wait (a provider rate limit: ``limit``) and raises ``PolicyError`` with ``code`` 8 when a
+    budget would be exceeded by ``estimate`` (or 4 / 3 when the task is cancelled or runs out of time while it
+    waits); ``after_call`` records ``usage`` (``Decision.usage``'s shape) as the call returns; ``blocked`` passes on
+    a provider's ``retry-after`` (seconds) to every worker calling ``limit``'s scope.
+    """
+
+    def before_call(self, limit: ProviderLimit, estimate: CallEstimate) -> None: ...
+    def after_call(self, limit: ProviderLimit, usage: dict[str, Any], estimate: CallEstimate) -> None: ...
+    def blocked(self, limit: ProviderLimit, seconds: float) -> None: ...
 
 
 class Policy(Protocol):

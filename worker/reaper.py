@@ -1,7 +1,9 @@
 """The reaper: what finds tasks nobody owns any more and puts them back in the work, so no task is lost or stuck.
 
-Every worker process that consumes (the Celery main process) runs one :class:`Reaper` thread; one of them at a
-time, holding the reaper lock in Redis, does the rounds (a worker that dies lets the lock go after three rounds).
+Every worker process that consumes (the Celery main process) runs one :class:`Reaper` thread, which also says
+every ``reaper_interval`` seconds which kinds of task its worker serves (``TaskStore.queue.heartbeat``: a queued
+task of a kind nobody served lately waits with "no worker for kind ..."). One of them at a time, holding the
+reaper lock in Redis, does the rounds (a worker that dies lets the lock go after three rounds).
 Each round (every ``reaper_interval`` seconds):
 
 1. tasks whose lease expired (their worker was killed, lost its machine or was cut off from Redis): a running task
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
@@ -54,19 +57,31 @@ class Reaper(threading.Thread):
     Args:
         dispatcher: sends run messages and webhook deliveries (its store is the one the rounds read).
         owner: this process's worker id ("host:pid"), the lock's value.
+        kinds: the kinds of task this worker serves (its queues), for the heartbeat.
     """
 
-    def __init__(self, dispatcher: Dispatcher, owner: str):
+    def __init__(self, dispatcher: Dispatcher, owner: str, kinds: Sequence[str] = ()):
         super().__init__(name="lodestar-reaper", daemon=True)
         self.dispatcher = dispatcher
         self.store = dispatcher.store
         self.settings = dispatcher.settings
         self.owner = owner
+        self.kinds = tuple(kinds)
         self._stop_event = threading.Event()
+
+    def heartbeat(self) -> None:
+        """Say this worker serves :attr:`kinds` (never raises: a missed beat only shows in wait reasons)."""
+        try:
+            if self.kinds:
+                self.store.queue.heartbeat(self.kinds, self.owner)
+        except Exception as exc:
+            log.warning("heartbeat failed: %s", exc)
 
     def run(self) -> None:
         interval = self.settings.reaper_interval
+        self.heartbeat()
         while not self._stop_event.wait(interval):
+            self.heartbeat()
             try:
                 if self.store.recovery.take_lock(self.owner, int(interval * 3000)):
                     done = self.round()

@@ -30,6 +30,7 @@ from worker.computer import Computer, Observation
 from worker.egress import EgressRules, rules_for
 from worker.lease import LeaseKeeper
 from worker.loop import Outcome, run_episode
+from worker.metering import TaskMeter
 from worker.policy import Episode, PolicyError, StepRecord
 from worker.secrets import SecretsComputer
 
@@ -64,7 +65,7 @@ def episode_of(task: Task) -> Episode:
     """What the task's policy may read besides the observations."""
     return Episode(task_id=task.task_id, instruction=task.instruction, kind=task.kind, model=task.model,
                    temperature=task.temperature, system_prompt=task.system_prompt, context=list(task.context),
-                   max_steps=task.max_steps)
+                   max_steps=task.max_steps, output_schema=task.output_schema)
 
 
 class Guard:
@@ -131,17 +132,17 @@ def _run(rt: Runtime, task: Task, keeper: LeaseKeeper) -> str:
     episode = episode_of(task)
     started_at = task.started_at or now()
     deadline = time.monotonic() + started_at + task.max_duration_seconds - now()
-    try:
-        policy = make_policy(task.agent_type, episode, rt.settings)
-    except PolicyError as exc:
-        return end(rt, task, Outcome(ExitCode.FAILED, error=str(exc)))
-    except Exception as exc:  # a bug in an agent must end the task, not leave it running
-        log.exception("policy for %s failed to start", task_id)
-        return end(rt, task, Outcome(ExitCode.POLICY_ERROR, error=f"{type(exc).__name__}: {exc}"))
-
     computer: Computer | None = None
     control = ControlChannel(rt.store, task_id, guard=Guard(keeper, rt.settings))
     try:
+        meter = TaskMeter(rt.store, task, rt.worker_id, control.poll, deadline)
+        try:
+            policy = make_policy(task.agent_type, episode, rt.settings, meter=meter)
+        except PolicyError as exc:
+            return end(rt, task, Outcome(ExitCode.FAILED, error=str(exc)))
+        except Exception as exc:  # a bug in an agent must end the task, not leave it running
+            log.exception("policy for %s failed to start", task_id)
+            return end(rt, task, Outcome(ExitCode.POLICY_ERROR, error=f"{type(exc).__name__}: {exc}"))
         try:
             computer = _open_computer(rt, task)
             if task.start_url:
@@ -158,8 +159,9 @@ def _run(rt: Runtime, task: Task, keeper: LeaseKeeper) -> str:
 
         first = task.steps_taken + 1  # step numbers go on across attempts; each attempt has max_steps steps
         try:
+            retries = 0 if task.agent_type else rt.settings.output_schema_retries  # offline agents cannot answer again
             outcome = run_episode(agent_computer, policy, episode, control, on_step, deadline, first_step=first,
-                                  last_step=first + task.max_steps - 1)
+                                  last_step=first + task.max_steps - 1, answer_retries=retries)
         except HandBack as back:
             return _hand_back(rt, task, back)
         except (LeaseLost, RedisError):
@@ -200,8 +202,9 @@ def redacted(step: StepRecord, secrets: dict[str, str]) -> StepRecord:
 
 def record_step(store: TaskStore, task: Task, holder: str, step: StepRecord, observation: Observation) -> bool:
     """Store the step's screenshot, bump ``steps_taken`` and append the ``step`` event (with the attempt it belongs
-    to) in one round trip (plus one read when the step has model usage), if ``holder`` (this worker) still holds
-    the lease. Returns False when the task is no longer running or paused (cancelled under us).
+    to, and the step's model usage, already on the record since its call returned: ``worker/metering.py``) in one
+    round trip, if ``holder`` (this worker) still holds the lease. Returns False when the task is no longer running
+    or paused (cancelled under us).
 
     Raises:
         LeaseLost: the worker no longer holds the task.
@@ -213,11 +216,10 @@ def record_step(store: TaskStore, task: Task, holder: str, step: StepRecord, obs
         "results": [{k: v for k, v in vars(r).items() if v is not None} for r in step.results],
         "thought": step.thought, "messages": step.messages, "screenshot": {"step": step.step},
     }
-    if step.usage is not None:  # model usage: this step's in the event, the task's running sums on the record
+    if step.usage is not None:  # this step's model usage (the task's running sums were updated by the meter)
         event["usage"] = step.usage
     fields = {"steps_taken": step.step, "message": thought, "current_url": step.url}
-    return store.record_step(task.task_id, step.step, observation.screenshot, fields, event, step.usage,
-                             holder=holder).ok
+    return store.record_step(task.task_id, step.step, observation.screenshot, fields, event, holder=holder).ok
 
 
 def end(rt: Runtime, task: Task, outcome: Outcome) -> str:

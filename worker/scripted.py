@@ -24,7 +24,7 @@ _GRAMMAR: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"scroll\s+(down|up)(?:\s+(\d+))?", re.I), "scroll"),
     (re.compile(r"wait\s+(\d+(?:\.\d+)?)", re.I), "wait"),
     (re.compile(rf"expect\s+{_Q}", re.I), "expect"),
-    (re.compile(rf"done(?:\s+{_Q})?", re.I), "done"),
+    (re.compile(r"done(?:\s+(.+))?", re.I), "done"),
     (re.compile(rf"fail(?:\s+{_Q})?", re.I), "fail"),
 ]
 SCRIPT_COMMANDS = ("goto", "click", "double_click", "right_click", "type", "select", "press", "scroll", "wait",
@@ -48,7 +48,10 @@ def parse_script(script: str) -> list[tuple[int, str, Action]]:
         type "<text>"               type "<text>" into "<label or placeholder>"
         select "<option>" in "<label>"                 press <Key or Ctrl+Key>
         scroll down|up [pixels]     wait <seconds>     expect "<text>"
-        done ["<result>"]           fail ["<reason>"]
+        done [<JSON value>]         fail ["<reason>"]
+
+    ``done``'s value is any JSON value: a string (``done "found it"``: the result is its text) or, for a task with
+    an ``output_schema``, the structured answer (``done {"name": "ada", "n": 3}``), validated against it.
 
     ``expect`` becomes a no-op action the policy checks against the page text (see :class:`ScriptedPolicy`).
 
@@ -65,8 +68,9 @@ def parse_script(script: str) -> list[tuple[int, str, Action]]:
             if m:
                 try:
                     steps.append((number, command, _to_action(command, m)))
-                except ValueError as exc:  # a bad backslash escape in a quoted string
-                    raise PolicyError(f"script line {number} has a bad quoted string: {line!r} ({exc})") from None
+                except ValueError as exc:  # a bad backslash escape in a quoted string, or done's value not JSON
+                    what = "a value that is not JSON" if command == "done" else "a bad quoted string"
+                    raise PolicyError(f"script line {number} has {what}: {line!r} ({exc})") from None
                 break
         else:
             raise PolicyError(
@@ -100,7 +104,10 @@ def _to_action(command: str, m: re.Match[str]) -> Action:
         case "expect":
             return Action("wait", text=_unquote(g[0]))
         case "done":
-            return Action("done", text=_unquote(g[0]) if g[0] is not None else None)
+            if g[0] is None:
+                return Action("done")
+            value = json.loads(g[0])  # a JSON value: "text", {"name": "ada"}, [1, 2], 3 (ValueError otherwise)
+            return Action("done", text=value if isinstance(value, str) else g[0].strip(), value=value)
         case "fail":
             return Action("fail", text=_unquote(g[0]) if g[0] is not None else "the script failed")
     raise AssertionError(command)

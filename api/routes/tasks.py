@@ -12,12 +12,13 @@ from flask import Blueprint, Response, g, jsonify, request
 from marshmallow import ValidationError
 
 from api import submission
-from api.auth import authenticate, load_task, urls
+from api.auth import authenticate, load_task, task_bodies
 from api.errors import ApiError, invalid, invalid_field, json_body, json_object, not_found, summarise
 from api.routes.events import sse
 from api.state import state
 from shared.states import Status
 from shared.store import TaskFilter, new_id
+from shared.store.queueinfo import REASONS
 from shared.task import Task
 
 bp = Blueprint("tasks", __name__)
@@ -53,7 +54,8 @@ def start_task_stream() -> Response:
     return sse(task, after=0)
 
 
-def _batch_items() -> list[Any]:
+def _batch_items() -> tuple[list[Any], float | None]:
+    """The batch's items and its ``max_cost_usd`` (only in the ``{"tasks": [...], "max_cost_usd": N}`` form)."""
     if request.mimetype in ("application/x-ndjson", "application/jsonl", "application/x-jsonlines"):
         items = []
         for number, line in enumerate(request.get_data(as_text=True).splitlines(), start=1):
@@ -62,19 +64,29 @@ def _batch_items() -> list[Any]:
                     items.append(json.loads(line))
                 except ValueError:
                     raise ApiError(400, "invalid_json", f"NDJSON line {number} is not JSON") from None
-        return items
+        return items, None
     data = json_body()
     if isinstance(data, dict) and isinstance(data.get("tasks"), list):
-        return cast(list[Any], data["tasks"])
+        return cast(list[Any], data["tasks"]), _batch_budget(data.get("max_cost_usd"))
     if isinstance(data, list):
-        return data
+        return data, None
     raise ApiError(400, "invalid_json", 'the body must be a JSON array of tasks, {"tasks": [...]}, or NDJSON')
+
+
+def _batch_budget(value: Any) -> float | None:
+    """A batch's ``max_cost_usd``: None, or a finite number of USD above 0 (422 naming the field otherwise)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        raise invalid_field("max_cost_usd", "max_cost_usd must be a number of USD above 0",
+                            "Must be a number greater than 0.")
+    return float(value)
 
 
 @bp.post("/agent/tasks/batch")
 def start_batch() -> tuple[Response, int]:
     """Submit up to ``batch_max_items`` tasks; each is validated on its own and the valid ones are accepted."""
-    items = _batch_items()
+    items, budget = _batch_items()
     limit = state().settings.batch_max_items
     if not items:
         raise ApiError(422, "invalid_request", "the batch is empty")
@@ -95,6 +107,8 @@ def start_batch() -> tuple[Response, int]:
             errors.append({"index": i, "error": {"type": "invalid_request", "message": summarise(messages),
                                                  "fields": messages}})
     accepted: list[dict[str, Any]] = []
+    if budget is not None and valid:
+        state().store.budgets.set_batch_budget(batch_id, budget)
     outcomes = submission.start([task for _, task in valid]) if valid else []
     for (i, _), outcome in zip(valid, outcomes, strict=True):
         if outcome.error is not None:
@@ -106,6 +120,8 @@ def start_batch() -> tuple[Response, int]:
     accepted.sort(key=lambda r: r["index"])
     body = {"batch_id": batch_id, "accepted": len(accepted), "rejected": len(errors), "tasks": accepted,
             "errors": errors}
+    if budget is not None:
+        body["max_cost_usd"] = budget
     return jsonify(body), 200 if accepted else 422
 
 
@@ -115,13 +131,16 @@ def batch_summary(batch_id: str) -> Response:
     counts = state().store.batch_counts(g.tenant, batch_id)
     if counts is None:
         raise not_found(f"batch {batch_id}")
+    budget = state().store.budgets.batch_budget(batch_id)
+    if budget is not None:
+        counts.update(budget)
     return jsonify(counts)
 
 
 # --- read, list, wait ------------------------------------------------------------------------------------------------
 @bp.get("/agent/tasks/<task_id>")
 def retrieve_status(task_id: str) -> Response:
-    return jsonify(load_task(task_id).to_json(urls()))
+    return jsonify(task_bodies([load_task(task_id)])[0])
 
 
 def _time_arg(name: str) -> float | None:
@@ -144,7 +163,8 @@ def _time_arg(name: str) -> float | None:
 
 def filter_from_args() -> TaskFilter:
     """The list filter of the query string: ``status`` (comma-separated, repeatable), ``kind``, ``model``,
-    ``batch_id``, ``metadata.<key>`` or ``metadata[<key>]``, ``created_after``, ``created_before``."""
+    ``batch_id``, ``metadata.<key>`` or ``metadata[<key>]``, ``created_after``, ``created_before``,
+    ``wait_reason`` (queued tasks whose wait reason starts with it; implies ``status=queued``)."""
     args = request.args
     statuses = tuple(s for raw in args.getlist("status") for s in raw.split(",") if s)
     unknown = [s for s in statuses if s not in {str(x) for x in Status}]
@@ -154,9 +174,18 @@ def filter_from_args() -> TaskFilter:
     metadata = tuple((k[len("metadata."):], v) for k, v in args.items(multi=True) if k.startswith("metadata."))
     metadata += tuple((k[len("metadata["):-1], v) for k, v in args.items(multi=True)
                       if k.startswith("metadata[") and k.endswith("]"))
+    wait_reason = args.get("wait_reason") or None
+    if wait_reason is not None:
+        if not any(r.startswith(wait_reason) or wait_reason.startswith(r) for r in REASONS):
+            raise invalid_field("wait_reason", f"unknown wait_reason {wait_reason!r}",
+                                f"Must start like one of: {', '.join(REASONS)}.")
+        if statuses and statuses != ("queued",):
+            raise invalid_field("wait_reason", "wait_reason filters queued tasks only", "Use status=queued.")
+        statuses = ("queued",)
     return TaskFilter(statuses=statuses, kind=args.get("kind") or None, model=args.get("model") or None,
                       metadata=metadata, batch_id=args.get("batch_id") or None,
-                      created_after=_time_arg("created_after"), created_before=_time_arg("created_before"))
+                      created_after=_time_arg("created_after"), created_before=_time_arg("created_before"),
+                      wait_reason=wait_reason)
 
 
 @bp.get("/agent/tasks")
@@ -172,9 +201,7 @@ def list_tasks() -> Response:
         page, cursor = state().store.list_tasks(g.tenant, flt, int(limit_raw), request.args.get("cursor"))
     except ValueError:
         raise invalid_field("cursor", "malformed cursor", "Not a valid cursor.") from None
-    make_url = urls()
-    return jsonify({"data": [task.to_json(make_url) for task in page], "next_cursor": cursor,
-                    "has_more": cursor is not None})
+    return jsonify({"data": task_bodies(page), "next_cursor": cursor, "has_more": cursor is not None})
 
 
 @bp.get("/agent/tasks/<task_id>/wait")
@@ -198,4 +225,4 @@ def wait_task(task_id: str) -> Response:
         return status is None or status.ended
 
     state().waits.wait(task_id, ended, timeout)
-    return jsonify(load_task(task_id).to_json(urls()))
+    return jsonify(task_bodies([load_task(task_id)])[0])

@@ -40,4 +40,5 @@ def tenant_info() -> Response:
     info = store.tenants.tenant(g.tenant)
     info["webhook_secret"] = store.tenants.webhook_secret(g.tenant)
     info["counts"] = {s: store.count(g.tenant, s) for s in ("queued", "running", "paused")}
+    info["spent_today_usd"] = round(store.budgets.day_spent(g.tenant), 8)
     return jsonify(info)

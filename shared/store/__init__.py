@@ -8,13 +8,17 @@
 - ``tenants.py``   stored API keys and tenant settings
 - ``recovery.py``  requeues (a lost worker, a hand-back), resumes, the dispatch outbox, the reaper lock
 - ``deliveries.py`` the webhook outbox
+- ``budgets.py``   what model calls cost as they return; task, batch and daily budgets
+- ``ratelimits.py`` model providers' rpm / tpm windows and retry-after blocks, shared by every worker
+- ``queueinfo.py`` queue positions, wait reasons, workers' heartbeats by kind
 """
 
+from shared.store.budgets import BudgetState
 from shared.store.core import ApplyResult, LeaseLost, TaskStore, new_id, new_task_id, now, now_ms
 from shared.store.deliveries import Delivery
 from shared.store.listing import TaskFilter
 from shared.store.recovery import Requeue
 from shared.store.submit import IN_PROGRESS, InProgress
 
-__all__ = ["IN_PROGRESS", "ApplyResult", "Delivery", "InProgress", "LeaseLost", "Requeue", "TaskFilter", "TaskStore",
-           "new_id", "new_task_id", "now", "now_ms"]
+__all__ = ["IN_PROGRESS", "ApplyResult", "BudgetState", "Delivery", "InProgress", "LeaseLost", "Requeue",
+           "TaskFilter", "TaskStore", "new_id", "new_task_id", "now", "now_ms"]

@@ -21,9 +21,12 @@ from redis.retry import Retry
 from shared.settings import Settings
 from shared.states import EXIT_STATUS, ExitCode, Status, sources
 from shared.store import listing, submit
+from shared.store.budgets import Budgets
 from shared.store.deliveries import Deliveries, new_delivery_id
 from shared.store.ids import new_id, new_task_id, now, now_ms
 from shared.store.keys import Keys
+from shared.store.queueinfo import QueueInfo, queue_score
+from shared.store.ratelimits import ProviderLimits
 from shared.store.recovery import Recovery
 from shared.store.scripts import Scripts
 from shared.store.tenants import Tenants
@@ -84,6 +87,9 @@ class TaskStore:
         tenants: stored API keys and tenant settings (``shared/store/tenants.py``).
         recovery: requeues, resumes, the dispatch outbox, the reaper lock (``shared/store/recovery.py``).
         deliveries: the webhook outbox (``shared/store/deliveries.py``).
+        budgets: what model calls cost and the budgets they count against (``shared/store/budgets.py``).
+        limits: the model providers' rate limits (``shared/store/ratelimits.py``).
+        queue: queue positions, wait reasons, workers' heartbeats (``shared/store/queueinfo.py``).
         redis: the client itself, for tests and operators' tools; application code goes through the methods.
     """
 
@@ -95,6 +101,9 @@ class TaskStore:
         self._scripts = Scripts.register(client)
         self.recovery = Recovery(client, self.keys, settings, self._scripts)
         self.deliveries = Deliveries(client, self.keys, settings, self._scripts)
+        self.budgets = Budgets(client, self.keys, settings, self._scripts)
+        self.limits = ProviderLimits(client, self.keys, settings, self._scripts)
+        self.queue = QueueInfo(client, self.keys, settings, self.limits)
 
     @classmethod
     def from_settings(cls, settings: Settings, retry_seconds: float = 0.0) -> TaskStore:
@@ -139,6 +148,9 @@ class TaskStore:
             fields = {**task.to_redis(), "event_seq": "1"}
             if task.status != Status.QUEUED:
                 fields["first_status"] = str(task.status)
+            else:  # its place in its kind's queue (shared/store/queueinfo.py)
+                indexes.setdefault(self.keys.queue(task.kind), {})[task.task_id] = queue_score(task.priority,
+                                                                                             task.created_at)
             pipe.hset(self.keys.task(task.task_id), mapping=fields)  # type: ignore[arg-type]
             for index in self._indexes_of(task):
                 indexes.setdefault(index, {})[task.task_id] = task.created_at
@@ -187,8 +199,15 @@ class TaskStore:
     def list_tasks(self, tenant: str, filters: listing.TaskFilter, limit: int,
                    cursor: str | None = None) -> tuple[list[Task], str | None]:
         """A page of the tenant's tasks, newest first, and the next page's cursor. See
-        :func:`shared.store.listing.list_tasks` (raises ValueError for a malformed cursor)."""
-        return listing.list_tasks(self.redis, self.keys, tenant, filters, limit, cursor)
+        :func:`shared.store.listing.list_tasks` (raises ValueError for a malformed cursor). A ``wait_reason``
+        filter keeps the queued tasks whose reason (:meth:`QueueInfo.describe`) starts with it."""
+        wanted = filters.wait_reason
+
+        def waits_so(tasks: Sequence[Task]) -> list[bool]:
+            return [(d["wait_reason"] or "").startswith(wanted or "") for d in self.queue.describe(tasks)]
+
+        return listing.list_tasks(self.redis, self.keys, tenant, filters, limit, cursor,
+                                  keep=waits_so if wanted else None)
 
     def batch_counts(self, tenant: str, batch_id: str) -> dict[str, Any] | None:
         """Counts of a batch's tasks by status (:func:`shared.store.listing.batch_counts`); None: no such batch."""

@@ -25,6 +25,14 @@
     P:delivery:{id}          hash    one webhook delivery: task_id, tenant, event, attempt (the next one)
     P:reaper                 string  the reaper lock: id of the worker running reaper rounds (PX)
     P:deferring              set     tenants that have deferred tasks (the reaper releases them)
+    P:queue:{kind}           zset    queued task ids of a kind in the order they start (the broker's: priority,
+                                     then created_at; ``queueinfo.queue_score``), deferred tasks left out: what
+                                     ``queue_position`` is read from
+    P:alive:{kind}           string  a worker of that kind answered recently (set by every worker's reaper thread)
+    P:batch:{id}             hash    a batch's budget: max_cost_usd, spent (USD)
+    P:t:{tenant}:spent:{day} string  USD the tenant's model calls cost on that UTC day ("2026-11-28")
+    P:limit:{scope}:blocked  string  ms since the epoch until which a provider asked (retry-after) not to be called
+    P:limit                  prefix  the ``limits`` library's windows of the providers' rpm / tpm
     P:control:{id}           pub/sub notices {"command", "task_id"} for the task's worker
     P:ended                  pub/sub the id of every task that ends (long-poll waiters)
     P:hub:{host}:{pid}:{n}   pub/sub wake-ups of one API process's event hub
@@ -51,6 +59,7 @@ class Keys:
         self.deliveries = f"{prefix}:deliveries"
         self.reaper = f"{prefix}:reaper"
         self.deferring = f"{prefix}:deferring"
+        self.limit_prefix = f"{prefix}:limit"
 
     # -- one task --------------------------------------------------------------------------------------------------
     def task(self, task_id: str) -> str:
@@ -93,6 +102,23 @@ class Keys:
 
     def deferred(self, tenant: str) -> str:
         return f"{self.prefix}:t:{tenant}:deferred"
+
+    def spent(self, tenant: str, day: str) -> str:
+        """USD the tenant's model calls cost on UTC ``day`` ("YYYY-MM-DD")."""
+        return f"{self.prefix}:t:{tenant}:spent:{day}"
+
+    # -- queues, batches, providers -----------------------------------------------------------------------------------
+    def queue(self, kind: str) -> str:
+        return f"{self.prefix}:queue:{kind}"
+
+    def alive(self, kind: str) -> str:
+        return f"{self.prefix}:alive:{kind}"
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def blocked(self, scope: str) -> str:
+        return f"{self.prefix}:limit:{scope}:blocked"
 
     def tenant(self, tenant: str) -> str:
         return f"{self.prefix}:tenant:{tenant}"

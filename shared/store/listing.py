@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import heapq
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -37,6 +37,9 @@ class TaskFilter:
     batch_id: str | None = None
     created_after: float | None = None
     created_before: float | None = None
+    wait_reason: str | None = None
+    """Queued tasks whose ``wait_reason`` starts with this (checked by the caller's ``keep``, see
+    :func:`list_tasks`)."""
 
     def driver_indexes(self, keys: Keys, tenant: str) -> list[str]:
         """The indexes whose merge holds every match: the most selective one the filter names."""
@@ -52,7 +55,7 @@ class TaskFilter:
     @property
     def exact(self) -> bool:
         """The driving indexes alone answer the filter (every entry matches unless it expired)."""
-        return not (self.kind or self.model) and (
+        return not (self.kind or self.model or self.wait_reason) and (
             bool(self.statuses) + bool(self.batch_id) + len(self.metadata)) <= 1
 
     def matches(self, task: Task) -> bool:
@@ -81,15 +84,21 @@ def _neg(task_id: str) -> tuple[int, ...]:
     return tuple(-ord(c) for c in task_id)
 
 
+Keep = Callable[[Sequence[Task]], list[bool]]
+"""A filter of a chunk of records that needs more than the records (the wait reason): which to keep."""
+
+
 def list_tasks(client: redis.Redis, keys: Keys, tenant: str, filters: TaskFilter, limit: int,
-               cursor: str | None = None, scan_budget: int = 5000) -> tuple[list[Task], str | None]:
+               cursor: str | None = None, scan_budget: int = 5000,
+               keep: Keep | None = None) -> tuple[list[Task], str | None]:
     """A page of the tenant's tasks matching ``filters``, newest first, and the cursor of the next page (None at
     the end).
 
     The most selective index drives the walk; other filters are checked on the records, fetched in pipelined
     chunks. A page costs O(limit) when the indexes answer the query, and at most ``scan_budget`` index entries
     otherwise (the page may then be short, with a cursor to go on). Ids whose records expired are pruned from
-    the index as they are met; a task that changes status during the walk is shown once.
+    the index as they are met; a task that changes status during the walk is shown once. ``keep``, when given,
+    filters each chunk of matching records further.
 
     Raises:
         ValueError: a malformed cursor.
@@ -122,14 +131,14 @@ def list_tasks(client: redis.Redis, keys: Keys, tenant: str, filters: TaskFilter
         seen.add(entry[1])
         chunk.append(entry)
         if len(chunk) >= min(max(limit - len(page), 1) * factor, PAGE_ROWS):
-            last = _take(client, keys, chunk, filters, page, limit) or last
+            last = _take(client, keys, chunk, filters, page, limit, keep) or last
             scanned += len(chunk)
             chunk = []
             if len(page) >= limit or scanned >= scan_budget:
                 break
     else:
         if chunk:
-            last = _take(client, keys, chunk, filters, page, limit) or last
+            last = _take(client, keys, chunk, filters, page, limit, keep) or last
         if len(page) < limit:
             return page, None
     if len(page) >= limit:
@@ -160,7 +169,7 @@ def _walk(client: redis.Redis, index: str, top: str, bottom: str, after: tuple[f
 
 
 def _take(client: redis.Redis, keys: Keys, chunk: list[tuple[float, str, str]], filters: TaskFilter,
-          page: list[Task], limit: int) -> tuple[float, str] | None:
+          page: list[Task], limit: int, keep: Keep | None = None) -> tuple[float, str] | None:
     """Fetch the records of ``chunk``, append the matches to ``page`` (up to ``limit``), prune expired ids;
     returns the position of the last entry looked at."""
     pipe = client.pipeline(transaction=False)
@@ -168,15 +177,18 @@ def _take(client: redis.Redis, keys: Keys, chunk: list[tuple[float, str, str]], 
         pipe.hgetall(keys.task(task_id))
     last = None
     gone: list[tuple[str, str]] = []
+    found: list[tuple[tuple[float, str], Task]] = []
     for (score, task_id, index), raw in zip(chunk, pipe.execute(), strict=True):
         if not raw:
             gone.append((index, task_id))
-            continue
+        else:
+            found.append(((score, task_id), Task.from_redis(task_id, raw)))
+    kept = keep([task for _, task in found]) if keep is not None and found else [True] * len(found)
+    for (position, task), wanted in zip(found, kept, strict=True):
         if len(page) >= limit:
             break
-        last = (score, task_id)
-        task = Task.from_redis(task_id, raw)
-        if filters.matches(task):
+        last = position
+        if wanted and filters.matches(task):
             page.append(task)
     if gone:
         prune = client.pipeline(transaction=False)

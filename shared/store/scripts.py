@@ -42,6 +42,8 @@ class Scripts:
     lock: Script
     take_delivery: Script
     hand_deliveries: Script
+    spend: Script
+    block: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:

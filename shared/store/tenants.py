@@ -19,7 +19,8 @@ from shared.settings import Settings
 from shared.store.keys import Keys
 from shared.tenants import KEY_PREFIX, Principal, check_rate_limit, digest, env_tenant
 
-TENANT_LIMITS = ("max_queued", "max_running", "rate_limit", "webhook_url", "allowed_domains")
+TENANT_LIMITS = ("max_queued", "max_running", "rate_limit", "webhook_url", "allowed_domains",
+                 "daily_budget_usd")
 """Tenant settings an operator sets (``lodestar keys limits``)."""
 
 
@@ -58,15 +59,16 @@ class Tenants:
     # -- administration ------------------------------------------------------------------------------------------
     def create_key(self, name: str, tenant: str | None = None, *, max_queued: int | None = None,
                    max_running: int | None = None, rate_limit: str | None = None,
-                   webhook_url: str | None = None,
-                   allowed_domains: str | list[str] | None = None) -> tuple[str, Principal]:
+                   webhook_url: str | None = None, allowed_domains: str | list[str] | None = None,
+                   daily_budget_usd: float | None = None) -> tuple[str, Principal]:
         """Create a key (for a new tenant unless ``tenant`` names one); returns ``(key, principal)``.
 
         Limits given here are stored on the tenant (they apply to all its keys); ``allowed_domains`` is a list of
         patterns or one comma-separated string (``shared.netguard.clean_domain_patterns``).
 
         Raises:
-            ValueError: ``rate_limit`` is not rate-limit notation, or a bad ``allowed_domains`` pattern.
+            ValueError: ``rate_limit`` is not rate-limit notation, a bad ``allowed_domains`` pattern, or
+                ``daily_budget_usd`` is negative.
         """
         check_rate_limit(rate_limit)
         domains = None if allowed_domains is None else _domains_value(allowed_domains,
@@ -81,8 +83,10 @@ class Tenants:
         pipe.sadd(self._keys.apikeys, d)
         pipe.hsetnx(tenant_key, "name", name)
         pipe.hsetnx(tenant_key, "webhook_secret", "whsec_" + secrets.token_urlsafe(32))
+        if daily_budget_usd is not None and not 0 <= daily_budget_usd < float("inf"):
+            raise ValueError(f"daily budget {daily_budget_usd!r}: expected USD >= 0 (0: no budget)")
         updates = {"max_queued": max_queued, "max_running": max_running, "rate_limit": rate_limit,
-                   "webhook_url": webhook_url, "allowed_domains": domains}
+                   "webhook_url": webhook_url, "allowed_domains": domains, "daily_budget_usd": daily_budget_usd}
         for field, value in updates.items():
             if value is not None:
                 pipe.hset(tenant_key, field, value)
@@ -124,7 +128,8 @@ class Tenants:
         patterns or one comma-separated string; "" (or []) removes the tenant's restriction.
 
         Raises:
-            ValueError: ``rate_limit`` is not rate-limit notation, or a bad ``allowed_domains`` pattern.
+            ValueError: ``rate_limit`` is not rate-limit notation, a bad ``allowed_domains`` pattern, or
+                ``daily_budget_usd`` is negative.
             TypeError: a name that is not a tenant setting.
         """
         unknown = set(limits) - set(TENANT_LIMITS)
@@ -133,6 +138,9 @@ class Tenants:
         check_rate_limit(limits.get("rate_limit"))
         if limits.get("allowed_domains") is not None:
             limits["allowed_domains"] = _domains_value(limits["allowed_domains"], self.settings.max_allowed_domains)
+        budget = limits.get("daily_budget_usd")
+        if budget is not None and not (isinstance(budget, int | float) and 0 <= budget < float("inf")):
+            raise ValueError(f"daily budget {budget!r}: expected USD >= 0 (0: no budget)")
         values = {k: v for k, v in limits.items() if v is not None}
         if values:
             self._redis.hset(self._keys.tenant(tenant), mapping=values)  # type: ignore[arg-type]
@@ -169,11 +177,12 @@ class Tenants:
     def _principal(self, tenant: str, key_id: str, name: str) -> Principal:
         info = self.tenant(tenant)
         return Principal(tenant, key_id, name, info["max_queued"], info["max_running"], info["rate_limit"],
-                         info.get("webhook_url"))
+                         info.get("webhook_url"), info["daily_budget_usd"])
 
     def tenant(self, tenant: str) -> dict[str, Any]:
         """Tenant settings merged with the defaults from settings: ``{tenant, name, max_queued, max_running,
-        rate_limit, webhook_url, allowed_domains}`` (limits 0: none; ``allowed_domains`` a list, [] for none)."""
+        rate_limit, webhook_url, allowed_domains, daily_budget_usd}`` (limits 0: none; ``allowed_domains`` a list, []
+        for none)."""
         raw = {k.decode(): v.decode() for k, v in
                cast(dict[bytes, bytes], self._redis.hgetall(self._keys.tenant(tenant))).items()}
         return {"tenant": tenant, "name": raw.get("name", tenant),
@@ -181,7 +190,8 @@ class Tenants:
                 "max_running": int(raw.get("max_running") or self.settings.default_max_running),
                 "rate_limit": raw.get("rate_limit", self.settings.default_rate_limit),
                 "webhook_url": raw.get("webhook_url") or None,
-                "allowed_domains": [p for p in raw.get("allowed_domains", "").split(",") if p]}
+                "allowed_domains": [p for p in raw.get("allowed_domains", "").split(",") if p],
+                "daily_budget_usd": float(raw.get("daily_budget_usd") or self.settings.default_daily_budget_usd)}
 
     def webhook_secret(self, tenant: str) -> str:
         """The tenant's webhook signing secret, created on first use."""

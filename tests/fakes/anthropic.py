@@ -35,8 +35,12 @@ class FakeAnthropic(FakeProvider):
                                      f"{headers.get('anthropic-version')} has no sampling parameters)"
         assert isinstance(body.get("model"), str) and isinstance(body.get("max_tokens"), int)
         tools = body.get("tools")
-        assert isinstance(tools, list) and len(tools) == 1, tools
+        assert isinstance(tools, list) and tools, tools
         tool = tools[0]
+        for custom in tools[1:]:  # client tools (a task's final_answer): a name and an object input_schema
+            assert set(custom) <= {"type", "name", "description", "input_schema"}, custom
+            assert custom.get("type", "custom") == "custom" and isinstance(custom.get("name"), str), custom
+            assert custom["name"] != "computer" and custom.get("input_schema", {}).get("type") == "object", custom
         assert tool.get("type") in BETAS and tool.get("name") == "computer", tool
         assert set(tool) <= {"type", "name", "display_width_px", "display_height_px", "enable_zoom"}, tool
         assert BETAS[tool["type"]] in headers.get("anthropic-beta", ""), f"beta header {headers.get('anthropic-beta')}"
@@ -104,6 +108,12 @@ class FakeAnthropic(FakeProvider):
         block_id = self.new_id("toolu")
         session.data.setdefault("tool_uses", []).append(block_id)
         return {"type": "tool_use", "id": block_id, "name": "computer", "input": {"action": action, **inputs}}
+
+    def client_tool_use(self, session: Session, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        """A ``tool_use`` of a client tool (``final_answer``) with ``inputs`` as its input."""
+        block_id = self.new_id("toolu")
+        session.data.setdefault("tool_uses", []).append(block_id)
+        return {"type": "tool_use", "id": block_id, "name": name, "input": inputs}
 
 
 # --- reading requests in tests -----------------------------------------------------------------------------------

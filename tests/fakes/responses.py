@@ -32,7 +32,14 @@ class FakeResponses(FakeProvider):
     # -- checks -----------------------------------------------------------------------------------------------
     def check(self, path: str, headers: dict[str, str], body: dict[str, Any]) -> None:
         assert headers.get("authorization") == f"Bearer {self.key}", f"auth header {headers.get('authorization')!r}"
-        assert set(body) <= TOP_LEVEL, f"unexpected fields {sorted(set(body) - TOP_LEVEL)}"
+        allowed = TOP_LEVEL | ({"text"} if self.flavor == "openai" else set())  # Lightcone documents no text.format
+        assert set(body) <= allowed, f"unexpected fields {sorted(set(body) - allowed)}"
+        if "text" in body:  # OpenAI structured outputs: text.format of type json_schema, whose root is an object
+            fmt = body["text"].get("format") if isinstance(body["text"], dict) else None
+            assert isinstance(fmt, dict) and set(fmt) <= {"type", "name", "schema", "strict", "description"}, fmt
+            assert fmt.get("type") == "json_schema" and isinstance(fmt.get("name"), str) and fmt["name"], fmt
+            assert isinstance(fmt.get("schema"), dict) and fmt["schema"].get("type") == "object", fmt
+            assert isinstance(fmt.get("strict", False), bool), fmt
         assert isinstance(body.get("model"), str) and body["model"], "model must be a non-empty string"
         if "temperature" in body:
             assert isinstance(body["temperature"], int | float) and 0 <= body["temperature"] <= 2

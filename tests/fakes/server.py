@@ -37,12 +37,13 @@ class Reply:
 
 @dataclass
 class Recorded:
-    """One request as the fake received it (``at``: time.monotonic())."""
+    """One request as the fake received it (``at``: time.monotonic(); ``wall``: time.time())."""
 
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
     at: float
+    wall: float = field(default_factory=time.time)
 
 
 Turn = Callable[[dict[str, Any], "Session"], "dict[str, Any] | Reply"] | Reply
@@ -93,6 +94,8 @@ class FakeProvider:
         self.sessions: list[Session] = []
         self.by_id: dict[str, Session] = {}
         self.unmatched: list[Recorded] = []
+        self.received: list[Recorded] = []
+        """Every request, in the order it arrived (what :meth:`busiest` counts)."""
         self._lock = threading.Lock()
         self._ids = 0
         fake = self
@@ -138,6 +141,27 @@ class FakeProvider:
         (``retry_after_ms="200"``)."""
         return Reply(status, self.error_body(status, message), {k.replace("_", "-"): v for k, v in headers.items()})
 
+    def busiest(self, window: float, sessions: list[Session] | None = None) -> int:
+        """The most requests (of ``sessions``, default all) that arrived within any ``window`` seconds: the fake's
+        requests-per-window count, for rate-limit tests."""
+        times = sorted(r.at for r in (self.received if sessions is None else
+                                      [r for s in sessions for r in s.requests]))
+        most, start = 0, 0
+        for end, at in enumerate(times):
+            while at - times[start] >= window:
+                start += 1
+            most = max(most, end - start + 1)
+        return most
+
+    def per_second(self) -> dict[int, int]:
+        """Requests counted per whole second since the first one."""
+        counts: dict[int, int] = {}
+        times = [r.at for r in self.received]
+        for at in times:
+            second = int(at - times[0])
+            counts[second] = counts.get(second, 0) + 1
+        return counts
+
     def remember(self, response_id: str, session: Session) -> None:
         """Continuations naming ``response_id`` (``previous_response_id``) belong to ``session``."""
         self.by_id[response_id] = session
@@ -169,6 +193,8 @@ class FakeProvider:
         except ValueError:
             return Reply(400, self.error_body(400, "fake: body is not JSON"))
         record = Recorded(path, {k.lower(): v for k, v in headers.items()}, body, time.monotonic())
+        with self._lock:
+            self.received.append(record)
         try:
             assert path in self.paths, f"unexpected path {path} (expected {self.paths})"
             session = self._session_for(body)

@@ -130,3 +130,21 @@ def test_up_runs_the_stack_on_embedded_redis_and_stops_on_sigterm(tmp_path: Path
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.redis
+def test_keys_limits_sets_a_tenants_daily_budget(redis_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from shared.settings import load_settings
+    from shared.store import TaskStore
+
+    monkeypatch.setenv("LODESTAR_REDIS_URL", redis_url)
+    assert main(["keys", "limits", "t_acme", "--daily-budget", "2.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["daily_budget_usd"] == 2.5
+    store = TaskStore.from_settings(load_settings(redis_url=redis_url))
+    _, principal = store.tenants.create_key("acme-ci", "t_acme")  # a key of that tenant carries it
+    assert principal.daily_budget_usd == 2.5
+    assert main(["keys", "limits", "t_acme", "--daily-budget", "-1"]) == 2
+    assert "daily budget -1.0: expected USD >= 0" in capsys.readouterr().err

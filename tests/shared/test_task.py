@@ -44,7 +44,8 @@ def test_every_field_round_trips_through_redis() -> None:
               "exit_code": 3, "attempt": 2, "worker": "h:1",
               "started_at": 2.5, "finished_at": 3.5, "steps_taken": 4, "message": "m", "result": "r", "error": "e",
               "current_url": "https://b.test/", "usage": {"calls": 1, "total_tokens": 10}, "cost": 0.25,
-              "messages_delivered": 1, "event_seq": 12}
+              "messages_delivered": 1, "event_seq": 12, "max_cost_usd": 0.5,
+              "output_schema": {"type": "object", "properties": {"n": {"type": "integer"}}}}
     task = Task(task_id="task_b", tenant="t1", instruction="x", created_at=1.0, **values)
     settable = {f.name for f in dataclasses.fields(Task)} - {"task_id", "tenant", "instruction", "created_at"}
     assert set(values) == settable  # the test covers every field
@@ -52,6 +53,20 @@ def test_every_field_round_trips_through_redis() -> None:
     back = Task.from_redis("task_b", _raw(task))
     assert back == task
     assert isinstance(back.status, Status) and isinstance(back.cost, float) and back.persistent is True
+
+
+@pytest.mark.parametrize("result", ["found it", "42", "", {"name": "ada", "n": 3}, [1, "two"], 7, 2.5, True])
+def test_a_result_keeps_its_json_type_through_redis(result: object) -> None:
+    # Given a task whose result is text (no output_schema) or a structured answer
+    task = Task(task_id="task_r", tenant="t1", instruction="x", created_at=1.0, result=result)
+    # Then it reads back with its type: a string stays a string even when it looks like JSON
+    back = Task.from_redis("task_r", _raw(task)).result
+    assert back == result and type(back) is type(result)
+
+
+def test_a_result_stored_as_plain_text_before_results_were_json_still_reads() -> None:
+    assert decode_field("result", "found it") == "found it"
+    assert decode_field("result", '"found it"') == "found it"
 
 
 def test_from_request_takes_the_validated_parameters_and_the_tenant_default_webhook() -> None:

@@ -37,7 +37,10 @@ from worker.scripted import ScriptedPolicy, parse_script
         ("wait 0.25", "wait", Action("wait", seconds=0.25)),
         ('expect "Welcome back"', "expect", Action("wait", text="Welcome back")),
         ("done", "done", Action("done")),
-        ('done "42 items"', "done", Action("done", text="42 items")),
+        ('done "42 items"', "done", Action("done", text="42 items", value="42 items")),
+        ('done {"name": "ada", "n": 3}', "done",
+         Action("done", text='{"name": "ada", "n": 3}', value={"name": "ada", "n": 3})),
+        ("done [1, 2]", "done", Action("done", text="[1, 2]", value=[1, 2])),
         ("fail", "fail", Action("fail", text="the script failed")),
         ('fail "no invoice"', "fail", Action("fail", text="no invoice")),
     ],
@@ -65,7 +68,14 @@ def test_parse_script_unescapes_quotes_and_backslashes() -> None:
     steps = parse_script(script)
     # Then the escapes are resolved in both the text and the target
     assert steps[0][2] == Action("type", text='say "hi" to C:\\temp', target=Target("label", 'Le "nom"'))
-    assert steps[1][2] == Action("done", text="café")
+    assert steps[1][2] == Action("done", text="café", value="café")
+
+
+@pytest.mark.parametrize("line", ['done "a" extra', "done {name: 1}", "done ada"])
+def test_done_takes_one_json_value_and_a_line_that_is_not_one_is_refused_naming_it(line: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_script(f"goto https://example.com\n{line}")
+    assert "line 2 has a value that is not JSON" in str(info.value) and repr(line) in str(info.value)
 
 
 def test_parse_script_skips_comments_and_blank_lines_but_keeps_line_numbers() -> None:
@@ -84,7 +94,6 @@ def test_parse_script_skips_comments_and_blank_lines_but_keeps_line_numbers() ->
         ("type hello", 1, "type hello"),
         ("wait soon", 1, "wait soon"),
         ("press", 1, "press"),
-        ('done "a" extra', 1, 'done "a" extra'),
     ],
 )
 def test_parse_script_rejects_a_bad_line_naming_its_number(script: str, number: int, text: str) -> None:

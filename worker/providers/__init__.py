@@ -21,7 +21,7 @@ from typing import Any
 
 from shared.models import ModelSpec, resolve_model
 from shared.settings import Settings
-from worker.policy import Episode, PolicyError
+from worker.policy import Episode, Meter, PolicyError
 from worker.providers.anthropic_cua import AnthropicComputerPolicy
 from worker.providers.base import ModelPolicy
 from worker.providers.northstar import NorthstarPolicy
@@ -48,8 +48,10 @@ def adapter_for(spec: ModelSpec) -> type[ModelPolicy]:
     return ADAPTERS[key]
 
 
-def make_model_policy(episode: Episode, settings: Settings, client: Any = None) -> ModelPolicy:
-    """The adapter for ``episode.model``, its SDK client built from the registry entry (or ``client``, for tests).
+def make_model_policy(episode: Episode, settings: Settings, client: Any = None,
+                      meter: Meter | None = None) -> ModelPolicy:
+    """The adapter for ``episode.model``, its SDK client built from the registry entry (or ``client``, for tests),
+    reporting its calls to ``meter`` (budgets, shared rate limits, usage as it happens; none: ``NoMeter``).
 
     Raises:
         PolicyError: no registry entry serves the model, the registry settings are malformed, or the SDK client
@@ -63,6 +65,6 @@ def make_model_policy(episode: Episode, settings: Settings, client: Any = None) 
         raise PolicyError(f"no model provider serves model {episode.model!r} on this worker (see LODESTAR_MODELS)")
     cls = adapter_for(spec)
     try:
-        return cls(spec, episode, settings, client=client)
+        return cls(spec, episode, settings, client=client, meter=meter)
     except cls.sdk_error as exc:
         raise PolicyError(f"{spec.provider}: cannot set up the {spec.model} client: {exc}") from exc

@@ -12,6 +12,7 @@ adapter's module. :data:`COORDINATE_ACTIONS` is the part of Anthropic's computer
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeAlias, TypeVar
 
@@ -144,8 +145,17 @@ _KEY_ALIASES = {"kp_enter": "Enter", "super_l": "Meta", "super_r": "Meta", "cont
 
 
 def done(text: Any = None) -> Action:
-    """The terminal ``done`` action with ``text`` as the task's result (None when empty)."""
+    """The terminal ``done`` action with ``text`` as the task's result (None when empty). A JSON object or array
+    (a model's structured answer) is kept as the action's ``value``, its text being its JSON."""
+    if isinstance(text, dict | list):
+        return Action("done", text=json.dumps(text), value=text)
     return Action("done", text=None if text in (None, "") else str(text))
+
+
+def answer(value: Any) -> Action:
+    """The terminal ``done`` action carrying a structured answer: ``value`` is any JSON value (a provider tool's
+    input, an unwrapped answer), its text the value itself when it is a string, else its JSON."""
+    return Action("done", text=value if isinstance(value, str) else json.dumps(value), value=value)
 
 
 def fail(text: Any = None) -> Action:

@@ -46,6 +46,11 @@ stop_reason refusal                    fail with the text
 other stop without tool_use            failed step (e.g. max_tokens); the model is asked to go on
 =====================================  ======================================================================
 Anthropic reports no failure and asks no questions of its own: a model that gives up ends its turn (done).
+
+A task's ``output_schema`` is a second tool, ``final_answer``, whose ``input_schema`` is the schema (wrapped in
+``{"answer": ...}`` when its root is not an object: ``shared.output_schema.object_schema``); the first user text
+asks the model to call it when the task is done. Its input is the structured answer; one that does not validate
+is answered by an ``is_error`` tool_result quoting the errors. A plain ``end_turn`` text is read as JSON.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from typing import Any
 
 import anthropic
 
+from shared.output_schema import object_schema, unwrap
 from worker.computer import Action
 from worker.policy import Decision, Episode, PolicyError
 from worker.providers.actions import (
@@ -63,6 +69,7 @@ from worker.providers.actions import (
     SCROLL_NOTCH_PX,
     ActionBuilder,
     ActionMap,
+    answer,
     done,
     fail,
     no_action,
@@ -74,6 +81,10 @@ from worker.providers.base import ModelPolicy, last_step_problems
 from worker.providers.screen import Frame
 
 BETAS = {"computer_20250124": "computer-use-2025-01-24", "computer_20251124": "computer-use-2025-11-24"}
+FINAL_ANSWER = "final_answer"
+"""The tool a task with an ``output_schema`` answers through."""
+FINAL_ANSWER_PROMPT = ("When the task is done, call the final_answer tool with your answer as its input (it must "
+                       "match the tool's input schema).")
 PLACEHOLDER = "(an older screenshot, omitted)"
 HELD_KEYS_REFUSED = ("left_click", "right_click", "middle_click", "double_click", "triple_click", "scroll")
 """Pointer actions refused when they carry ``text`` (keys held during the action are not supported)."""
@@ -184,6 +195,8 @@ class AnthropicComputerPolicy(ModelPolicy):
 
     provider = "anthropic"
     sdk_error = anthropic.AnthropicError
+    native_output = True
+    http_client = anthropic.DefaultHttpxClient
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -206,7 +219,8 @@ class AnthropicComputerPolicy(ModelPolicy):
                 head = append_turn(head, turn["role"], turn["content"])
             if head and head[0]["role"] != "user":
                 head.insert(0, {"role": "user", "content": "(earlier conversation)"})
-            content = [_text(episode.instruction), *notes, _image(frame)]
+            intro = [_text(episode.instruction)] + ([_text(FINAL_ANSWER_PROMPT)] if self.output_schema else [])
+            content = [*intro, *notes, _image(frame)]
         else:
             head = self.messages
             content = self._tool_results(frame, episode)
@@ -220,8 +234,12 @@ class AnthropicComputerPolicy(ModelPolicy):
                                 "display_height_px": frame.height}
         if self.spec.tool == "computer_20251124":
             tool["enable_zoom"] = True
+        tools: list[dict[str, Any]] = [tool]
+        if self.output_schema is not None:
+            tools.append({"name": FINAL_ANSWER, "input_schema": object_schema(self.output_schema)[0],
+                          "description": "Give the task's final answer (call it once, when the task is done)."})
         body: dict[str, Any] = {"model": self.spec.model, "max_tokens": self.spec.max_tokens, "messages": messages,
-                                "tools": [tool], "betas": [BETAS[self.spec.tool]]}
+                                "tools": tools, "betas": [BETAS[self.spec.tool]]}
         if self.spec.send_temperature:  # not a parameter of SDK 2.x (API 2026-10-21 refuses it): for older endpoints
             body["extra_body"] = {"temperature": episode.temperature}
         if episode.system_prompt:
@@ -306,6 +324,8 @@ class AnthropicComputerPolicy(ModelPolicy):
         data = block.get("input")
         if not isinstance(data, dict):
             raise AnswerError("a tool_use needs an input object")
+        if block.get("name") == FINAL_ANSWER and self.output_schema is not None:
+            return [answer(unwrap(data, object_schema(self.output_schema)[1]))]
         action = data.get("action") if block.get("name") == "computer" else block.get("name")
         if action in HELD_KEYS_REFUSED and data.get("text"):
             raise AnswerError(f"{action} with held keys {data.get('text')!r} is not supported")

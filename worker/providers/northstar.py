@@ -36,6 +36,10 @@ pending_safety_checks                  task paused with the checks as the questi
                                        ``LODESTAR_AUTO_APPROVE_SAFETY_CHECKS``); acknowledged in the next output
 unknown action type                    failed step naming the type (raw JSON is parsed, so it is seen)
 =====================================  ======================================================================
+
+A task's ``output_schema`` is asked for in the first user message (``shared.output_schema.answer_prompt``: the
+Lightcone API documents no structured output); the answer is a terminal action's ``result`` (JSON text or an
+object) or the final message's text, validated by the loop.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class NorthstarPolicy(ResponsesPolicy):
 
     provider = "northstar"
     sdk_error = tzafon.LightconeError
+    http_client = tzafon.DefaultHttpxClient
     actions: ClassVar[dict[str, ActionMap[dict[str, Any]]]] = responses_actions(scroll_limit=500, default_wait=1.0)
     """The Responses API table with Northstar's scroll clamp (+-500 px) and ``wait`` (1 s)."""
 

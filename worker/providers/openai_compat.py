@@ -13,6 +13,9 @@ Two dialects (``ModelSpec.dialect``), each in its own module with its mapping ta
   answer is ``Thought: ... Action: ...`` text.
 - **Qwen-VL** (:class:`~.qwen.QwenPolicy`): the ``computer_use`` function is sent in ``tools``; the answer is tool
   calls.
+
+A task's ``output_schema`` is asked for in the first user text (``shared.output_schema.answer_prompt``); the answer
+is ``finished(content=...)`` (UI-TARS) or ``answer{text}`` (Qwen), validated by the loop.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class CompatPolicy(ModelPolicy):
 
     provider = "openai-compat"
     sdk_error = openai.OpenAIError
+    http_client = openai.DefaultHttpxClient
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -64,7 +68,8 @@ class CompatPolicy(ModelPolicy):
         return openai.OpenAI(**options)
 
     def _first_text(self, episode: Episode) -> str:
-        return episode.instruction
+        """The first user text: the instruction (with the request for an ``output_schema`` answer)."""
+        return self._instruction(episode)
 
     def _extra(self, body: dict[str, Any], frame: Frame) -> None:
         """Dialect-specific request fields (Qwen: ``tools``)."""

@@ -43,6 +43,10 @@ pending_safety_checks [{id,code,msg}]  the task pauses with the messages as the 
 unknown action type                    failed step naming the type (raw JSON is parsed, so it is seen)
 =====================================  ======================================================================
 OpenAI reports no failure of its own: a model that gives up ends with a message, i.e. done with that text.
+
+A task's ``output_schema`` goes as ``text: {"format": {"type": "json_schema", "name": "final_answer", "schema",
+"strict": false}}`` on every request (a schema whose root is not an object is wrapped in ``{"answer": ...}`` and
+unwrapped from the answer: ``shared.output_schema.object_schema``); the final message's text is the JSON answer.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ from typing import Any
 
 import openai
 
+from shared.output_schema import object_schema, parse_answer, unwrap
+from worker.computer import Action
+from worker.providers.actions import answer
 from worker.providers.responses_api import ResponsesPolicy
 from worker.providers.screen import Frame
 
@@ -61,6 +68,8 @@ class OpenAIComputerPolicy(ResponsesPolicy):
 
     provider = "openai"
     sdk_error = openai.OpenAIError
+    native_output = True
+    http_client = openai.DefaultHttpxClient
 
     def _make_client(self) -> Any:
         return openai.OpenAI(**self._client_options())
@@ -78,6 +87,21 @@ class OpenAIComputerPolicy(ResponsesPolicy):
     def _extra(self, body: dict[str, Any]) -> None:
         if self.preview:
             body["truncation"] = "auto"
+        if self.output_schema is not None:
+            schema, _ = object_schema(self.output_schema)
+            body["text"] = {"format": {"type": "json_schema", "name": "final_answer", "schema": schema,
+                                       "strict": False}}
+
+    def _final(self, text: str | None) -> Action:
+        """The final message's JSON (unwrapped when the schema was wrapped); its text when it is not JSON (the
+        loop then reports that, and the model answers again)."""
+        if self.output_schema is None:
+            return super()._final(text)
+        try:
+            value = parse_answer(text)
+        except ValueError:
+            return super()._final(text)
+        return answer(unwrap(value, object_schema(self.output_schema)[1]))
 
     def _screenshot_output(self, frame: Frame) -> dict[str, Any]:
         return {"type": "computer_screenshot", "image_url": frame.data_url()}

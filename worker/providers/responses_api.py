@@ -240,7 +240,7 @@ class ResponsesPolicy(ModelPolicy):
         image = {"type": "input_image", "image_url": frame.data_url(), "detail": "auto"}
         if self.previous_id is None:
             items: list[dict[str, Any]] = [{"role": t["role"], "content": t["content"]} for t in episode.context]
-            content = [{"type": "input_text", "text": t} for t in (episode.instruction, *episode.new_messages)]
+            content = [{"type": "input_text", "text": t} for t in (self._instruction(episode), *episode.new_messages)]
             items.append({"role": "user", "content": [*content, image]})
         else:
             body["previous_response_id"] = self.previous_id
@@ -283,7 +283,7 @@ class ResponsesPolicy(ModelPolicy):
         self.previous_id, self.calls = rid, read.calls
         text = "\n".join(t for t in read.thoughts if t).strip() or None
         if not read.calls:  # Done: an answer with no computer_call; its final text is the result
-            return Decision([done(text)], thought=text)
+            return Decision([self._final(text)], thought=text)
         return self._safety_checks(Decision(read.actions, thought=text, error=read.error))
 
     def _read_output(self, output: list[Any]) -> _Output:

@@ -294,7 +294,7 @@ class UITarsPolicy(CompatPolicy):
     """UI-TARS 1.0 / 1.5 over chat completions: the official prompt, answers parsed by :func:`parse_ui_tars`."""
 
     def _first_text(self, episode: Episode) -> str:
-        return UI_TARS_PROMPT + episode.instruction
+        return UI_TARS_PROMPT + self._instruction(episode)
 
     def _decide(self, message: dict[str, Any]) -> Decision:
         return map_ui_tars(parse_ui_tars(text_of(message.get("content"))), self.builder)

@@ -24,6 +24,8 @@ if limit > 0 and running_count(prefix, tenant) >= limit then
   if not redis.call('LPOS', deferred, task_id) then redis.call('RPUSH', deferred, task_id) end
   redis.call('SADD', prefix .. ':deferring', tenant)
   redis.call('ZREM', prefix .. ':dispatch', task_id)
+  -- it waits for its tenant, not for the queue (queue_add puts it back when it is released)
+  redis.call('ZREM', prefix .. ':queue:' .. (redis.call('HGET', KEYS[1], 'kind') or 'browser'), task_id)
   return {'deferred', cur, attempt}
 end
 attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)

@@ -5,13 +5,24 @@ local function id_of(task_key, prefix)
   return string.sub(task_key, string.len(prefix) + 7)
 end
 
--- move a task between its tenant's status indexes (the sorted sets <prefix>:t:<tenant>:status:<status>)
+-- put a queued task in its kind's queue (<prefix>:queue:<kind>), scored as the broker serves it: priority band, then
+-- created_at (shared/store/queueinfo.py queue_score). A record does not store kind "browser" nor priority "normal".
+local QUEUE_BANDS = {high = 1e10, normal = 2e10, low = 3e10}
+local function queue_add(prefix, task_id, kind, priority, created_at)
+  local score = (QUEUE_BANDS[priority or 'normal'] or QUEUE_BANDS.normal) + tonumber(created_at)
+  redis.call('ZADD', prefix .. ':queue:' .. (kind or 'browser'), string.format('%.3f', score), task_id)
+end
+
+-- move a task between its tenant's status indexes (the sorted sets <prefix>:t:<tenant>:status:<status>), and in or
+-- out of its kind's queue
 local function move_status(task_key, prefix, from, to)
-  local meta = redis.call('HMGET', task_key, 'tenant', 'created_at')
+  local meta = redis.call('HMGET', task_key, 'tenant', 'created_at', 'kind', 'priority')
   local base = prefix .. ':t:' .. meta[1] .. ':status:'
   local task_id = id_of(task_key, prefix)
   redis.call('ZREM', base .. from, task_id)
   redis.call('ZADD', base .. to, meta[2], task_id)
+  if from == 'queued' then redis.call('ZREM', prefix .. ':queue:' .. (meta[3] or 'browser'), task_id) end
+  if to == 'queued' then queue_add(prefix, task_id, meta[3], meta[4], meta[2]) end
 end
 
 -- the tenant's running and paused tasks
