@@ -23,8 +23,8 @@ from marshmallow import (
 
 from shared.models import registry as model_registry
 from shared.netguard import clean_domain_patterns
-from shared.secrets import NAME
 from shared.output_schema import check_schema
+from shared.secrets import NAME
 from shared.settings import Settings
 from shared.states import PRIORITIES, ExitCode, Status
 from shared.task import DEFAULT_TEMPERATURE, DEFAULT_VIEWPORT, KINDS, OFFLINE_AGENTS

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
@@ -60,6 +61,17 @@ def unseal(sealed: Mapping[str, str], key: str) -> dict[str, str]:
 def substitute(text: str, values: Mapping[str, str]) -> str:
     """``text`` with each ``{{name}}`` of a known secret replaced by its value (unknown names are left as they are)."""
     return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+def redact_value(value: Any, values: Mapping[str, str]) -> Any:
+    """:func:`redact` through a JSON value (a structured result): every string in it, keys included."""
+    if isinstance(value, str):
+        return redact(value, values)
+    if isinstance(value, list):
+        return [redact_value(v, values) for v in value]
+    if isinstance(value, dict):
+        return {redact(k, values): redact_value(v, values) for k, v in value.items()}
+    return value
 
 
 def redact(text: str, values: Mapping[str, str]) -> str:

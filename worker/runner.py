@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from shared.control import ControlChannel, ControlState, HandBack
 from shared.queue import Dispatcher, task_ended
-from shared.secrets import SecretsError, redact, unseal
+from shared.secrets import SecretsError, redact, redact_value, unseal
 from shared.settings import Settings
 from shared.states import ExitCode
 from shared.store import LeaseLost, TaskStore, now
@@ -172,7 +172,7 @@ def _run(rt: Runtime, task: Task, keeper: LeaseKeeper) -> str:
             log.exception("task %s crashed", task_id)
             return _environment_failed(rt, task, f"{type(exc).__name__}: {exc}")
         if secrets:
-            outcome = replace(outcome, result=redact(outcome.result, secrets) if outcome.result else None,
+            outcome = replace(outcome, result=redact_value(outcome.result, secrets),
                               error=redact(outcome.error, secrets) if outcome.error else None)
         return end(rt, task, outcome)
     finally:
