@@ -155,6 +155,23 @@ class Settings:
     event_stream_maxlen: int = 10_000
     """Most events kept per task (older ones are trimmed)."""
 
+    # --- Artifacts (step screenshots; shared/artifacts.py) -------------------------------
+    artifacts_url: str = ""
+    """Where tasks' artifacts (step screenshots) are kept: empty for Redis (one machine: they take Redis memory for
+    the task's retention), or ``s3://bucket/prefix`` for any S3-compatible store, reached with boto3's own settings
+    (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL`` for MinIO, Ceph
+    or moto). The bucket must exist; give it the lifecycle rule of ``lodestar artifacts lifecycle`` (retention).
+    The API and every worker must see the same value."""
+    artifacts_redirect: bool = False
+    """With an S3 store: answer GET /agent/tasks/{id}/screenshots/{step} with a 302 to a presigned URL of the object
+    instead of sending its bytes through the API (only when clients can reach the S3 endpoint)."""
+    artifacts_redirect_ttl: int = 300
+    """Seconds a presigned URL of ``artifacts_redirect`` stays valid."""
+    artifacts_timeout: float = 10.0
+    """Seconds an S3 request may take to connect, and to read each answer (boto3 retries twice more)."""
+    artifacts_max_connections: int = 50
+    """HTTP connections to S3 one process keeps (concurrent artifact reads and writes)."""
+
     # --- Worker and browser -------------------------------------------------------------
     chromium_path: str = dataclasses.field(default_factory=_default_chromium)
     """Chromium executable; empty means Playwright's own downloaded browser."""

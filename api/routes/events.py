@@ -7,15 +7,16 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, redirect, request
 from flask_sock import Sock
 
 from api.auth import authenticate, base_url, load_task
 from api.errors import ApiError, invalid_field, not_found
 from api.fanout import Delivery
 from api.state import state
+from shared.artifacts import screenshot_name
 from shared.store import TaskStore
 from shared.task import Task
 
@@ -89,10 +90,17 @@ def task_events(task_id: str) -> Response:
 @bp.get("/agent/tasks/<task_id>/screenshots/<int:step>")
 def task_screenshot(task_id: str, step: int) -> Response:
     load_task(task_id)
-    data = state().store.get_screenshot(task_id, step)
-    if data is None:
+    st = state()
+    artifacts, name = st.store.artifacts, screenshot_name(step)
+    if st.settings.artifacts_redirect:  # S3 reachable by clients: let them fetch the object themselves
+        url = artifacts.url(task_id, name, st.settings.artifacts_redirect_ttl)
+        if url:
+            return cast(Response, redirect(url, 302))
+    artifact = artifacts.get(task_id, name)  # from whichever store holds the task's artifacts (Redis or S3)
+    if artifact is None:
         raise not_found(f"screenshot for step {step} of task {task_id} (or it expired)")
-    return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "private, max-age=86400, immutable"})
+    return Response(artifact.data, mimetype=artifact.content_type,
+                    headers={"Cache-Control": "private, max-age=86400, immutable"})
 
 
 @sock.route("/agent/tasks/<task_id>/ws", bp=bp)

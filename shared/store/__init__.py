@@ -8,6 +8,7 @@
 - ``tenants.py``   stored API keys and tenant settings
 - ``recovery.py``  requeues (a lost worker, a hand-back), resumes, the dispatch outbox, the reaper lock
 - ``deliveries.py`` the webhook outbox
+- ``artifacts.py`` the Redis backend of the artifact store (``shared/artifacts.py``) and the choice of backend
 """
 
 from shared.store.core import ApplyResult, LeaseLost, TaskStore, new_id, new_task_id, now, now_ms

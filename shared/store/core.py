@@ -18,9 +18,11 @@ from redis.backoff import ExponentialBackoff
 from redis.client import PubSub
 from redis.retry import Retry
 
+from shared.artifacts import ArtifactStore, screenshot_name
 from shared.settings import Settings
 from shared.states import EXIT_STATUS, ExitCode, Status, sources
 from shared.store import listing, submit
+from shared.store.artifacts import RedisArtifacts, open_artifacts
 from shared.store.deliveries import Deliveries, new_delivery_id
 from shared.store.ids import new_id, new_task_id, now, now_ms
 from shared.store.keys import Keys
@@ -84,10 +86,12 @@ class TaskStore:
         tenants: stored API keys and tenant settings (``shared/store/tenants.py``).
         recovery: requeues, resumes, the dispatch outbox, the reaper lock (``shared/store/recovery.py``).
         deliveries: the webhook outbox (``shared/store/deliveries.py``).
+        artifacts: the tasks' named binary artifacts (step screenshots): in Redis, or in S3 when
+            ``settings.artifacts_url`` says so (``shared/artifacts.py``); ``artifacts`` (an ArtifactStore) replaces it.
         redis: the client itself, for tests and operators' tools; application code goes through the methods.
     """
 
-    def __init__(self, client: redis.Redis, settings: Settings):
+    def __init__(self, client: redis.Redis, settings: Settings, artifacts: ArtifactStore | None = None):
         self.redis = client
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
@@ -95,6 +99,7 @@ class TaskStore:
         self._scripts = Scripts.register(client)
         self.recovery = Recovery(client, self.keys, settings, self._scripts)
         self.deliveries = Deliveries(client, self.keys, settings, self._scripts)
+        self.artifacts = artifacts or open_artifacts(client, self.keys, settings)
 
     @classmethod
     def from_settings(cls, settings: Settings, retry_seconds: float = 0.0) -> TaskStore:
@@ -295,20 +300,24 @@ class TaskStore:
     def record_step(self, task_id: str, step: int, jpeg: bytes, fields: Mapping[str, Any],
                     event: Mapping[str, Any], usage: Mapping[str, Any] | None = None,
                     holder: str | None = None) -> ApplyResult:
-        """A worker's step: store the screenshot, then (if the task is still running or paused, and ``holder``,
-        when given, still holds its lease) set ``fields`` and append ``event``, in one round trip. ``usage`` (this
+        """A worker's step: store the screenshot (artifact :func:`~shared.artifacts.screenshot_name`), then (if the
+        task is still running or paused, and ``holder``, when given, still holds its lease) set ``fields`` and
+        append ``event``: in one round trip with Redis artifacts; with S3 the object is written first, then the
+        record, so a record never names a missing object. ``usage`` (this
         step's model usage: ``input_tokens``, ``output_tokens``, ``total_tokens``, ``calls``, ``cost_usd``) is
         added to the task's running sums (``usage`` and ``cost``; read-modify-write is safe: one worker holds the
         task). ``ok`` False: the task ended under the worker.
 
         Raises:
             LeaseLost: ``holder`` no longer holds the task's lease (the step is not recorded).
+            shared.artifacts.ArtifactError: the S3 store failed (nothing of the step is recorded).
         """
         fields = {**fields, **self._usage_after(task_id, usage)} if usage is not None else fields
-        shots = self.keys.shots(task_id)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(shots, str(step), jpeg)
-        pipe.expire(shots, self.settings.screenshot_ttl)
+        if isinstance(self.artifacts, RedisArtifacts):
+            self.artifacts.stage(pipe, task_id, screenshot_name(step), jpeg, "image/jpeg")
+        else:
+            self.artifacts.put(task_id, screenshot_name(step), jpeg, "image/jpeg")
         args = self._apply_args(task_id, (Status.RUNNING, Status.PAUSED), fields, event, 0, None, holder)
         self._scripts.apply(keys=self.keys.task_keys(task_id), args=args, client=pipe)
         result = ApplyResult.from_reply(pipe.execute()[-1])
@@ -367,15 +376,14 @@ class TaskStore:
 
     # -- screenshots and inbox ---------------------------------------------------------------------------------------
     def put_screenshot(self, task_id: str, step: int, jpeg: bytes) -> None:
-        """Store a step's JPEG for ``settings.screenshot_ttl`` (the task's retention once it ends)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.keys.shots(task_id), str(step), jpeg)
-        pipe.expire(self.keys.shots(task_id), self.settings.screenshot_ttl)
-        pipe.execute()
+        """Store a step's JPEG in the artifact store (in Redis: for ``settings.screenshot_ttl``, the task's retention
+        once it ends)."""
+        self.artifacts.put(task_id, screenshot_name(step), jpeg, "image/jpeg")
 
     def get_screenshot(self, task_id: str, step: int) -> bytes | None:
-        """A step's JPEG bytes, or None (no such step, or expired)."""
-        return cast(bytes | None, self.redis.hget(self.keys.shots(task_id), str(step)))
+        """A step's JPEG bytes from the artifact store, or None (no such step, or expired)."""
+        artifact = self.artifacts.get(task_id, screenshot_name(step))
+        return artifact.data if artifact else None
 
     def inbox(self, task_id: str, start: int = 0) -> list[dict[str, Any]]:
         """Injected messages from index ``start`` on, as ``{"content", "ts"}``."""
