@@ -89,7 +89,9 @@ class RedisServer:
         """
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", *self.bind.split(), "--save", "", "--dir",
-             str(self.workdir), "--appendonly", "yes" if self.aof else "no", "--appendfsync", "everysec"],
+             str(self.workdir), "--appendonly", "yes" if self.aof else "no", "--appendfsync", "everysec",
+             # other hosts may connect (the addresses bound are ours, chosen by the caller): no password here
+             "--protected-mode", "yes" if self.bind == "127.0.0.1" else "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout
