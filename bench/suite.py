@@ -11,7 +11,8 @@ what to compare across machines (these are noisy, 2-core machines). Rows:
 - events-many: the same with each stream following its own task, each task emitting an event per second
 - step:    loop overhead per step, scripted agent in real Chromium vs a bare Playwright loop (screenshot + click)
 - pickup:  submit -> first step event with an idle worker (p50/p99 ms)
-- memory:  bytes of Redis per queued task (100 000 tasks); worker memory (PSS) per busy browser slot
+- memory:  bytes of Redis per queued task (100 000 tasks); Redis bytes per finished 10-step task with the Redis and
+           the S3 artifact store (``MEMORY USAGE`` over the task's keys); worker memory (PSS) per busy browser slot
 - growth:  list / status / stream latency with 1 000 vs 100 000 stored tasks, and on a task with 10 vs 10 000 events
 - scale:   MiniWoB++ batch with 1, 2, 4 slots (episodes/min)
 
@@ -467,6 +468,44 @@ def slot_memory(slots: int = 2) -> tuple[float, float]:
     return busy / slots, idle
 
 
+def finished_task_bytes(artifacts: str, tasks: int = 3, steps: int = 10) -> tuple[float, int]:
+    """``(mean Redis bytes, steps)`` of a finished ``steps``-step scripted task on a MiniWoB++ page
+    (``click-button``, 1280x720), with ``artifacts`` "redis" or "s3" (a ``moto_server`` of our own): ``MEMORY
+    USAGE ... SAMPLES 0`` summed over every key of the task (record, events, inbox, screenshots, lease, webhooks)
+    once it ended."""
+    from bench.miniwob import serve_miniwob
+    from lodestar.stack import S3Server
+    from shared.store import TaskStore
+
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(bench_redis())
+        pages, _board = stack.enter_context(serve_miniwob())
+        extra = {"LODESTAR_BROWSER_ALLOWED_HOSTS": pages.split("//", 1)[1]}
+        if artifacts == "s3":
+            s3 = S3Server()
+            s3.start()
+            stack.callback(s3.stop)
+            s3.create_bucket("bench")
+            extra.update({**s3.env(), "LODESTAR_ARTIFACTS_URL": "s3://bench/artifacts"})
+        base = stack.enter_context(bench_stack(url, workers=True, extra=extra))
+        http = requests.Session()
+        http.headers["Authorization"] = f"Bearer {KEY}"
+        script = "\n".join([f"goto {pages}/miniwob/click-button.html?seed=1", *["click 80,120"] * (steps - 2),
+                            'done "ok"'])
+        store = TaskStore.from_settings(load_settings(redis_url=url))
+        sizes, taken = [], 0
+        for _ in range(tasks):
+            task_id = http.post(f"{base}/agent/tasks", json={"agent_type": "scripted", "instruction": script},
+                                timeout=30).json()["task_id"]
+            record = http.get(f"{base}/agent/tasks/{task_id}/wait?timeout=120", timeout=150).json()
+            assert record["status"] == "completed", record
+            taken = record["steps_taken"]
+            sizes.append(sum(int(store.redis.memory_usage(key, samples=0) or 0)
+                             for key in store.keys.task_keys(task_id)))
+        store.close()
+    return statistics.mean(sizes), taken
+
+
 def bench_memory(args: argparse.Namespace) -> Row:
     n = args.queued
     with bench_redis() as url, bench_stack(url, workers=False) as base:
@@ -481,10 +520,19 @@ def bench_memory(args: argparse.Namespace) -> Row:
             assert resp.status_code == 200, resp.text[:300]
         after = int(client.info("memory")["used_memory"])
     per_task = (after - before) / n
+    in_redis, steps = finished_task_bytes("redis")
+    try:
+        in_s3, _ = finished_task_bytes("s3")
+    except FileNotFoundError:  # no moto_server: pip install 'moto[server]' (the dev extra)
+        in_s3 = float("nan")
     per_slot, idle = slot_memory()
-    return Row("memory", f"{n} queued tasks in Redis (record, first event, indexes, Celery message); worker PSS "
-               "with 2 browser slots busy", f"{per_task:.0f} bytes/task; {per_slot:.0f} MB per busy slot "
-               f"(idle worker {idle:.0f} MB)", "-", None, "<= 2 KB per queued task", per_task <= 2048)
+    return Row("memory", f"{n} queued tasks in Redis (record, first event, indexes, Celery message); Redis bytes per "
+               f"finished {steps}-step task (MiniWoB++ click-button, 1280x720) by artifact store; worker PSS with 2 "
+               "browser slots busy", f"{per_task:.0f} bytes/task; finished task: {in_redis / 1024:.1f} KiB with "
+               f"Redis artifacts, {in_s3 / 1024:.1f} KiB with S3; {per_slot:.0f} MB per busy slot (idle worker "
+               f"{idle:.0f} MB)",
+               "-", None, "<= 2 KB per queued task, <= 16 KiB per finished task with S3",
+               per_task <= 2048 and in_s3 <= 16 * 1024)
 
 
 def _median_ms(call: Callable[[], Any], n: int = 30) -> float:
