@@ -336,9 +336,11 @@ class _SSEClient:
         return out
 
 
-def _events_row(args: argparse.Namespace, name: str, n_tasks: int, interval: float, n_events: int) -> Row:
-    """``args.streams`` SSE streams on one API process spread over ``n_tasks`` tasks; each task gets
-    ``args.events`` events, one every ``interval`` s per task (the producer runs in a thread of its own)."""
+def _events_row(args: argparse.Namespace, name: str, n_tasks: int, interval: float, n_events: int,
+                processes: int = 1) -> Row:
+    """``args.streams`` SSE streams on ``processes`` API processes (gunicorn hands each connection to one of them)
+    spread over ``n_tasks`` tasks; each task gets ``args.events`` events, one every ``interval`` s per task (the
+    producer runs in a thread of its own)."""
     import asyncio
     import threading
 
@@ -348,7 +350,8 @@ def _events_row(args: argparse.Namespace, name: str, n_tasks: int, interval: flo
     streams = args.streams
     with bench_redis() as url:
         raw = raw_pubsub_latencies(url, 50, interval=0.02)
-        with bench_stack(url, workers=False, extra={"LODESTAR_API_CONNECTIONS": str(streams + 100)}) as base:
+        extra = {"LODESTAR_API_CONNECTIONS": str(streams + 100), "LODESTAR_API_WORKERS": str(processes)}
+        with bench_stack(url, workers=False, extra=extra) as base:
             store = TaskStore.from_settings(load_settings(redis_url=url))
             tasks = [new_task_id() for _ in range(n_tasks)]
             pipe = store.redis.pipeline(transaction=True)
@@ -397,7 +400,8 @@ def _events_row(args: argparse.Namespace, name: str, n_tasks: int, interval: flo
     r99 = percentile(raw, 99)
     lost = streams * n_events - len(latencies)
     spread = "one task" if n_tasks == 1 else f"{n_tasks} tasks"
-    return Row(name, f"event -> SSE client, {streams} streams on one API process following {spread}, "
+    on = "one API process" if processes == 1 else f"{processes} API processes (LODESTAR_API_WORKERS={processes})"
+    return Row(name, f"event -> SSE client, {streams} streams on {on} following {spread}, "
                f"{n_events} events per task, {n_tasks / interval:.0f} events/s in all",
                f"p50 {p50:.1f} / p99 {p99:.1f} ms, {len(errors)} errors, {lost} lost"
                + (f" (first error: {errors[0]})" if errors else ""),
@@ -406,8 +410,9 @@ def _events_row(args: argparse.Namespace, name: str, n_tasks: int, interval: flo
 
 
 def bench_events(args: argparse.Namespace) -> Row:
-    """Every stream follows the same task: each event is a burst of ``streams`` writes (the worst case)."""
-    return _events_row(args, "events", 1, 0.05, args.events)
+    """Every stream follows the same task: each event is a burst of ``streams`` writes (the worst case), spread over
+    ``args.api_processes`` API processes as operators run them (about one per core: docs/operations.md)."""
+    return _events_row(args, "events", 1, 0.05, args.events, processes=args.api_processes)
 
 
 def bench_events_many(args: argparse.Namespace) -> Row:

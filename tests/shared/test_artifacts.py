@@ -225,3 +225,27 @@ def test_objects_are_written_with_boto3_settings_from_the_environment(s3_store: 
     bucket, prefix = parse_s3_url(s3_url)
     got = boto3.client("s3").get_object(Bucket=bucket, Key=f"{prefix}/{task_id}/screenshots/7.jpg")
     assert got["Body"].read() == JPEG
+
+
+# --- lodestar artifacts ---------------------------------------------------------------------------------------------
+def test_the_cli_prints_and_applies_the_lifecycle_rule_and_deletes_a_task_s_artifacts(
+        s3_store: TaskStore, s3_url: str, settings: Settings, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from lodestar.cli import main
+
+    monkeypatch.setenv("LODESTAR_ARTIFACTS_URL", s3_url)
+    monkeypatch.setenv("LODESTAR_REDIS_URL", settings.redis_url)
+    assert main(["artifacts", "lifecycle"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["applied"] is False and printed["rule"]["Expiration"] == {"Days": 9}
+    artifacts = s3_store.artifacts
+    assert isinstance(artifacts, S3Artifacts)
+    assert main(["artifacts", "lifecycle", "--apply"]) == 0 and json.loads(capsys.readouterr().out)["applied"]
+    rules = artifacts.client.get_bucket_lifecycle_configuration(Bucket=artifacts.bucket)["Rules"]
+    assert [r["ID"] for r in rules] == [LIFECYCLE_RULE_ID]
+    task_id = make_task(s3_store)
+    s3_store.put_screenshot(task_id, 1, JPEG)
+    assert main(["artifacts", "delete", task_id]) == 0
+    assert "1 artifacts deleted" in capsys.readouterr().out and s3_store.get_screenshot(task_id, 1) is None
+    monkeypatch.setenv("LODESTAR_ARTIFACTS_URL", "")
+    assert main(["artifacts", "lifecycle"]) == 2
