@@ -383,10 +383,15 @@ def _events_row(args: argparse.Namespace, name: str, n_tasks: int, interval: flo
                     await asyncio.sleep(0.05)
                 await asyncio.sleep(1)
                 producer = threading.Thread(target=produce, daemon=True)
+                cpu[0] = _group_cpu_seconds(api_group)
                 producer.start()
                 await asyncio.wait_for(asyncio.gather(*(c.ended for c in clients)), 300)
                 producer.join()
+                cpu[1] = _group_cpu_seconds(api_group)
                 return clients
+
+            api_group = _api_process_group(port)
+            cpu = [0.0, 0.0]
 
             gc.collect()
             gc.disable()  # the client's own full collections (it keeps every chunk) must not stall its readings
@@ -400,13 +405,41 @@ def _events_row(args: argparse.Namespace, name: str, n_tasks: int, interval: flo
     r99 = percentile(raw, 99)
     lost = streams * n_events - len(latencies)
     spread = "one task" if n_tasks == 1 else f"{n_tasks} tasks"
+    cpu_ms = (cpu[1] - cpu[0]) * 1000 / (n_events * n_tasks + n_tasks)  # the end events too
     on = "one API process" if processes == 1 else f"{processes} API processes (LODESTAR_API_WORKERS={processes})"
     return Row(name, f"event -> SSE client, {streams} streams on {on} following {spread}, "
                f"{n_events} events per task, {n_tasks / interval:.0f} events/s in all",
-               f"p50 {p50:.1f} / p99 {p99:.1f} ms, {len(errors)} errors, {lost} lost"
-               + (f" (first error: {errors[0]})" if errors else ""),
+               f"p50 {p50:.1f} / p99 {p99:.1f} ms, {len(errors)} errors, {lost} lost; API CPU {cpu_ms:.1f} ms per "
+               "event" + (f" (first error: {errors[0]})" if errors else ""),
                f"p50 {percentile(raw, 50):.2f} / p99 {r99:.2f} ms", p99 / r99 if r99 else None,
                "p99 <= 20 ms, 0 errors", p99 <= 20 and not errors and lost == 0)
+
+
+def _api_process_group(port: int) -> int:
+    """The process group of the gunicorn serving ``port`` (``lodestar api`` execs gunicorn in a session of its own:
+    the master and its workers); 0 when not found."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+            if any(b"gunicorn" in a for a in argv) and f"127.0.0.1:{port}".encode() in argv:
+                return os.getpgid(int(cmdline.parent.name))
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
+def _group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds used so far by the processes of group ``pgid`` (0: none)."""
+    total = 0
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat") if pgid else ():
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / tick
 
 
 def bench_events(args: argparse.Namespace) -> Row:

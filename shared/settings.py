@@ -100,6 +100,10 @@ class Settings:
     """Base URL clients use to reach the API (for absolute screenshot URLs). Empty: taken from each request."""
     sse_keepalive: float = 15.0
     """Seconds between SSE comment lines on an idle stream (keeps proxies from closing it)."""
+    sse_direct_writes: bool = True
+    """Under gunicorn's gevent worker, let the process's event hub write each event to the sockets of the streams
+    that are caught up itself, instead of waking every stream's greenlet to write it (``api/sockets.py``: about a
+    third less CPU per event and stream). Off: every frame goes through the WSGI response."""
 
     # --- Task limits and defaults (the documented Lightcone defaults) -----------------
     default_model: str = task.DEFAULT_MODEL

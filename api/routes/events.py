@@ -15,6 +15,7 @@ from flask_sock import Sock
 from api.auth import authenticate, base_url, load_task
 from api.errors import ApiError, invalid_field, not_found
 from api.fanout import Delivery
+from api.sockets import socket_writer
 from api.state import state
 from shared.artifacts import screenshot_name
 from shared.store import TaskStore
@@ -60,10 +61,18 @@ def sse(task: Task, after: int) -> Response:
     st, base = state(), base_url()
     store, hub, keepalive = st.store, st.events, st.settings.sse_keepalive
 
+    def frame(delivery: Delivery) -> bytes:
+        return _sse_frame(store, task, delivery, base)
+
+    # under gunicorn's gevent worker the hub writes the frames of a caught-up stream itself (api/sockets.py); not
+    # for base64 screenshots, whose rendering reads the artifact store (the hub does no I/O but sends)
+    direct = st.settings.sse_direct_writes and task.screenshot_mode != "base64"
+    writer = socket_writer(request.environ, frame, "chunk " + base) if direct else None
+
     def generate() -> Iterator[bytes]:
         yield b": stream of task events\n\n"
-        for delivery in hub.frames(task.task_id, after, keepalive):
-            yield b": keepalive\n\n" if delivery is None else _sse_frame(store, task, delivery, base)
+        for delivery in hub.frames(task.task_id, after, keepalive, writer):
+            yield b": keepalive\n\n" if delivery is None else frame(delivery)
 
     # direct_passthrough: the frames are bytes already, so werkzeug hands the generator to the server as it is
     return Response(generate(), mimetype="text/event-stream", direct_passthrough=True,
