@@ -134,7 +134,8 @@ class Delivery:
 class DirectWriter(Protocol):
     """A subscriber's connection that the hub may write events to itself, from its own thread, while the
     subscriber is caught up: one non-blocking send per event and subscriber instead of waking the subscriber to
-    write it (under gevent, a greenlet switch, the response generator and the WSGI server's write: about 3x the CPU).
+    write it (under gevent, a greenlet switch, the response generator and the WSGI server's write: about twice the
+    CPU, the events row of docs/performance.md).
     Only for connections nothing else writes to while the hub holds them (the hub writes only between two of the
     subscriber's own writes)."""
 
