@@ -2,7 +2,7 @@
 
 Every error body is ``{"error": {"type", "message", "fields"?}}`` (``shared.schemas.ErrorSchema``): 400 (not JSON),
 401, 404, 409 (``x-should-retry`` says whether waiting can help), 413, 422 (``fields`` names each bad field), 429
-(``retry-after``) or 503 (Redis or the broker is down; ``retry-after``).
+(``retry-after``) or 503 (Redis, the broker or the S3 artifact store is down; ``retry-after``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from flask import Flask, Response, jsonify, request
 from marshmallow import ValidationError
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
+
+from shared.artifacts import ArtifactError
 
 log = logging.getLogger(__name__)
 
@@ -99,4 +101,10 @@ def register(app: Flask) -> None:
     def _redis_error(exc: RedisError) -> Response:
         log.error("redis error: %s", exc)
         return ApiError(503, "store_unavailable", "the task store (Redis) is unavailable; retry later",
+                        headers={"retry-after": "1"}).response()
+
+    @app.errorhandler(ArtifactError)
+    def _artifact_error(exc: ArtifactError) -> Response:
+        log.error("artifact store error: %s", exc)
+        return ApiError(503, "artifacts_unavailable", "the artifact store (S3) is unavailable; retry later",
                         headers={"retry-after": "1"}).response()

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
@@ -131,12 +131,49 @@ class Delivery:
         return data
 
 
+class DirectWriter(Protocol):
+    """A subscriber's connection that the hub may write events to itself, from its own thread, while the
+    subscriber is caught up: one non-blocking send per event and subscriber instead of waking the subscriber to
+    write it (under gevent, a greenlet switch, the response generator and the WSGI server's write: about twice the
+    CPU, the events row of docs/performance.md).
+    Only for connections nothing else writes to while the hub holds them (the hub writes only between two of the
+    subscriber's own writes)."""
+
+    def frame(self, delivery: Delivery) -> bytes | None:
+        """The bytes that put ``delivery`` on the wire (None: the hub must not write this one: the subscriber will)."""
+        ...
+
+    def try_send(self, data: bytes) -> int:
+        """Send without blocking; returns how many bytes were taken (0 when the socket buffer is full). Raises
+        OSError when the connection is gone."""
+        ...
+
+    def send_all(self, data: bytes) -> None:
+        """Send all of ``data`` (blocking the subscriber only). Raises OSError when the connection is gone."""
+        ...
+
+
+class _Direct:
+    """One subscriber the hub writes to (see :class:`DirectWriter`) until it hands it ``back``: ``after`` is the
+    last seq on the wire, ``pending`` the rest of a frame the socket did not take, ``done`` the end was written or
+    the connection is gone."""
+
+    __slots__ = ("after", "back", "done", "pending", "writer")
+
+    def __init__(self, writer: DirectWriter, after: int):
+        self.writer, self.after = writer, after
+        self.back = threading.Event()
+        self.pending = b""
+        self.done = False
+
+
 class _Feed:
     """The hub's state for one task: the last ``backlog`` deliveries, and ``changed``, an Event that is set (and
     replaced by a fresh one) each time deliveries are added, so that one ``set()`` wakes every subscriber without
-    them contending for a lock (under gevent, ``threading.Event`` is gevent's)."""
+    them contending for a lock (under gevent, ``threading.Event`` is gevent's); ``direct``: the subscribers the hub
+    writes to itself."""
 
-    __slots__ = ("changed", "last", "recent", "subscribers", "task_id")
+    __slots__ = ("changed", "direct", "last", "recent", "subscribers", "task_id")
 
     def __init__(self, task_id: str, last: int, backlog: int):
         self.task_id = task_id
@@ -144,6 +181,7 @@ class _Feed:
         self.recent: deque[Delivery] = deque(maxlen=backlog)
         self.changed = threading.Event()
         self.subscribers = 0
+        self.direct: list[_Direct] = []
 
     def after(self, seq: int) -> list[Delivery]:
         """Buffered deliveries with seq > ``seq``, oldest first."""
@@ -189,9 +227,14 @@ class EventHub:
         self._wake_channel = store.keys.hub(f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
 
     # -- subscriber side ---------------------------------------------------------------------------------------------
-    def frames(self, task_id: str, after: int, keepalive: float) -> Iterator[Delivery | None]:
+    def frames(self, task_id: str, after: int, keepalive: float,
+               writer: DirectWriter | None = None) -> Iterator[Delivery | None]:
         """Yield the task's events with seq > ``after`` in order, until its ``end`` event; yield None after each
         ``keepalive`` seconds without one (and stop if the task ended or expired meanwhile).
+
+        With ``writer``, whenever the subscriber is caught up the hub writes the next events to it itself (they are
+        not yielded) until a write would block (the rest of that frame is sent here, then events are yielded again)
+        or the end is written (the generator returns) or the connection is gone (it returns too).
 
         Raises ``redis.RedisError`` when Redis is unreachable for a read this subscriber makes itself (the first
         read, a catch-up, the end check).
@@ -209,7 +252,12 @@ class EventHub:
             while True:
                 changed = feed.changed  # taken before reading ``last``: a later delivery sets this one
                 if feed.last <= after:
-                    changed.wait(keepalive)
+                    if writer is not None:
+                        after, done = self._follow_directly(feed, writer, after, keepalive)
+                        if done:
+                            return
+                    else:
+                        changed.wait(keepalive)
                 last, fresh = feed.last, feed.after(after)
                 if last > after and (not fresh or fresh[0].seq > after + 1):  # behind the buffer: read Redis
                     batch = store.read_events(task_id, after)
@@ -235,6 +283,61 @@ class EventHub:
                         return
         finally:
             self._leave(feed)
+
+    def _follow_directly(self, feed: _Feed, writer: DirectWriter, after: int, keepalive: float) -> tuple[int, bool]:
+        """Let the hub write the feed's next events to ``writer`` until it hands the subscriber back or
+        ``keepalive`` seconds pass; returns ``(seq of the last event on the wire, done)``."""
+        direct = _Direct(writer, after)
+        with self._lock:
+            if feed.last > after:  # something arrived meanwhile: the subscriber reads it itself
+                return after, False
+            feed.direct.append(direct)
+        try:
+            direct.back.wait(keepalive)
+        finally:
+            with self._lock:  # the hub writes under this lock: after it, nothing writes to this connection but us
+                if direct in feed.direct:
+                    feed.direct.remove(direct)
+        if direct.pending and not direct.done:
+            try:
+                writer.send_all(direct.pending)
+            except OSError:
+                return direct.after, True
+        return direct.after, direct.done
+
+    def _write_direct(self, feed: _Feed, deliveries: list[Delivery]) -> None:
+        """Write ``deliveries`` to the feed's direct subscribers (under the lock); hand back those whose socket
+        did not take a whole frame, whose connection is gone, or that got the end event."""
+        with self._lock:
+            if not feed.direct:
+                return
+            for direct in list(feed.direct):
+                handed = False
+                for delivery in deliveries:
+                    if delivery.seq <= direct.after:
+                        continue
+                    try:
+                        data = direct.writer.frame(delivery)
+                        sent = -1 if data is None else direct.writer.try_send(data)
+                    except OSError:  # the client left
+                        direct.done = handed = True
+                        break
+                    except Exception:  # a rendering bug must not stop the hub: the subscriber writes it itself
+                        log.exception("event hub: direct write failed; handing the subscriber back")
+                        sent, data = -1, None
+                    if data is None or sent < 0:
+                        handed = True
+                        break
+                    direct.after = delivery.seq
+                    if sent < len(data):  # the socket is full: the subscriber sends the rest, blocking itself
+                        direct.pending, handed = data[sent:], True
+                        break
+                    if delivery.is_end:
+                        direct.done = handed = True
+                        break
+                if handed:
+                    feed.direct.remove(direct)
+                    direct.back.set()
 
     def _join(self, task_id: str, after: int) -> _Feed:
         key = self._store.keys.events(task_id)
@@ -349,6 +452,8 @@ class EventHub:
             feed.last = deliveries[-1].seq
             changed, feed.changed = feed.changed, threading.Event()
             changed.set()
+            self._write_direct(feed, deliveries)  # checks feed.direct under the lock: a subscriber joining now
+            # either saw ``last`` move (and reads the event itself) or is in the list
 
     def stop(self) -> None:
         """Stop the reader thread (at once when Redis is reachable, else within ``poll`` seconds)."""

@@ -26,6 +26,8 @@ def add_suite_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--messages", type=int, default=500, help="control: messages")
     p.add_argument("--streams", type=int, default=1000, help="events: concurrent SSE streams")
     p.add_argument("--events", type=int, default=50, help="events: events per stream")
+    p.add_argument("--api-processes", type=int, default=2,
+                   help="events: API processes (LODESTAR_API_WORKERS) the streams are spread over (default 2)")
     p.add_argument("--pickups", type=int, default=30, help="pickup: tasks")
     p.add_argument("--queued", type=int, default=100_000, help="memory, growth: queued tasks")
     p.add_argument("--steps", type=int, default=100, help="step: steps per round")

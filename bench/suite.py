@@ -11,7 +11,8 @@ what to compare across machines (these are noisy, 2-core machines). Rows:
 - events-many: the same with each stream following its own task, each task emitting an event per second
 - step:    loop overhead per step, scripted agent in real Chromium vs a bare Playwright loop (screenshot + click)
 - pickup:  submit -> first step event with an idle worker (p50/p99 ms)
-- memory:  bytes of Redis per queued task (100 000 tasks); worker memory (PSS) per busy browser slot
+- memory:  bytes of Redis per queued task (100 000 tasks); Redis bytes per finished 10-step task with the Redis and
+           the S3 artifact store (``MEMORY USAGE`` over the task's keys); worker memory (PSS) per busy browser slot
 - growth:  list / status / stream latency with 1 000 vs 100 000 stored tasks, and on a task with 10 vs 10 000 events
 - scale:   MiniWoB++ batch with 1, 2, 4 slots (episodes/min)
 
@@ -337,9 +338,11 @@ class _SSEClient:
         return out
 
 
-def _events_row(args: argparse.Namespace, name: str, n_tasks: int, interval: float, n_events: int) -> Row:
-    """``args.streams`` SSE streams on one API process spread over ``n_tasks`` tasks; each task gets
-    ``args.events`` events, one every ``interval`` s per task (the producer runs in a thread of its own)."""
+def _events_row(args: argparse.Namespace, name: str, n_tasks: int, interval: float, n_events: int,
+                processes: int = 1) -> Row:
+    """``args.streams`` SSE streams on ``processes`` API processes (gunicorn hands each connection to one of them)
+    spread over ``n_tasks`` tasks; each task gets ``args.events`` events, one every ``interval`` s per task (the
+    producer runs in a thread of its own)."""
     import asyncio
     import threading
 
@@ -349,7 +352,8 @@ def _events_row(args: argparse.Namespace, name: str, n_tasks: int, interval: flo
     streams = args.streams
     with bench_redis() as url:
         raw = raw_pubsub_latencies(url, 50, interval=0.02)
-        with bench_stack(url, workers=False, extra={"LODESTAR_API_CONNECTIONS": str(streams + 100)}) as base:
+        extra = {"LODESTAR_API_CONNECTIONS": str(streams + 100), "LODESTAR_API_WORKERS": str(processes)}
+        with bench_stack(url, workers=False, extra=extra) as base:
             store = TaskStore.from_settings(load_settings(redis_url=url))
             tasks = [new_task_id() for _ in range(n_tasks)]
             pipe = store.redis.pipeline(transaction=True)
@@ -381,10 +385,15 @@ def _events_row(args: argparse.Namespace, name: str, n_tasks: int, interval: flo
                     await asyncio.sleep(0.05)
                 await asyncio.sleep(1)
                 producer = threading.Thread(target=produce, daemon=True)
+                cpu[0] = _group_cpu_seconds(api_group)
                 producer.start()
                 await asyncio.wait_for(asyncio.gather(*(c.ended for c in clients)), 300)
                 producer.join()
+                cpu[1] = _group_cpu_seconds(api_group)
                 return clients
+
+            api_group = _api_process_group(port)
+            cpu = [0.0, 0.0]
 
             gc.collect()
             gc.disable()  # the client's own full collections (it keeps every chunk) must not stall its readings
@@ -398,17 +407,47 @@ def _events_row(args: argparse.Namespace, name: str, n_tasks: int, interval: flo
     r99 = percentile(raw, 99)
     lost = streams * n_events - len(latencies)
     spread = "one task" if n_tasks == 1 else f"{n_tasks} tasks"
-    return Row(name, f"event -> SSE client, {streams} streams on one API process following {spread}, "
+    cpu_ms = (cpu[1] - cpu[0]) * 1000 / (n_events * n_tasks + n_tasks)  # the end events too
+    on = "one API process" if processes == 1 else f"{processes} API processes (LODESTAR_API_WORKERS={processes})"
+    return Row(name, f"event -> SSE client, {streams} streams on {on} following {spread}, "
                f"{n_events} events per task, {n_tasks / interval:.0f} events/s in all",
-               f"p50 {p50:.1f} / p99 {p99:.1f} ms, {len(errors)} errors, {lost} lost"
-               + (f" (first error: {errors[0]})" if errors else ""),
+               f"p50 {p50:.1f} / p99 {p99:.1f} ms, {len(errors)} errors, {lost} lost; API CPU {cpu_ms:.1f} ms per "
+               "event" + (f" (first error: {errors[0]})" if errors else ""),
                f"p50 {percentile(raw, 50):.2f} / p99 {r99:.2f} ms", p99 / r99 if r99 else None,
                "p99 <= 20 ms, 0 errors", p99 <= 20 and not errors and lost == 0)
 
 
+def _api_process_group(port: int) -> int:
+    """The process group of the gunicorn serving ``port`` (``lodestar api`` execs gunicorn in a session of its own:
+    the master and its workers); 0 when not found."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+            if any(b"gunicorn" in a for a in argv) and f"127.0.0.1:{port}".encode() in argv:
+                return os.getpgid(int(cmdline.parent.name))
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
+def _group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds used so far by the processes of group ``pgid`` (0: none)."""
+    total = 0
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat") if pgid else ():
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / tick
+
+
 def bench_events(args: argparse.Namespace) -> Row:
-    """Every stream follows the same task: each event is a burst of ``streams`` writes (the worst case)."""
-    return _events_row(args, "events", 1, 0.05, args.events)
+    """Every stream follows the same task: each event is a burst of ``streams`` writes (the worst case), spread over
+    ``args.api_processes`` API processes as operators run them (about one per core: docs/operations.md)."""
+    return _events_row(args, "events", 1, 0.05, args.events, processes=args.api_processes)
 
 
 def bench_events_many(args: argparse.Namespace) -> Row:
@@ -469,6 +508,44 @@ def slot_memory(slots: int = 2) -> tuple[float, float]:
     return busy / slots, idle
 
 
+def finished_task_bytes(artifacts: str, tasks: int = 3, steps: int = 10) -> tuple[float, int]:
+    """``(mean Redis bytes, steps)`` of a finished ``steps``-step scripted task on a MiniWoB++ page
+    (``click-button``, 1280x720), with ``artifacts`` "redis" or "s3" (a ``moto_server`` of our own): ``MEMORY
+    USAGE ... SAMPLES 0`` summed over every key of the task (record, events, inbox, screenshots, lease, webhooks)
+    once it ended."""
+    from bench.miniwob import serve_miniwob
+    from lodestar.stack import S3Server
+    from shared.store import TaskStore
+
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(bench_redis())
+        pages, _board = stack.enter_context(serve_miniwob())
+        extra = {"LODESTAR_BROWSER_ALLOWED_HOSTS": pages.split("//", 1)[1]}
+        if artifacts == "s3":
+            s3 = S3Server()
+            s3.start()
+            stack.callback(s3.stop)
+            s3.create_bucket("bench")
+            extra.update({**s3.env(), "LODESTAR_ARTIFACTS_URL": "s3://bench/artifacts"})
+        base = stack.enter_context(bench_stack(url, workers=True, extra=extra))
+        http = requests.Session()
+        http.headers["Authorization"] = f"Bearer {KEY}"
+        script = "\n".join([f"goto {pages}/miniwob/click-button.html?seed=1", *["click 80,120"] * (steps - 2),
+                            'done "ok"'])
+        store = TaskStore.from_settings(load_settings(redis_url=url))
+        sizes, taken = [], 0
+        for _ in range(tasks):
+            task_id = http.post(f"{base}/agent/tasks", json={"agent_type": "scripted", "instruction": script},
+                                timeout=30).json()["task_id"]
+            record = http.get(f"{base}/agent/tasks/{task_id}/wait?timeout=120", timeout=150).json()
+            assert record["status"] == "completed", record
+            taken = record["steps_taken"]
+            sizes.append(sum(int(store.redis.memory_usage(key, samples=0) or 0)
+                             for key in store.keys.task_keys(task_id)))
+        store.close()
+    return statistics.mean(sizes), taken
+
+
 def bench_memory(args: argparse.Namespace) -> Row:
     n = args.queued
     with bench_redis() as url, bench_stack(url, workers=False) as base:
@@ -483,10 +560,19 @@ def bench_memory(args: argparse.Namespace) -> Row:
             assert resp.status_code == 200, resp.text[:300]
         after = int(client.info("memory")["used_memory"])
     per_task = (after - before) / n
+    in_redis, steps = finished_task_bytes("redis")
+    try:
+        in_s3, _ = finished_task_bytes("s3")
+    except FileNotFoundError:  # no moto_server: pip install 'moto[server]' (the dev extra)
+        in_s3 = float("nan")
     per_slot, idle = slot_memory()
-    return Row("memory", f"{n} queued tasks in Redis (record, first event, indexes, Celery message); worker PSS "
-               "with 2 browser slots busy", f"{per_task:.0f} bytes/task; {per_slot:.0f} MB per busy slot "
-               f"(idle worker {idle:.0f} MB)", "-", None, "<= 2 KB per queued task", per_task <= 2048)
+    return Row("memory", f"{n} queued tasks in Redis (record, first event, indexes, Celery message); Redis bytes per "
+               f"finished {steps}-step task (MiniWoB++ click-button, 1280x720) by artifact store; worker PSS with 2 "
+               "browser slots busy", f"{per_task:.0f} bytes/task; finished task: {in_redis / 1024:.1f} KiB with "
+               f"Redis artifacts, {in_s3 / 1024:.1f} KiB with S3; {per_slot:.0f} MB per busy slot (idle worker "
+               f"{idle:.0f} MB)",
+               "-", None, "<= 2 KB per queued task, <= 16 KiB per finished task with S3",
+               per_task <= 2048 and in_s3 <= 16 * 1024)
 
 
 def _median_ms(call: Callable[[], Any], n: int = 30) -> float:

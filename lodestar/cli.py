@@ -121,6 +121,12 @@ def _keys(args: argparse.Namespace) -> int:
     return keys(args)
 
 
+def _artifacts(args: argparse.Namespace) -> int:
+    from lodestar.artifacts import artifacts
+
+    return artifacts(args)
+
+
 def _bench(args: argparse.Namespace) -> int:
     command = f"lodestar bench {args.bench}"
     if args.bench == "miniwob":
@@ -207,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keys", help="create, list and revoke API keys; set tenant limits (needs LODESTAR_REDIS_URL)")
     add_keys_arguments(p)
     p.set_defaults(func=_keys)
+
+    from lodestar.artifacts import add_artifacts_arguments
+
+    p = sub.add_parser("artifacts", help="the S3 artifact store: its lifecycle rule (retention), deleting a task's")
+    add_artifacts_arguments(p)
+    p.set_defaults(func=_artifacts)
 
     from bench.cli import add_bench_parsers, add_eval_parsers
 

@@ -1,11 +1,16 @@
 """A whole Lodestar deployment on one machine whose parts can be broken on purpose: its own Redis (append-only,
 restartable on the same port), the API, and worker processes that each run in their own process group, so one can
 be SIGKILLed or SIGTERMed like a machine or a container. Used by the fault tests and ``lodestar bench chaos``.
+
+Workers may also run on other "hosts" (:class:`NetHost`): a network namespace of their own joined to this machine by
+a veth pair, with their own hostname and data folder, that reach Redis and S3 over the pair's addresses only
+(the multi-host test, ``tests/e2e/test_multihost.py``; needs root).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -34,13 +39,15 @@ class Fleet:
         broker_url: ``LODESTAR_BROKER_URL`` (an ``amqp://`` URL for RabbitMQ; empty: Redis is the broker).
         kinds: ``LODESTAR_KINDS``.
         log_dir: where each process's output goes (one file each); default a temporary folder.
+        redis_bind: the addresses Redis listens on, space-separated (add the :attr:`NetHost.gateway` of every host
+            whose workers must reach it).
     """
 
     def __init__(self, env: dict[str, str] | None = None, key: str = "fleet-key", broker_url: str = "",
-                 kinds: tuple[str, ...] = ("browser",), log_dir: Path | None = None):
+                 kinds: tuple[str, ...] = ("browser",), log_dir: Path | None = None, redis_bind: str = "127.0.0.1"):
         self.workdir = Path(tempfile.mkdtemp(prefix="lodestar-fleet-"))
         self.log_dir = log_dir or self.workdir
-        self.redis = RedisServer(self.workdir / "redis", aof=True)
+        self.redis = RedisServer(self.workdir / "redis", aof=True, bind=redis_bind)
         (self.workdir / "redis").mkdir()
         self.key = key
         self.api_port = free_port()
@@ -53,10 +60,13 @@ class Fleet:
         self._logs = 0
 
     # -- processes ---------------------------------------------------------------------------------------------------
-    def _spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(self, *args: str, env: dict[str, str] | None = None,
+               host: NetHost | None = None) -> subprocess.Popen[bytes]:
         self._logs += 1
-        out = open(self.log_dir / f"{self._logs:02d}-{args[0]}.log", "ab")  # noqa: SIM115 (closed with the process)
-        return subprocess.Popen([sys.executable, "-m", "lodestar.cli", *args], env={**self.env, **(env or {})},
+        name = f"{self._logs:02d}-{args[0]}" + (f"-{host.hostname}" if host else "")
+        out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
+        argv = [sys.executable, "-m", "lodestar.cli", *args]
+        return subprocess.Popen(host.command(argv) if host else argv, env={**self.env, **(env or {})},
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def start(self, workers: int = 2, kind: str = "browser", concurrency: int = 1, timeout: float = 60) -> None:
@@ -92,10 +102,13 @@ class Fleet:
             self.api.wait(30)
             self.api = None
 
-    def start_worker(self, kind: str = "browser", concurrency: int = 1,
-                     env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Start one more worker process (its own process group); returns it."""
-        proc = self._spawn("worker", "--kind", kind, "--concurrency", str(concurrency), env=env)
+    def start_worker(self, kind: str = "browser", concurrency: int = 1, env: dict[str, str] | None = None,
+                     host: NetHost | None = None) -> subprocess.Popen[bytes]:
+        """Start one more worker process (its own process group), on ``host`` when given (``env`` then says how to
+        reach Redis and S3 from there: :meth:`NetHost.env`); returns it."""
+        if host is not None:
+            env = {**host.env(), **(env or {})}
+        proc = self._spawn("worker", "--kind", kind, "--concurrency", str(concurrency), env=env, host=host)
         self.workers.append(proc)
         return proc
 
@@ -204,6 +217,82 @@ def amqp_vhost(base: str, prefix: str = "lodestar") -> Iterator[str]:
         yield urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/" + vhost, "", ""))
     finally:
         subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
+class NetHost:
+    """Another "machine" on this one: network namespace ``name`` joined to this host by a veth pair on the /30
+    ``subnet`` (this host's end: :attr:`gateway`, the namespace's: :attr:`address`), with a hostname of its own for
+    its processes (a UTS namespace: a worker's id names it) and a data folder of its own (HOME and TMPDIR). Its
+    processes reach this machine only at :attr:`gateway` and at the addresses in ``routes`` (other hosts'
+    gateways: addresses of this machine, so nothing is forwarded); this machine's loopback is out of reach.
+    Needs root (``ip``, ``unshare``). :meth:`create` removes what a previous run left under the same names;
+    :meth:`destroy` never raises.
+
+    Args:
+        name: the namespace's name (also the base of the hostname and of the veth names).
+        subnet: a /30 of a private range of your own, e.g. "10.250.7.0/30", not used on this machine.
+        workdir: its data folder (made here).
+    """
+
+    def __init__(self, name: str, subnet: str, workdir: Path):
+        net = ipaddress.ip_network(subnet)
+        if net.num_addresses != 4:
+            raise ValueError(f"expected a /30, got {subnet}")
+        self.name, self.subnet, self.workdir = name, str(net), workdir
+        self.gateway, self.address = str(net[1]), str(net[2])
+        self.hostname = f"lodestar-{name}"
+        self.link = f"ls{uuid.uuid5(uuid.NAMESPACE_DNS, name).hex[:10]}"  # interface names: 15 characters at most
+
+    def _ip(self, *args: str, netns: bool = False, check: bool = True) -> None:
+        cmd = ["ip", "netns", "exec", self.name, "ip", *args] if netns else ["ip", *args]
+        subprocess.run(cmd, check=check, capture_output=True, timeout=30)
+
+    def create(self, routes: tuple[str, ...] = ()) -> None:
+        """Make the namespace, the veth pair and its addresses, and routes to ``routes`` (networks or addresses
+        of this machine) through :attr:`gateway`. Raises ``subprocess.CalledProcessError`` (no permission)."""
+        self.destroy()
+        for folder in ("home", "tmp"):
+            (self.workdir / folder).mkdir(parents=True, exist_ok=True)
+        self._ip("netns", "add", self.name)
+        self._ip("link", "add", self.link, "type", "veth", "peer", "name", self.link + "p")
+        self._ip("link", "set", self.link + "p", "netns", self.name)
+        self._ip("addr", "add", f"{self.gateway}/30", "dev", self.link)
+        self._ip("link", "set", self.link, "up")
+        self._ip("addr", "add", f"{self.address}/30", "dev", self.link + "p", netns=True)
+        self._ip("link", "set", self.link + "p", "up", netns=True)
+        self._ip("link", "set", "lo", "up", netns=True)
+        for route in routes:
+            self._ip("route", "add", route, "via", self.gateway, netns=True)
+
+    def destroy(self) -> None:
+        """Delete the veth pair and the namespace (what is already gone is skipped)."""
+        self._ip("link", "del", self.link, check=False)
+        self._ip("netns", "del", self.name, check=False)
+
+    def command(self, argv: list[str]) -> list[str]:
+        """``argv`` run inside the namespace under :attr:`hostname` (``ip netns exec`` and ``unshare`` exec the
+        program: it keeps the process id, and the process group of a Popen with ``start_new_session``)."""
+        return ["ip", "netns", "exec", self.name, "unshare", "--uts", "--", "sh", "-c",
+                'hostname "$0" && exec "$@"', self.hostname, *argv]
+
+    def env(self) -> dict[str, str]:
+        """Its data folder: HOME and TMPDIR (Chromium's profiles and caches go there; Playwright's own browsers,
+        when used, are still found where this machine's HOME keeps them)."""
+        env = {"HOME": str(self.workdir / "home"), "TMPDIR": str(self.workdir / "tmp")}
+        browsers = Path.home() / ".cache" / "ms-playwright"
+        if "PLAYWRIGHT_BROWSERS_PATH" not in os.environ and browsers.is_dir():
+            env["PLAYWRIGHT_BROWSERS_PATH"] = str(browsers)
+        return env
+
+
+def free_subnets(count: int, base: str = "10.250") -> list[str]:
+    """``count`` /30 subnets of ``base``.x.0/24 networks (x from 64 to 191) that no interface of this machine uses."""
+    used = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, timeout=30).stdout
+    free = [f"{base}.{x}.0" for x in range(64, 192) if f" {base}.{x}." not in used]
+    if not free:
+        raise RuntimeError(f"no free {base}.x.0/24 network on this machine")
+    network = ipaddress.ip_network(f"{free[uuid.uuid4().int % len(free)]}/24")
+    return [str(sub) for sub in list(network.subnets(new_prefix=30))[:count]]
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:

@@ -69,13 +69,15 @@ class RedisServer:
         workdir: its data folder.
         port: its port (default: a free one).
         aof: append-only persistence (``appendonly yes``, ``appendfsync everysec``), so data survives a restart.
+        bind: the addresses it listens on, space-separated (127.0.0.1 and, for other hosts, addresses of this
+            machine's own interfaces); the URL names 127.0.0.1.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None, aof: bool = False):
+    def __init__(self, workdir: Path, port: int | None = None, aof: bool = False, bind: str = "127.0.0.1"):
         binary = shutil.which("redis-server")
         if not binary:
             raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
-        self.binary, self.workdir, self.port, self.aof = binary, workdir, port or free_port(), aof
+        self.binary, self.workdir, self.port, self.aof, self.bind = binary, workdir, port or free_port(), aof, bind
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -86,8 +88,10 @@ class RedisServer:
             RuntimeError: it did not answer within ``timeout`` seconds.
         """
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.workdir),
-             "--appendonly", "yes" if self.aof else "no", "--appendfsync", "everysec"],
+            [self.binary, "--port", str(self.port), "--bind", *self.bind.split(), "--save", "", "--dir",
+             str(self.workdir), "--appendonly", "yes" if self.aof else "no", "--appendfsync", "everysec",
+             # other hosts may connect (the addresses bound are ours, chosen by the caller): no password here
+             "--protected-mode", "yes" if self.bind == "127.0.0.1" else "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout
@@ -104,6 +108,63 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             (self.proc.kill if kill else self.proc.terminate)()
             self.proc.wait(10)
+        self.proc = None
+
+
+class S3Server:
+    """A real S3 endpoint of our own: moto's ``moto_server`` (``pip install 'moto[server]'``, the dev extra) on
+    ``host`` and a free port; tests and ``lodestar bench memory`` point boto3 at it with ``AWS_ENDPOINT_URL``.
+
+    Args:
+        host: the address it listens on ("0.0.0.0": every address of this machine, for other network namespaces).
+        port: its port (default: a free one).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None):
+        binary = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+        if not Path(binary).exists():
+            raise FileNotFoundError("moto_server is not installed (pip install 'moto[server]')")
+        self.binary, self.host, self.port = binary, host, port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def endpoint(self, address: str = "127.0.0.1") -> str:
+        """Its URL as reached at ``address`` (an address it listens on)."""
+        return f"http://{address}:{self.port}"
+
+    def env(self, address: str = "127.0.0.1") -> dict[str, str]:
+        """boto3's settings for reaching it at ``address`` (moto takes any credentials)."""
+        return {"AWS_ENDPOINT_URL": self.endpoint(address), "AWS_ACCESS_KEY_ID": "lodestar-test",
+                "AWS_SECRET_ACCESS_KEY": "lodestar-test", "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start it and wait until it answers. Raises RuntimeError when it does not within ``timeout`` seconds."""
+        self.proc = subprocess.Popen([self.binary, "-H", self.host, "-p", str(self.port)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto_server exited with code {self.proc.returncode}")
+            with contextlib.suppress(requests.RequestException):
+                requests.get(f"{self.endpoint()}/moto-api/", timeout=1)
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"moto_server on port {self.port} did not answer within {timeout:.0f} s")
+
+    def create_bucket(self, name: str) -> None:
+        """Create bucket ``name`` (a fresh one per test)."""
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.endpoint(), region_name="us-east-1", aws_access_key_id="x",
+                     aws_secret_access_key="x").create_bucket(Bucket=name)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
         self.proc = None
 
 

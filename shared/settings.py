@@ -100,6 +100,10 @@ class Settings:
     """Base URL clients use to reach the API (for absolute screenshot URLs). Empty: taken from each request."""
     sse_keepalive: float = 15.0
     """Seconds between SSE comment lines on an idle stream (keeps proxies from closing it)."""
+    sse_direct_writes: bool = True
+    """Under gunicorn's gevent worker, let the process's event hub write each event to the sockets of the streams
+    that are caught up itself, instead of waking every stream's greenlet to write it (``api/sockets.py``: about a
+    third less CPU per event and stream). Off: every frame goes through the WSGI response."""
 
     # --- Task limits and defaults (the documented Lightcone defaults) -----------------
     default_model: str = task.DEFAULT_MODEL
@@ -167,6 +171,23 @@ class Settings:
     """Seconds a screenshot is kept while its task is still running (refreshed at the end)."""
     event_stream_maxlen: int = 10_000
     """Most events kept per task (older ones are trimmed)."""
+
+    # --- Artifacts (step screenshots; shared/artifacts.py) -------------------------------
+    artifacts_url: str = ""
+    """Where tasks' artifacts (step screenshots) are kept: empty for Redis (one machine: they take Redis memory for
+    the task's retention), or ``s3://bucket/prefix`` for any S3-compatible store, reached with boto3's own settings
+    (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL`` for MinIO, Ceph
+    or moto). The bucket must exist; give it the lifecycle rule of ``lodestar artifacts lifecycle`` (retention).
+    The API and every worker must see the same value."""
+    artifacts_redirect: bool = False
+    """With an S3 store: answer GET /agent/tasks/{id}/screenshots/{step} with a 302 to a presigned URL of the object
+    instead of sending its bytes through the API (only when clients can reach the S3 endpoint)."""
+    artifacts_redirect_ttl: int = 300
+    """Seconds a presigned URL of ``artifacts_redirect`` stays valid."""
+    artifacts_timeout: float = 10.0
+    """Seconds an S3 request may take to connect, and to read each answer (boto3 retries twice more)."""
+    artifacts_max_connections: int = 50
+    """HTTP connections to S3 one process keeps (concurrent artifact reads and writes)."""
 
     # --- Worker and browser -------------------------------------------------------------
     chromium_path: str = dataclasses.field(default_factory=_default_chromium)

@@ -12,6 +12,7 @@ import shutil
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,7 +24,7 @@ import pytest
 import redis as redis_lib
 import requests
 
-from lodestar.stack import Stack, free_port, local_redis
+from lodestar.stack import S3Server, Stack, free_port, local_redis
 from shared.settings import Settings, load_settings
 from shared.states import Status
 from shared.store import TaskStore, new_task_id, now, now_ms
@@ -78,6 +79,30 @@ def redis_url(redis_base: str) -> Iterator[str]:
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
     return load_settings(redis_url=redis_url, api_keys=(KEY, OTHER_KEY), lease_ttl=3, secrets_key=SECRETS_KEY)
+
+
+# --- S3 (moto_server) ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3 endpoint for the whole session: ``moto_server`` (the dev extra's ``moto[server]``) on 127.0.0.1."""
+    try:
+        server = S3Server()
+    except FileNotFoundError as exc:
+        need(False, str(exc))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_url(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``LODESTAR_ARTIFACTS_URL`` of a fresh bucket on :func:`s3_server`, with boto3's settings for it in this
+    process's environment."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    bucket = f"lodestar-test-{uuid.uuid4().hex[:12]}"
+    s3_server.create_bucket(bucket)
+    return f"s3://{bucket}/artifacts"
 
 
 # --- a local web site for the agents ------------------------------------------------------------------------------

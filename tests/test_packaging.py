@@ -41,7 +41,7 @@ NOT_FOR_THE_API = ("playwright", "pyautogui", "mss", "miniwob", "PIL", "openai",
 WHERE = {"shared": ("base",), "api": ("base", "api"), "worker": ("base", "worker"), "lodestar": ("base", "all"),
          "bench": ("base", "bench", "all")}
 """Extras each package's modules may import from."""
-TRANSITIVE = {"kombu": "celery", "werkzeug": "flask", "referencing": "jsonschema"}
+TRANSITIVE = {"kombu": "celery", "werkzeug": "flask", "referencing": "jsonschema", "botocore": "boto3"}
 """Modules imported directly but installed by another declared distribution."""
 
 

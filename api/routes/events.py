@@ -7,15 +7,17 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, redirect, request
 from flask_sock import Sock
 
 from api.auth import authenticate, base_url, load_task
 from api.errors import ApiError, invalid_field, not_found
 from api.fanout import Delivery
+from api.sockets import socket_writer
 from api.state import state
+from shared.artifacts import screenshot_name
 from shared.store import TaskStore
 from shared.task import Task
 
@@ -59,10 +61,18 @@ def sse(task: Task, after: int) -> Response:
     st, base = state(), base_url()
     store, hub, keepalive = st.store, st.events, st.settings.sse_keepalive
 
+    def frame(delivery: Delivery) -> bytes:
+        return _sse_frame(store, task, delivery, base)
+
+    # under gunicorn's gevent worker the hub writes the frames of a caught-up stream itself (api/sockets.py); not
+    # for base64 screenshots, whose rendering reads the artifact store (the hub does no I/O but sends)
+    direct = st.settings.sse_direct_writes and task.screenshot_mode != "base64"
+    writer = socket_writer(request.environ, frame, "chunk " + base) if direct else None
+
     def generate() -> Iterator[bytes]:
         yield b": stream of task events\n\n"
-        for delivery in hub.frames(task.task_id, after, keepalive):
-            yield b": keepalive\n\n" if delivery is None else _sse_frame(store, task, delivery, base)
+        for delivery in hub.frames(task.task_id, after, keepalive, writer):
+            yield b": keepalive\n\n" if delivery is None else frame(delivery)
 
     # direct_passthrough: the frames are bytes already, so werkzeug hands the generator to the server as it is
     return Response(generate(), mimetype="text/event-stream", direct_passthrough=True,
@@ -89,10 +99,17 @@ def task_events(task_id: str) -> Response:
 @bp.get("/agent/tasks/<task_id>/screenshots/<int:step>")
 def task_screenshot(task_id: str, step: int) -> Response:
     load_task(task_id)
-    data = state().store.get_screenshot(task_id, step)
-    if data is None:
+    st = state()
+    artifacts, name = st.store.artifacts, screenshot_name(step)
+    if st.settings.artifacts_redirect:  # S3 reachable by clients: let them fetch the object themselves
+        url = artifacts.url(task_id, name, st.settings.artifacts_redirect_ttl)
+        if url:
+            return cast(Response, redirect(url, 302))
+    artifact = artifacts.get(task_id, name)  # from whichever store holds the task's artifacts (Redis or S3)
+    if artifact is None:
         raise not_found(f"screenshot for step {step} of task {task_id} (or it expired)")
-    return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "private, max-age=86400, immutable"})
+    return Response(artifact.data, mimetype=artifact.content_type,
+                    headers={"Cache-Control": "private, max-age=86400, immutable"})
 
 
 @sock.route("/agent/tasks/<task_id>/ws", bp=bp)

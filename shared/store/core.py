@@ -18,9 +18,11 @@ from redis.backoff import ExponentialBackoff
 from redis.client import PubSub
 from redis.retry import Retry
 
+from shared.artifacts import ArtifactStore, screenshot_name
 from shared.settings import Settings
 from shared.states import EXIT_STATUS, ExitCode, Status, sources
 from shared.store import listing, submit
+from shared.store.artifacts import RedisArtifacts, open_artifacts
 from shared.store.budgets import Budgets
 from shared.store.deliveries import Deliveries, new_delivery_id
 from shared.store.ids import new_id, new_task_id, now, now_ms
@@ -90,10 +92,12 @@ class TaskStore:
         budgets: what model calls cost and the budgets they count against (``shared/store/budgets.py``).
         limits: the model providers' rate limits (``shared/store/ratelimits.py``).
         queue: queue positions, wait reasons, workers' heartbeats (``shared/store/queueinfo.py``).
+        artifacts: the tasks' named binary artifacts (step screenshots): in Redis, or in S3 when
+            ``settings.artifacts_url`` says so (``shared/artifacts.py``); ``artifacts`` (an ArtifactStore) replaces it.
         redis: the client itself, for tests and operators' tools; application code goes through the methods.
     """
 
-    def __init__(self, client: redis.Redis, settings: Settings):
+    def __init__(self, client: redis.Redis, settings: Settings, artifacts: ArtifactStore | None = None):
         self.redis = client
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
@@ -104,6 +108,7 @@ class TaskStore:
         self.budgets = Budgets(client, self.keys, settings, self._scripts)
         self.limits = ProviderLimits(client, self.keys, settings, self._scripts)
         self.queue = QueueInfo(client, self.keys, settings, self.limits)
+        self.artifacts = artifacts or open_artifacts(client, self.keys, settings)
 
     @classmethod
     def from_settings(cls, settings: Settings, retry_seconds: float = 0.0) -> TaskStore:
@@ -312,40 +317,28 @@ class TaskStore:
                   json.dumps({"command": "message", "task_id": task_id})]))
 
     def record_step(self, task_id: str, step: int, jpeg: bytes, fields: Mapping[str, Any],
-                    event: Mapping[str, Any], usage: Mapping[str, Any] | None = None,
-                    holder: str | None = None) -> ApplyResult:
-        """A worker's step: store the screenshot, then (if the task is still running or paused, and ``holder``,
-        when given, still holds its lease) set ``fields`` and append ``event``, in one round trip. ``usage`` (this
-        step's model usage: ``input_tokens``, ``output_tokens``, ``total_tokens``, ``calls``, ``cost_usd``) is
-        added to the task's running sums (``usage`` and ``cost``; read-modify-write is safe: one worker holds the
-        task). ``ok`` False: the task ended under the worker.
+                    event: Mapping[str, Any], holder: str | None = None) -> ApplyResult:
+        """A worker's step: store the screenshot (artifact :func:`~shared.artifacts.screenshot_name`), then (if the
+        task is still running or paused, and ``holder``, when given, still holds its lease) set ``fields`` and
+        append ``event``: in one round trip with Redis artifacts; with S3 the object is written first, then the
+        record, so a record never names a missing object (a step's model usage is on the record already: it is
+        recorded as each call returns, ``Budgets.spend``). ``ok`` False: the task ended under the worker.
 
         Raises:
             LeaseLost: ``holder`` no longer holds the task's lease (the step is not recorded).
+            shared.artifacts.ArtifactError: the S3 store failed (nothing of the step is recorded).
         """
-        fields = {**fields, **self._usage_after(task_id, usage)} if usage is not None else fields
-        shots = self.keys.shots(task_id)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(shots, str(step), jpeg)
-        pipe.expire(shots, self.settings.screenshot_ttl)
+        if isinstance(self.artifacts, RedisArtifacts):
+            self.artifacts.stage(pipe, task_id, screenshot_name(step), jpeg, "image/jpeg")
+        else:
+            self.artifacts.put(task_id, screenshot_name(step), jpeg, "image/jpeg")
         args = self._apply_args(task_id, (Status.RUNNING, Status.PAUSED), fields, event, 0, None, holder)
         self._scripts.apply(keys=self.keys.task_keys(task_id), args=args, client=pipe)
         result = ApplyResult.from_reply(pipe.execute()[-1])
         if result.lost:
             raise LeaseLost(f"{holder} no longer holds task {task_id}")
         return result
-
-    def _usage_after(self, task_id: str, step_usage: Mapping[str, Any]) -> dict[str, Any]:
-        """The ``usage`` and ``cost`` fields after adding one step's usage (``cost`` stays None while no step had
-        a price)."""
-        raw = cast(list[bytes | None], self.redis.hmget(self.keys.task(task_id), ["usage", "cost"]))
-        total = json.loads(raw[0]) if raw[0] else {}
-        for name in ("input_tokens", "output_tokens", "total_tokens", "calls"):
-            total[name] = int(total.get(name) or 0) + int(step_usage.get(name) or 0)
-        cost = float(raw[1]) if raw[1] else None
-        if step_usage.get("cost_usd") is not None:
-            cost = round((cost or 0.0) + float(step_usage["cost_usd"]), 8)
-        return {"usage": total, "cost": cost}
 
     # -- events ----------------------------------------------------------------------------------------------------
     def append_event(self, task_id: str, event: Mapping[str, Any], fields: Mapping[str, Any] | None = None) -> int:
@@ -386,15 +379,14 @@ class TaskStore:
 
     # -- screenshots and inbox ---------------------------------------------------------------------------------------
     def put_screenshot(self, task_id: str, step: int, jpeg: bytes) -> None:
-        """Store a step's JPEG for ``settings.screenshot_ttl`` (the task's retention once it ends)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.keys.shots(task_id), str(step), jpeg)
-        pipe.expire(self.keys.shots(task_id), self.settings.screenshot_ttl)
-        pipe.execute()
+        """Store a step's JPEG in the artifact store (in Redis: for ``settings.screenshot_ttl``, the task's retention
+        once it ends)."""
+        self.artifacts.put(task_id, screenshot_name(step), jpeg, "image/jpeg")
 
     def get_screenshot(self, task_id: str, step: int) -> bytes | None:
-        """A step's JPEG bytes, or None (no such step, or expired)."""
-        return cast(bytes | None, self.redis.hget(self.keys.shots(task_id), str(step)))
+        """A step's JPEG bytes from the artifact store, or None (no such step, or expired)."""
+        artifact = self.artifacts.get(task_id, screenshot_name(step))
+        return artifact.data if artifact else None
 
     def inbox(self, task_id: str, start: int = 0) -> list[dict[str, Any]]:
         """Injected messages from index ``start`` on, as ``{"content", "ts"}``."""

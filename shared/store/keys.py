@@ -6,7 +6,8 @@
     P:task:{id}:events       stream  the event log; entry ids are "0-<seq>", seq = 1, 2, 3 ... Each entry is also
                              published on the pub/sub channel of the same name as "<seq> <json>" (``api/fanout.py``)
     P:task:{id}:inbox        list    injected messages, JSON {"content", "ts"}, oldest first
-    P:task:{id}:shots        hash    step number -> JPEG bytes
+    P:task:{id}:shots        hash    the task's artifacts in Redis (``shared/store/artifacts.py``): step number -> JPEG
+                                     bytes, other artifacts by name (empty with an S3 artifact store)
     P:task:{id}:lease        string  id of the worker holding the task (PX = lease_ttl)
     P:task:{id}:webhooks     list    webhook delivery attempts, JSON, oldest first
     P:t:{tenant}:status:{s}  zset    the tenant's task ids in status s, scored by created_at; likewise

@@ -197,3 +197,86 @@ def test_a_quiet_stream_gets_keepalives_and_stops_when_the_task_is_gone(store: T
     store.redis.delete(store.keys.task(task_id))  # expired
     reader.join(5)
     assert not reader.is_alive() and reader.error is None
+
+
+# --- the hub writing to caught-up subscribers itself (api/sockets.py under gunicorn's gevent worker) -----------------
+class PairWriter:
+    """A DirectWriter on one end of a socket pair with small buffers (so the hub's writes fill it and come back
+    partial); ``frame`` is the seq as a line padded to ``size`` bytes."""
+
+    def __init__(self, size: int = 3000):
+        import socket
+
+        self.ours, self.theirs = socket.socketpair()
+        for sock in (self.ours, self.theirs):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.ours.setblocking(False)
+        self.size = size
+        self.direct_frames = 0
+
+    def frame(self, delivery: Any) -> bytes:
+        return f"{delivery.seq} {delivery.event['type']}".encode().ljust(self.size - 1, b".") + b"\n"
+
+    def try_send(self, data: bytes) -> int:
+        self.direct_frames += 1
+        try:
+            return self.ours.send(data)
+        except BlockingIOError:
+            return 0
+
+    def send_all(self, data: bytes) -> None:
+        import select
+
+        view = memoryview(data)
+        while view:
+            select.select([], [self.ours], [], 5)
+            try:
+                view = view[self.ours.send(view):]
+            except BlockingIOError:
+                continue
+
+
+def test_a_direct_writer_gets_every_frame_whole_and_in_order_even_when_its_socket_fills(
+        store: TaskStore, hub: EventHub) -> None:
+    # Given a subscriber whose connection the hub may write to, and a client reading it slowly
+    task_id = running_task(store)
+    writer = PairWriter()
+    done = threading.Event()
+
+    def follow() -> None:  # what the SSE route does with the frames the hub leaves it
+        for delivery in hub.frames(task_id, 0, keepalive=0.3, writer=writer):
+            writer.send_all(b"k".ljust(writer.size - 1, b".") + b"\n" if delivery is None else writer.frame(delivery))
+        done.set()
+
+    threading.Thread(target=follow, daemon=True).start()
+    wait_for(lambda: hub.subscribers == 1)
+    received = bytearray()
+
+    def read(until: float) -> None:
+        writer.theirs.settimeout(0.05)
+        while time.monotonic() < until:
+            try:
+                chunk = writer.theirs.recv(1024)
+            except TimeoutError:
+                continue
+            if not chunk:
+                return
+            received.extend(chunk)
+            time.sleep(0.002)  # slower than the hub writes: its sends come back partial
+
+    # When events come faster than the client reads, then stop, and the task ends
+    bench_events(store, task_id, 60)
+    store.finish(task_id, ExitCode.COMPLETED)
+    read(time.monotonic() + 2)
+    deadline = time.monotonic() + 20
+    while not done.is_set() and time.monotonic() < deadline:
+        read(time.monotonic() + 0.5)
+    assert done.is_set(), "the stream did not end"
+    read(time.monotonic() + 0.3)
+    # Then the client got every frame once, whole, in order, ending with the end event; the hub wrote some itself
+    lines = [line for line in bytes(received).split(b"\n") if line and not line.startswith(b"k")]
+    assert all(len(line) == writer.size - 1 for line in lines)
+    seqs = [int(line.split()[0]) for line in lines]
+    assert seqs == list(range(1, 63)), seqs
+    assert lines[-1].split()[1].startswith(b"end") and writer.direct_frames > 0
