@@ -31,9 +31,10 @@ def send_resume(store: TaskStore, task_id: str) -> ApplyResult:
     return store.transition(task_id, Status.RUNNING, notice="resume", only_from=(Status.PAUSED,), source="api")
 
 
-def send_message(store: TaskStore, task_id: str, content: str) -> ApplyResult:
-    """Queue ``content`` for the agent; delivered at its next step (kept if the task has not started yet)."""
-    return store.inject(task_id, content)
+def send_message(store: TaskStore, task_id: str, content: str, idempotency_key: str | None = None) -> ApplyResult:
+    """Queue ``content`` for the agent; delivered at its next step (kept if the task has not started yet). A
+    repeated ``idempotency_key`` for the task queues nothing and answers ``replayed`` (``TaskStore.inject``)."""
+    return store.inject(task_id, content, idempotency_key)
 
 
 def send_cancel(store: TaskStore, task_id: str) -> ApplyResult:

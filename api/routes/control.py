@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify
+from flask import Blueprint, Response, g, jsonify, request
 from marshmallow import ValidationError
 
 from api.auth import authenticate, load_task
@@ -23,32 +23,51 @@ bp.before_request(authenticate)
 CANCELLABLE = ("queued", "running", "paused")
 
 
-def _answer(task_id: str, result: ApplyResult, verb: str) -> Response:
-    """``{"status"}`` after a control write, or the error: 404 (gone), 409 when the task's status refused it."""
+ALREADY = {"pause": frozenset({Status.PAUSED}), "resume": frozenset({Status.RUNNING, Status.QUEUED}),
+           "cancel": frozenset({Status.CANCELLED}), "message": frozenset()}
+"""Statuses in which a control call has nothing left to do: a retried pause finds the task paused, a resume finds
+it running (or queued: not paused, it will run), a cancel finds it cancelled. These answer 200, not 409."""
+
+
+def _answer(task_id: str, result: ApplyResult, verb: str) -> tuple[Response, bool]:
+    """``({"status"}, changed)`` after a control write: ``changed`` is False when the task was already where the
+    call asked (:data:`ALREADY`; a retry) or the write was a replay of an earlier one.
+
+    Raises:
+        ApiError: 404 (gone); 409 when the task's status cannot reach what was asked, with ``x-should-retry:
+            false`` (it ended), except a pause of a queued task (``x-should-retry: true``, ``retry-after``: it
+            starts soon).
+    """
     if not result.found:
         raise not_found(f"task {task_id}")
     if not result.ok:
+        if result.status in ALREADY[verb]:
+            return jsonify({"status": result.status}), False
         retry = verb == "pause" and result.status == Status.QUEUED  # it will start soon: waiting can help
         headers = {"x-should-retry": "true", "retry-after": "1"} if retry else {"x-should-retry": "false"}
         raise ApiError(409, "conflict", f"cannot {verb} a task that is {result.status}", headers=headers)
-    return jsonify({"status": str(state().store.status(task_id) or result.status)})
+    return jsonify({"status": str(state().store.status(task_id) or result.status)}), not result.replayed
 
 
 @bp.post("/agent/tasks/<task_id>/pause")
 def pause_task(task_id: str) -> Response:
+    """Pause a running task; a paused one answers 200 as it is (a retried pause)."""
     load_task(task_id)
     st = state()
-    answer = _answer(task_id, control.send_pause(st.store, task_id), "pause")
-    webhooks.schedule(st.celery, st.store, task_id, "task.paused")
+    answer, changed = _answer(task_id, control.send_pause(st.store, task_id), "pause")
+    if changed:
+        webhooks.schedule(st.celery, st.store, task_id, "task.paused")
     return answer
 
 
 @bp.post("/agent/tasks/<task_id>/resume")
 def resume_task(task_id: str) -> Response:
+    """Resume a paused task; a running or queued one answers 200 as it is (nothing to resume)."""
     load_task(task_id)
     st = state()
-    answer = _answer(task_id, control.send_resume(st.store, task_id), "resume")
-    webhooks.schedule(st.celery, st.store, task_id, "task.running")
+    answer, changed = _answer(task_id, control.send_resume(st.store, task_id), "resume")
+    if changed:
+        webhooks.schedule(st.celery, st.store, task_id, "task.running")
     return answer
 
 
@@ -62,8 +81,9 @@ def _cancel(task_id: str) -> ApplyResult:
 
 @bp.post("/agent/tasks/<task_id>/cancel")
 def cancel_task(task_id: str) -> Response:
+    """Cancel a queued, running or paused task; a cancelled one answers 200 as it is (a retried cancel)."""
     load_task(task_id)
-    return _answer(task_id, _cancel(task_id), "cancel")
+    return _answer(task_id, _cancel(task_id), "cancel")[0]
 
 
 def _filtered_ids(f: dict[str, Any]) -> list[str]:
@@ -115,9 +135,19 @@ def cancel_many() -> Response:
 
 @bp.post("/agent/tasks/<task_id>/messages")
 def inject_message(task_id: str) -> Response:
+    """Queue a message for the agent. With an ``Idempotency-Key`` header (1 to 255 characters), a repeated key for
+    the task delivers nothing more and answers as the first call did (``Idempotent-Replayed: true``)."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise invalid_field("Idempotency-Key", "Idempotency-Key must be 1 to 255 characters",
+                            "Length must be between 1 and 255.")
     try:
         body = state().message_schema.load(json_object())
     except ValidationError as exc:
         raise invalid(exc) from None
     load_task(task_id)
-    return _answer(task_id, control.send_message(state().store, task_id, body["message"]), "message")
+    result = control.send_message(state().store, task_id, body["message"], key)
+    answer = _answer(task_id, result, "message")[0]
+    if result.replayed:
+        answer.headers["Idempotent-Replayed"] = "true"
+    return answer

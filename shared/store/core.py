@@ -30,17 +30,20 @@ from shared.task import Task, encode_fields
 @dataclass(frozen=True)
 class ApplyResult:
     """Outcome of a guarded write. ``found`` False: no such task. ``ok`` False: its status (``status``) refused it.
-    ``seq``: the seq of the event written (0: none)."""
+    ``seq``: the seq of the event written (0: none). ``replayed``: nothing was written because the same write
+    was made before (a message's idempotency key seen again); ``ok`` is True and ``seq`` is the first write's."""
 
     found: bool
     ok: bool
     status: str | None
     seq: int = 0
+    replayed: bool = False
 
     @classmethod
     def from_reply(cls, reply: list[Any]) -> ApplyResult:
+        """From a script's ``{found (1 | 0 refused | -1 missing | 2 replayed), status, seq}``."""
         found, status, seq = reply
-        return cls(found != -1, found == 1, status.decode() if status else None, int(seq))
+        return cls(found != -1, found in (1, 2), status.decode() if status else None, int(seq), found == 2)
 
 
 def new_id(prefix: str) -> str:
@@ -243,9 +246,13 @@ class TaskStore:
         return self.apply(task_id, allowed_from=sources(status), fields=all_fields, event=event,
                           expire=self.settings.task_retention, notice=notice)
 
-    def inject(self, task_id: str, content: str) -> ApplyResult:
+    def inject(self, task_id: str, content: str, idempotency_key: str | None = None) -> ApplyResult:
         """Queue a user message for the agent (kept in the inbox until the worker delivers it), log a ``message``
-        event and notify the worker. Refused unless the task is queued, running or paused."""
+        event and notify the worker. Refused unless the task is queued, running or paused.
+
+        With ``idempotency_key``, a second call with the same key for the same task writes nothing and answers
+        ``ok`` and ``replayed`` (with the first message's event ``seq``) whatever the task's status now: the key
+        is kept in the task's record, so it lives as long as the task."""
         ts = now()
         event = {"type": "message", "task_id": task_id, "role": "user", "content": content, "ts": ts}
         keys = self.keys
@@ -253,7 +260,8 @@ class TaskStore:
             keys=[keys.task(task_id), keys.events(task_id), keys.inbox(task_id)],
             args=["queued,running,paused", json.dumps({"content": content, "ts": ts}), json.dumps(event),
                   self.settings.event_stream_maxlen, keys.control(task_id),
-                  json.dumps({"command": "message", "task_id": task_id})]))
+                  json.dumps({"command": "message", "task_id": task_id}),
+                  keys.message_key_field(idempotency_key) if idempotency_key else ""]))
 
     def record_step(self, task_id: str, step: int, jpeg: bytes, fields: Mapping[str, Any],
                     event: Mapping[str, Any], usage: Mapping[str, Any] | None = None) -> ApplyResult:

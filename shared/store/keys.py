@@ -2,7 +2,9 @@
 
 ``P`` is ``Settings.key_prefix`` ("lodestar" by default), so several deployments can share one server::
 
-    P:task:{id}              hash    the task record (``shared.task.Task``; its id is the end of the key)
+    P:task:{id}              hash    the task record (``shared.task.Task``; its id is the end of the key), plus
+                                     ``msgkey:<sha256>`` fields: the event seq of each message injected with an
+                                     ``Idempotency-Key`` (``message_key_field``)
     P:task:{id}:events       stream  the event log; entry ids are "0-<seq>", seq = 1, 2, 3 ... Each entry is also
                              published on the pub/sub channel of the same name as "<seq> <json>" (``api/fanout.py``)
     P:task:{id}:inbox        list    injected messages, JSON {"content", "ts"}, oldest first
@@ -17,6 +19,7 @@
     P:apikeys                set     the digests of every stored key
     P:idempotency:{tenant}:{sha256 of the key}  string  the task id an idempotency key created (TTL: the window)
     P:ratelimit              prefix  the ``limits`` library's moving windows
+    P:url_signing_key        string  the URL signing key generated when ``LODESTAR_URL_SIGNING_KEY`` is unset
     P:control:{id}           pub/sub notices {"command", "task_id"} for the task's worker
     P:ended                  pub/sub the id of every task that ends (long-poll waiters)
     P:hub:{host}:{pid}:{n}   pub/sub wake-ups of one API process's event hub
@@ -38,6 +41,7 @@ class Keys:
         self.ended = f"{prefix}:ended"
         self.apikeys = f"{prefix}:apikeys"
         self.ratelimit = f"{prefix}:ratelimit"
+        self.url_signing_key = f"{prefix}:url_signing_key"
 
     # -- one task --------------------------------------------------------------------------------------------------
     def task(self, task_id: str) -> str:
@@ -64,6 +68,12 @@ class Keys:
         lease, webhooks."""
         return [self.task(task_id), self.events(task_id), self.inbox(task_id), self.shots(task_id),
                 self.lease(task_id), self.webhooks(task_id)]
+
+    @staticmethod
+    def message_key_field(key: str) -> str:
+        """The field of a task's record that remembers a message injected with ``Idempotency-Key: key`` (the key is
+        hashed: it is the client's string)."""
+        return "msgkey:" + hashlib.sha256(key.encode()).hexdigest()
 
     def control(self, task_id: str) -> str:
         return f"{self.prefix}:control:{task_id}"
