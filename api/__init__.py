@@ -12,7 +12,7 @@ import gc
 import redis
 from flask import Flask, Response, jsonify
 
-from api import errors, openapi
+from api import bodies, errors, openapi
 from api.fanout import EndWatcher, EventHub
 from api.routes import BLUEPRINTS, sock
 from api.state import EXTENSION, AppState
@@ -45,6 +45,7 @@ def create_app(test_config: Settings | None = None) -> Flask:
         waits=EndWatcher(store), events=EventHub(store),
         rate_limits=RateLimiter(settings.redis_url, store.keys.ratelimit))
     errors.register(app)
+    bodies.install(app, settings)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     sock.init_app(app)

@@ -10,7 +10,8 @@ from flask import Blueprint, Response, g, jsonify, request
 from marshmallow import ValidationError
 
 from api.auth import authenticate, load_task
-from api.errors import ApiError, invalid, invalid_field, json_object, not_found
+from api.bodies import json_object
+from api.errors import ApiError, invalid, invalid_field, not_found
 from api.state import state
 from shared import control, webhooks
 from shared.queue import task_ended

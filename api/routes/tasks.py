@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-import json
 import math
+import re
 from datetime import datetime
 from typing import Any, cast
 
@@ -13,7 +13,8 @@ from marshmallow import ValidationError
 
 from api import submission
 from api.auth import authenticate, load_task, urls
-from api.errors import ApiError, invalid, invalid_field, json_body, json_object, not_found, summarise
+from api.bodies import json_body, json_object, parse_json, raw_body
+from api.errors import ApiError, invalid, invalid_field, not_found, summarise
 from api.routes.events import sse
 from api.state import state
 from shared.states import Status
@@ -56,12 +57,14 @@ def start_task_stream() -> Response:
 def _batch_items() -> list[Any]:
     if request.mimetype in ("application/x-ndjson", "application/jsonl", "application/x-jsonlines"):
         items = []
-        for number, line in enumerate(request.get_data(as_text=True).splitlines(), start=1):
+        depth = state().settings.max_json_depth
+        for number, line in enumerate(raw_body().splitlines(), start=1):
             if line.strip():
                 try:
-                    items.append(json.loads(line))
-                except ValueError:
-                    raise ApiError(400, "invalid_json", f"NDJSON line {number} is not JSON") from None
+                    items.append(parse_json(line, depth))
+                except ApiError as exc:
+                    exc.message = f"NDJSON line {number}: {exc.message}"
+                    raise
         return items
     data = json_body()
     if isinstance(data, dict) and isinstance(data.get("tasks"), list):
@@ -164,7 +167,7 @@ def list_tasks() -> Response:
     """The tenant's tasks, newest first, filtered; ``next_cursor`` pages on (null at the end)."""
     limit_raw = request.args.get("limit", "50")
     max_limit = state().settings.list_max_limit
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= max_limit:
+    if not re.fullmatch(r"[0-9]{1,9}", limit_raw) or not 1 <= int(limit_raw) <= max_limit:
         raise invalid_field("limit", f"limit must be an integer from 1 to {max_limit}",
                             f"Must be between 1 and {max_limit}.")
     flt = filter_from_args()
