@@ -16,6 +16,7 @@ from api import bodies, errors, openapi
 from api.fanout import EndWatcher, EventHub
 from api.routes import BLUEPRINTS, sock
 from api.state import EXTENSION, AppState
+from shared import signing
 from shared.queue import RunTaskMessages, make_celery
 from shared.schemas import make_message_schema, make_start_schema
 from shared.settings import Settings, load_settings
@@ -27,13 +28,15 @@ def create_app(test_config: Settings | None = None) -> Flask:
     """Build the API app. ``test_config`` replaces the environment's settings (tests, embedding).
 
     Raises:
-        ValueError: a setting is unusable (a malformed default rate limit or model registry).
+        ValueError: a setting is unusable (a malformed default rate limit or model registry, a URL signing key
+            shorter than 32 characters).
     """
     settings = test_config or load_settings()
     try:
         check_rate_limit(settings.default_rate_limit)
     except ValueError as exc:
         raise ValueError(f"LODESTAR_DEFAULT_RATE_LIMIT: {exc}") from None
+    signing.check_settings(settings)
     _raise_open_file_limit()
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -43,7 +46,8 @@ def create_app(test_config: Settings | None = None) -> Flask:
         settings=settings, store=store, celery=celery, messages=RunTaskMessages(celery),
         start_schema=make_start_schema(settings), message_schema=make_message_schema(settings),
         waits=EndWatcher(store), events=EventHub(store),
-        rate_limits=RateLimiter(settings.redis_url, store.keys.ratelimit))
+        rate_limits=RateLimiter(settings.redis_url, store.keys.ratelimit),
+        signer=signing.UrlSigner.from_settings(settings, store))
     errors.register(app)
     bodies.install(app, settings)
     for blueprint in BLUEPRINTS:

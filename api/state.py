@@ -13,6 +13,7 @@ from marshmallow import Schema
 from api.fanout import EndWatcher, EventHub
 from shared.queue import RunTaskMessages
 from shared.settings import Settings
+from shared.signing import UrlSigner
 from shared.store import TaskStore
 from shared.tenants import RateLimiter
 
@@ -27,7 +28,7 @@ class AppState:
     settings: the configuration. store: the task store (Redis). celery: the Celery app (sends deliveries and
     deferred tasks). messages: the run_task message builder used at submit. start_schema / message_schema: the
     request schemas (limits from settings). waits: the long-poll watcher. events: the SSE/WebSocket fan-out.
-    rate_limits: per-tenant request limits.
+    rate_limits: per-tenant request limits. signer: signs and checks screenshot URLs (``shared/signing.py``).
     """
 
     settings: Settings
@@ -39,6 +40,7 @@ class AppState:
     waits: EndWatcher
     events: EventHub
     rate_limits: RateLimiter
+    signer: UrlSigner
 
 
 def state() -> AppState:

@@ -171,7 +171,9 @@ class TaskSchema(Schema):
     result = fields.Str(allow_none=True, metadata={"description": "The agent's final answer."})
     error = fields.Str(allow_none=True)
     current_url = fields.Str(allow_none=True)
-    last_screenshot_url = fields.Str(allow_none=True)
+    last_screenshot_url = fields.Str(allow_none=True, metadata={"description": "The last step's screenshot: a "
+                                     "signed URL (expires, sig) that loads without the bearer key until it expires "
+                                     "(LODESTAR_URL_TTL, 1 h by default); null before the first step."})
     metadata = fields.Dict(keys=fields.Str(), values=fields.Str())
     idempotency_key = fields.Str(allow_none=True)
     usage = fields.Dict(allow_none=True, metadata={"description": "Model tokens so far: input_tokens, "
@@ -189,7 +191,8 @@ class ErrorSchema(Schema):
 class EventSchema(Schema):
     """One event in an SSE ``data:`` line (``id:`` is ``seq``). ``type``: status | step | message | end.
     Step events carry ``step``, ``actions``, ``results``, ``thought``, ``url``, ``messages``, ``usage`` (model
-    tasks: this step's tokens and cost) and ``screenshot_url`` (url mode) or ``screenshot`` (a base64 data URL);
+    tasks: this step's tokens and cost) and ``screenshot_url`` (url mode: a signed URL that loads without the bearer
+    key until it expires) or ``screenshot`` (a base64 data URL);
     a status event for a model's question carries ``reason: "ask_user"`` and ``question``; the end event carries
     ``status``, ``exit_code``, ``result`` and ``error``."""
 

@@ -38,9 +38,9 @@ import requests
 from celery import Celery
 
 from shared.netguard import NetworkGuard
+from shared.signing import UrlSigner
 from shared.states import TERMINAL
 from shared.store import TaskStore, now
-from shared.task import screenshot_urls
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def deliver(store: TaskStore, secret: str, task_id: str, delivery_id: str, event
         return Attempt(delivery_id, event, "", attempt, now(), False, error="the task no longer exists")
     url = task.webhook_url
     settings = store.settings
-    task_json = task.to_json(screenshot_urls(settings.public_base_url))
+    task_json = task.to_json(UrlSigner.from_settings(settings, store).screenshot_urls(settings.public_base_url))
     payload = {"event": event, "delivery_id": delivery_id, "task": task_json}
     body = json.dumps(payload, separators=(",", ":")).encode()
     timestamp = int(time.time())

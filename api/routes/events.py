@@ -1,6 +1,6 @@
 """Watching tasks: the event stream over SSE (``start_stream`` and ``GET .../events``, replaying after
-``Last-Event-ID``) and over a WebSocket, and the step screenshots. Each API process follows a task once, however
-many clients watch it (``api/fanout.py``)."""
+``Last-Event-ID``) and over a WebSocket. Each API process follows a task once, however many clients watch it
+(``api/fanout.py``). The step screenshots are in ``artifacts.py``."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from flask import Blueprint, Response, request
 from flask_sock import Sock
 
 from api.auth import authenticate, base_url, load_task
-from api.errors import ApiError, invalid_field, not_found
+from api.errors import ApiError, invalid_field
 from api.fanout import Delivery
-from api.state import state
+from api.state import AppState, state
+from shared.signing import UrlSigner
 from shared.store import TaskStore
 from shared.task import Task
 
@@ -24,10 +25,12 @@ bp.before_request(authenticate)
 sock = Sock()  # the WebSocket route lives on the blueprint; create_app calls sock.init_app
 
 
-def render_event(store: TaskStore, task: Task, seq: int, event: dict[str, Any], base: str) -> dict[str, Any]:
+def render_event(store: TaskStore, signer: UrlSigner, task: Task, seq: int, event: dict[str, Any],
+                 base: str) -> dict[str, Any]:
     """An event as clients see it: ``seq`` added, the stored screenshot reference turned into ``screenshot_url``
-    (or a base64 data URL in ``screenshot_mode: base64``), and the details dropped in ``stream_mode: concise``.
-    Runs outside the request context (while streaming): everything it needs is passed in."""
+    (a signed, expiring URL under ``base``) or a base64 data URL in ``screenshot_mode: base64``, and the details
+    dropped in ``stream_mode: concise``. Runs outside the request context (while streaming): everything it needs
+    is passed in."""
     event = {"seq": seq, **event}
     shot = event.pop("screenshot", None)
     if isinstance(shot, dict) and "step" in shot:
@@ -35,34 +38,35 @@ def render_event(store: TaskStore, task: Task, seq: int, event: dict[str, Any], 
             data = store.get_screenshot(task.task_id, shot["step"])
             event["screenshot"] = "data:image/jpeg;base64," + base64.b64encode(data).decode() if data else None
         else:
-            event["screenshot_url"] = f"{base}/agent/tasks/{task.task_id}/screenshots/{shot['step']}"
+            event["screenshot_url"] = signer.screenshot_urls(base)(task, int(shot["step"]))
     if task.stream_mode == "concise" and event["type"] == "step":
         for detail in ("results", "messages", "url"):
             event.pop(detail, None)
     return event
 
 
-def _event_json(store: TaskStore, task: Task, delivery: Delivery, base: str) -> bytes:
-    """The event as compact JSON, rendered once per API process and base URL."""
+def _event_json(st: AppState, task: Task, delivery: Delivery, base: str) -> bytes:
+    """The event as compact JSON, rendered once per API process and base URL (a screenshot URL it signs stays
+    valid for ``url_ttl`` from the event's first rendering: live events are rendered as they happen)."""
     return delivery.rendered(base, lambda: json.dumps(
-        render_event(store, task, delivery.seq, delivery.event, base), separators=(",", ":")).encode())
+        render_event(st.store, st.signer, task, delivery.seq, delivery.event, base), separators=(",", ":")).encode())
 
 
-def _sse_frame(store: TaskStore, task: Task, delivery: Delivery, base: str) -> bytes:
+def _sse_frame(st: AppState, task: Task, delivery: Delivery, base: str) -> bytes:
     """The event as one SSE frame (``id:`` and ``data:`` lines), rendered once per API process and base URL."""
     return delivery.rendered("sse " + base, lambda: b"id: %d\ndata: %s\n\n" % (
-        delivery.seq, _event_json(store, task, delivery, base)))
+        delivery.seq, _event_json(st, task, delivery, base)))
 
 
 def sse(task: Task, after: int) -> Response:
     """The SSE answer streaming ``task``'s events with seq > ``after`` until its ``end`` event."""
     st, base = state(), base_url()
-    store, hub, keepalive = st.store, st.events, st.settings.sse_keepalive
+    hub, keepalive = st.events, st.settings.sse_keepalive
 
     def generate() -> Iterator[bytes]:
         yield b": stream of task events\n\n"
         for delivery in hub.frames(task.task_id, after, keepalive):
-            yield b": keepalive\n\n" if delivery is None else _sse_frame(store, task, delivery, base)
+            yield b": keepalive\n\n" if delivery is None else _sse_frame(st, task, delivery, base)
 
     # direct_passthrough: the frames are bytes already, so werkzeug hands the generator to the server as it is
     return Response(generate(), mimetype="text/event-stream", direct_passthrough=True,
@@ -86,15 +90,6 @@ def task_events(task_id: str) -> Response:
     return sse(load_task(task_id), _last_event_id())
 
 
-@bp.get("/agent/tasks/<task_id>/screenshots/<int:step>")
-def task_screenshot(task_id: str, step: int) -> Response:
-    load_task(task_id)
-    data = state().store.get_screenshot(task_id, step)
-    if data is None:
-        raise not_found(f"screenshot for step {step} of task {task_id} (or it expired)")
-    return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "private, max-age=86400, immutable"})
-
-
 @sock.route("/agent/tasks/<task_id>/ws", bp=bp)
 def task_events_ws(ws: Any, task_id: str) -> None:
     """GET /agent/tasks/{id}/ws: the same events as the SSE stream, one JSON text message each."""
@@ -110,5 +105,5 @@ def task_events_ws(ws: Any, task_id: str) -> None:
             if not ws.connected:  # the client left while the task was quiet: free this thread
                 return
             continue
-        ws.send(_event_json(st.store, task, delivery, base).decode())
+        ws.send(_event_json(st, task, delivery, base).decode())
     ws.close()

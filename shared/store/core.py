@@ -100,6 +100,13 @@ class TaskStore:
     def close(self) -> None:
         self.redis.close()
 
+    def url_signing_key(self) -> bytes:
+        """The deployment's generated URL signing key (64 hex characters, ``shared/signing.py``): the first caller
+        creates it (SET NX, no expiry), every process reads the same one after."""
+        key = self.keys.url_signing_key
+        self.redis.set(key, secrets.token_hex(32), nx=True)
+        return cast(bytes, self.redis.get(key))
+
     # -- records ---------------------------------------------------------------------------------------------------
     def create(self, task: Task) -> None:
         """Write a new task, its list indexes and its first event, in one MULTI/EXEC (see :meth:`create_many`)."""

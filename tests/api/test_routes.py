@@ -729,7 +729,7 @@ def test_events_of_an_ended_task_replay_in_order_and_close(client: FlaskClient, 
     assert frames[-1][1]["status"] == "completed" and frames[-1][1]["result"] == "ok"
     assert all(e["task_id"] == task_id for _, e in frames)
     step = frames[2][1]
-    assert step["screenshot_url"].endswith(f"/agent/tasks/{task_id}/screenshots/1") and "screenshot" not in step
+    assert f"/agent/tasks/{task_id}/screenshots/1?expires=" in step["screenshot_url"] and "screenshot" not in step
     # And a reconnect with Last-Event-ID (or ?after=) replays only what followed
     tail = sse_frames(client.get(f"/agent/tasks/{task_id}/events", headers={**AUTH, "Last-Event-ID": "3"}))
     assert [i for i, _ in tail] == [4, 5]

@@ -1,0 +1,43 @@
+"""What a task produced, fetched by URL: the step screenshots. A request carries the bearer key, or the signature
+of a URL the API handed out (``last_screenshot_url``, a step event's ``screenshot_url``; ``shared/signing.py``),
+so an ``<img src>`` loads it with no key."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+
+from api.auth import authenticate, load_task
+from api.errors import ApiError, not_found
+from api.state import state
+from shared.signing import screenshot_resource
+
+bp = Blueprint("artifacts", __name__)
+
+
+def _allow(task_id: str, resource: str) -> None:
+    """Let the request through for ``resource`` of task ``task_id``: by its bearer key when it has an
+    ``Authorization`` header (or no signature), else by its signed URL.
+
+    Raises:
+        ApiError: 401 (no or a bad key); 404 (keyed: not the caller's task); 403 when the URL's signature is
+            malformed, does not match (tampered, another resource or tenant, or no such task) or has expired.
+    """
+    if "Authorization" in request.headers or "sig" not in request.args:
+        authenticate()
+        load_task(task_id)
+        return
+    task = state().store.get(task_id)
+    reason = state().signer.refusal(task.tenant if task else None, resource, request.args.get("expires"),
+                                    request.args.get("sig"))
+    if reason:
+        raise ApiError(403, "forbidden", reason)
+
+
+@bp.get("/agent/tasks/<task_id>/screenshots/<int:step>")
+def task_screenshot(task_id: str, step: int) -> Response:
+    """The JPEG the agent saw at ``step``, with the bearer key or a signed URL."""
+    _allow(task_id, screenshot_resource(task_id, step))
+    data = state().store.get_screenshot(task_id, step)
+    if data is None:
+        raise not_found(f"screenshot for step {step} of task {task_id} (or it expired)")
+    return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "private, max-age=86400, immutable"})
