@@ -15,10 +15,11 @@ from flask import Flask, Response, jsonify
 from api import bodies, errors, openapi
 from api.fanout import EndWatcher, EventHub
 from api.routes import BLUEPRINTS, sock
+from api.routes.tasks import TaskIdConverter
 from api.state import EXTENSION, AppState
 from shared import signing
 from shared.queue import RunTaskMessages, make_celery
-from shared.schemas import make_message_schema, make_start_schema
+from shared.schemas import make_cancel_schema, make_message_schema, make_start_schema
 from shared.settings import Settings, load_settings
 from shared.store import TaskStore
 from shared.tenants import RateLimiter, check_rate_limit
@@ -45,11 +46,13 @@ def create_app(test_config: Settings | None = None) -> Flask:
     app.extensions[EXTENSION] = AppState(
         settings=settings, store=store, celery=celery, messages=RunTaskMessages(celery),
         start_schema=make_start_schema(settings), message_schema=make_message_schema(settings),
+        cancel_schema=make_cancel_schema(settings),
         waits=EndWatcher(store), events=EventHub(store),
         rate_limits=RateLimiter(settings.redis_url, store.keys.ratelimit),
         signer=signing.UrlSigner.from_settings(settings, store))
     errors.register(app)
     bodies.install(app, settings)
+    app.url_map.converters["task"] = TaskIdConverter
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     sock.init_app(app)

@@ -26,9 +26,10 @@ class AppState:
     """The app's long-lived parts.
 
     settings: the configuration. store: the task store (Redis). celery: the Celery app (sends deliveries and
-    deferred tasks). messages: the run_task message builder used at submit. start_schema / message_schema: the
-    request schemas (limits from settings). waits: the long-poll watcher. events: the SSE/WebSocket fan-out.
-    rate_limits: per-tenant request limits. signer: signs and checks screenshot URLs (``shared/signing.py``).
+    deferred tasks). messages: the run_task message builder used at submit. start_schema / message_schema /
+    cancel_schema: the request schemas (limits from settings). waits: the long-poll watcher. events: the
+    SSE/WebSocket fan-out. rate_limits: per-tenant request limits. signer: signs and checks screenshot URLs
+    (``shared/signing.py``).
     """
 
     settings: Settings
@@ -37,6 +38,7 @@ class AppState:
     messages: RunTaskMessages
     start_schema: Schema
     message_schema: Schema
+    cancel_schema: Schema
     waits: EndWatcher
     events: EventHub
     rate_limits: RateLimiter

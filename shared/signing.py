@@ -40,7 +40,10 @@ MIN_KEY_CHARS = 32
 """Shortest ``LODESTAR_URL_SIGNING_KEY`` accepted."""
 EXPIRY_ROUNDING = 60
 """Seconds expiries are rounded up to, so a task's screenshot URL stays the same for a minute (browsers cache it)."""
-_SIG = re.compile(r"[A-Za-z0-9_-]{43}")
+EXPIRES_PATTERN = "^[0-9]{1,12}$"
+"""A signed URL's ``expires`` (epoch seconds)."""
+SIG_PATTERN = "^[A-Za-z0-9_-]{43}$"
+"""A signed URL's ``sig`` (URL-safe base64 of 32 bytes, no padding)."""
 _warned = False  # the generated-key warning, once per process
 
 
@@ -115,7 +118,7 @@ class UrlSigner:
     def refusal(self, tenant: str | None, resource: str, expires: str | None, sig: str | None) -> str | None:
         """Why a URL's ``expires`` and ``sig`` do not open ``resource`` of ``tenant`` (None: they do). ``tenant``
         None: the resource does not exist, which is answered like a bad signature (a link reveals nothing)."""
-        if not expires or not expires.isascii() or not expires.isdigit() or not sig or not _SIG.fullmatch(sig):
+        if not expires or not sig or not re.fullmatch(EXPIRES_PATTERN, expires) or not re.fullmatch(SIG_PATTERN, sig):
             return "malformed link: expires and sig are missing or malformed"
         if tenant is None or not hmac.compare_digest(self.signature(tenant, resource, int(expires)), sig):
             return "invalid link signature"

@@ -4,31 +4,37 @@ so an ``<img src>`` loads it with no key."""
 
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, Response, request
 
 from api.auth import authenticate, load_task
-from api.errors import ApiError, not_found
+from api.errors import ApiError, invalid_field, not_found
 from api.state import state
-from shared.signing import screenshot_resource
+from shared.signing import EXPIRES_PATTERN, screenshot_resource
 
 bp = Blueprint("artifacts", __name__)
 
 
 def _allow(task_id: str, resource: str) -> None:
     """Let the request through for ``resource`` of task ``task_id``: by its bearer key when it has an
-    ``Authorization`` header (or no signature), else by its signed URL.
+    ``Authorization`` header (or no ``sig``), else by its signed URL (``sig`` is a credential, like the key: any
+    value is checked, none refused for its shape).
 
     Raises:
-        ApiError: 401 (no or a bad key); 404 (keyed: not the caller's task); 403 when the URL's signature is
-            malformed, does not match (tampered, another resource or tenant, or no such task) or has expired.
+        ApiError: 422 when ``expires`` is there but not epoch seconds; 401 (no or a bad key, and no signature);
+            404 (keyed: not the caller's task); 403 when the signature is malformed, has no expiry, does not match
+            (tampered, another resource or tenant, or no such task) or has expired.
     """
-    if "Authorization" in request.headers or "sig" not in request.args:
+    expires, sig = request.args.get("expires"), request.args.get("sig")
+    if expires is not None and not re.fullmatch(EXPIRES_PATTERN, expires):
+        raise invalid_field("expires", "expires must be the epoch seconds of a signed URL", "Not a valid expiry.")
+    if "Authorization" in request.headers or not sig:  # the key wins over a (stale) signature
         authenticate()
         load_task(task_id)
         return
     task = state().store.get(task_id)
-    reason = state().signer.refusal(task.tenant if task else None, resource, request.args.get("expires"),
-                                    request.args.get("sig"))
+    reason = state().signer.refusal(task.tenant if task else None, resource, expires, sig)
     if reason:
         raise ApiError(403, "forbidden", reason)
 

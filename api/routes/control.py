@@ -4,6 +4,7 @@ or many by ids or by filter). Each call writes the desired state and notifies th
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -15,13 +16,12 @@ from api.errors import ApiError, invalid, invalid_field, not_found
 from api.state import state
 from shared import control, webhooks
 from shared.queue import task_ended
+from shared.schemas import CANCELLABLE, IDEMPOTENCY_KEY_PATTERN
 from shared.states import Status
 from shared.store import ApplyResult, TaskFilter
 
 bp = Blueprint("control", __name__)
 bp.before_request(authenticate)
-
-CANCELLABLE = ("queued", "running", "paused")
 
 
 ALREADY = {"pause": frozenset({Status.PAUSED}), "resume": frozenset({Status.RUNNING, Status.QUEUED}),
@@ -88,14 +88,10 @@ def cancel_task(task_id: str) -> Response:
 
 
 def _filtered_ids(f: dict[str, Any]) -> list[str]:
-    """The ids of the caller's active tasks that match a bulk-cancel ``filter`` (at most ``batch_max_items``)."""
-    raw = f.get("status") or list(CANCELLABLE)
-    statuses = tuple(s for s in raw.split(",") if s) if isinstance(raw, str) else tuple(raw)
-    if not statuses or any(s not in CANCELLABLE for s in statuses):
-        raise invalid_field("filter.status", "filter.status: only queued, running and paused tasks can be "
-                            "cancelled", "Must be among: queued, running, paused.")
-    flt = TaskFilter(statuses=statuses, kind=f.get("kind"), model=f.get("model"), batch_id=f.get("batch_id"),
-                     metadata=tuple((str(k), str(v)) for k, v in (f.get("metadata") or {}).items()))
+    """The ids of the caller's active tasks that match a loaded bulk-cancel ``filter`` (at most
+    ``batch_max_items``)."""
+    flt = TaskFilter(statuses=f.get("status") or CANCELLABLE, kind=f.get("kind"), model=f.get("model"),
+                     batch_id=f.get("batch_id"), metadata=tuple((f.get("metadata") or {}).items()))
     store, most = state().store, state().settings.batch_max_items
     ids: list[str] = []
     cursor = None
@@ -110,15 +106,13 @@ def _filtered_ids(f: dict[str, Any]) -> list[str]:
 @bp.post("/agent/tasks/cancel")
 def cancel_many() -> Response:
     """Cancel by ``{"task_ids": [...]}`` (at most ``batch_max_items``) or by ``{"filter": {status, kind, model,
-    metadata, batch_id}}`` (active tasks only). Answers which were cancelled and why the others were not."""
-    body = json_object()
-    if isinstance(body.get("task_ids"), list):
-        ids = [str(i) for i in body["task_ids"]][: state().settings.batch_max_items]
-    elif isinstance(body.get("filter"), dict):
-        ids = _filtered_ids(body["filter"])
-    else:
-        raise invalid_field("task_ids", 'give "task_ids" (a list) or "filter" (an object)',
-                            "Missing data for required field.")
+    metadata, batch_id}}`` (active tasks only; ``shared.schemas.make_cancel_schema``). Answers which were
+    cancelled and why the others were not (an already cancelled task is skipped as ``already cancelled``)."""
+    try:
+        body = state().cancel_schema.load(json_object())
+    except ValidationError as exc:
+        raise invalid(exc) from None
+    ids = body["task_ids"] if "task_ids" in body else _filtered_ids(body["filter"])
     store = state().store
     cancelled, skipped = [], []
     for task_id in ids:
@@ -136,12 +130,13 @@ def cancel_many() -> Response:
 
 @bp.post("/agent/tasks/<task_id>/messages")
 def inject_message(task_id: str) -> Response:
-    """Queue a message for the agent. With an ``Idempotency-Key`` header (1 to 255 characters), a repeated key for
-    the task delivers nothing more and answers as the first call did (``Idempotent-Replayed: true``)."""
+    """Queue a message for the agent. With an ``Idempotency-Key`` header (:data:`IDEMPOTENCY_KEY_PATTERN`), a
+    repeated key for the task delivers nothing more and answers as the first call did (``Idempotent-Replayed:
+    true``)."""
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= 255:
-        raise invalid_field("Idempotency-Key", "Idempotency-Key must be 1 to 255 characters",
-                            "Length must be between 1 and 255.")
+    if key is not None and not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
+        raise invalid_field("Idempotency-Key", "Idempotency-Key must be 1 to 255 printable ASCII characters",
+                            "Not a valid idempotency key.")
     try:
         body = state().message_schema.load(json_object())
     except ValidationError as exc:

@@ -73,21 +73,41 @@ def sse(task: Task, after: int) -> Response:
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _last_event_id() -> int:
-    raw = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
+def _event_position(name: str, raw: str | None) -> int | None:
+    """``raw`` (a header or query value) as an event seq >= 0, None when absent. Raises ApiError 422 naming it."""
+    if raw is None:
+        return None
     try:
         value = int(raw)
     except ValueError:
-        raise invalid_field("Last-Event-ID", "Last-Event-ID must be an event seq (an integer)",
-                            "Not a valid integer.") from None
+        raise invalid_field(name, f"{name} must be an event seq (an integer)", "Not a valid integer.") from None
     if value < 0:
-        raise invalid_field("Last-Event-ID", "Last-Event-ID must be >= 0", "Must be >= 0.")
+        raise invalid_field(name, f"{name} must be >= 0", "Must be >= 0.")
     return value
+
+
+def _last_event_id() -> int:
+    """Where a (re)attaching stream starts: the ``Last-Event-ID`` header, else the ``after`` query parameter, else
+    0. Both are checked when both are given (the header wins)."""
+    header = _event_position("Last-Event-ID", request.headers.get("Last-Event-ID"))
+    query = _event_position("after", request.args.get("after"))
+    return header if header is not None else query or 0
 
 
 @bp.get("/agent/tasks/<task_id>/events")
 def task_events(task_id: str) -> Response:
     return sse(load_task(task_id), _last_event_id())
+
+
+@bp.get("/agent/tasks/<task_id>/ws")
+def task_events_ws_without_upgrade(task_id: str) -> Response:
+    """GET /agent/tasks/{id}/ws as a plain HTTP request (no ``Upgrade: websocket``): authenticated like every route
+    (401), then 404 for no such task, else 426 Upgrade Required naming what to do. A WebSocket handshake is
+    routed to :func:`task_events_ws` instead (werkzeug matches it to the WebSocket rule of the same path)."""
+    load_task(task_id)
+    raise ApiError(426, "upgrade_required", "this is a WebSocket endpoint: connect with a WebSocket client "
+                   "(Upgrade: websocket), or read the same events as SSE from /agent/tasks/{id}/events",
+                   headers={"Upgrade": "websocket"})
 
 
 @sock.route("/agent/tasks/<task_id>/ws", bp=bp)

@@ -160,7 +160,7 @@ def test_a_number_that_is_not_finite_in_a_body_is_a_422_naming_the_field(api: Ap
 @pytest.mark.parametrize(("path", "name"), [
     ("/agent/tasks?limit={v}", "limit"), ("/agent/tasks?created_after={v}", "created_after"),
     ("/agent/tasks?created_before={v}", "created_before"), ("/agent/tasks/{id}/wait?timeout={v}", "timeout"),
-    ("/agent/tasks/{id}/events?after={v}", "Last-Event-ID"),
+    ("/agent/tasks/{id}/events?after={v}", "after"),
 ])
 @pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999", "-1e999"])
 def test_a_query_number_that_is_not_finite_is_a_422_naming_it(api: ApiProcess, task_id: str, path: str, name: str,

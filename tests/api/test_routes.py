@@ -464,10 +464,11 @@ def _check_refs(spec: dict[str, Any], node: Any) -> None:
 
 
 def check_openapi3(spec: dict[str, Any]) -> None:
-    """The structural rules of OpenAPI 3.0 that a client generator relies on."""
-    assert re.fullmatch(r"3\.0\.\d+", spec["openapi"]), spec["openapi"]
+    """The structural rules of OpenAPI 3.1 that a client generator relies on."""
+    assert re.fullmatch(r"3\.1\.\d+", spec["openapi"]), spec["openapi"]
     assert spec["info"]["title"] and spec["info"]["version"]
-    assert set(spec) <= {"openapi", "info", "servers", "paths", "components", "security", "tags", "externalDocs"}
+    assert set(spec) <= {"openapi", "info", "servers", "paths", "components", "security", "tags", "externalDocs",
+                         "webhooks", "jsonSchemaDialect"}
     _check_refs(spec, spec)
     operation_ids = []
     for path, item in spec["paths"].items():
@@ -479,6 +480,9 @@ def check_openapi3(spec: dict[str, Any]) -> None:
             assert op["responses"], (path, method)
             for code, response in op["responses"].items():
                 assert re.fullmatch(r"[1-5]\d\d|default", code) and response["description"], (path, code)
+                for link in response.get("links", {}).values():
+                    assert link["operationId"] in {o["operationId"] for i in spec["paths"].values()
+                                                   for o in i.values()}, link
             params = [_resolve(spec, p["$ref"]) if "$ref" in p else p for p in op.get("parameters", [])]
             in_path = {p["name"] for p in params if p["in"] == "path"}
             assert in_path == templated, (path, method, in_path)
