@@ -52,6 +52,12 @@ def _api(args: argparse.Namespace) -> int:
     settings = _settings()
     if not settings.api_keys:
         print("warning: LODESTAR_API_KEYS is empty: every request will get 401", file=sys.stderr)
+    from shared.signing import check_settings
+
+    try:
+        check_settings(settings)
+    except ValueError as exc:
+        raise CommandError(f"lodestar: {exc}") from None
     worker_class = args.worker_class or settings.api_worker_class
     if worker_class not in ("gevent", "gthread"):
         raise CommandError(f"LODESTAR_API_WORKER_CLASS: expected gevent or gthread, got {worker_class!r}")

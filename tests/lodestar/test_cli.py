@@ -125,3 +125,12 @@ def test_up_runs_the_stack_on_embedded_redis_and_stops_on_sigterm(tmp_path: Path
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_api_refuses_a_short_url_signing_key_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LODESTAR_URL_SIGNING_KEY", "too-short")
+    monkeypatch.setenv("LODESTAR_API_KEYS", "k1")
+    assert main(["api"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lodestar: LODESTAR_URL_SIGNING_KEY: use at least 32")

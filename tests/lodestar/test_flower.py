@@ -90,3 +90,4 @@ def test_flower_with_basic_auth_answers_401_without_credentials_and_200_with_the
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
