@@ -68,6 +68,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         if code == 409:
             out[str(code)]["headers"] = {"x-should-retry": {"schema": {"type": "string", "enum": ["true", "false"]},
                                                             "description": "false: retrying cannot help"}}
+    # any request with a body over the limit, read or not (checked on Content-Length before anything else)
+    out["413"] = {"description": _ERRORS[413], "content": {"application/json": {"schema": _ref("Error")}}}
     # the HTTP server (gunicorn) refuses a request line over 4094 bytes itself, with an HTML page
     out["414"] = {"description": "The request line (path and query) is too long"}
     return out
@@ -75,7 +77,7 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 AUTHED = (401, 429, 503)
 """What any call with a key may answer."""
-BODY = (400, 413, 422)
+BODY = (400, 422)
 """What any call that reads a JSON body may answer."""
 
 
@@ -182,7 +184,7 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
         "/agent/tasks/{id}/webhooks/redeliver": {"post": {
             "operationId": "webhook_redeliver", "summary": "Deliver the task's webhook again", "parameters": [_ID],
             "responses": {**_ok({"type": "object", "required": ["delivery_id"], "properties": {
-                "delivery_id": {"type": "string"}}}, "Queued", "202"), **_errors(*AUTHED, 404, 409, 413)}}},
+                "delivery_id": {"type": "string"}}}, "Queued", "202"), **_errors(*AUTHED, 404, 409)}}},
         "/agent/tenant": {"get": {
             "operationId": "tenant", "summary": "The caller's tenant: limits, counts, webhook signing secret",
             "responses": {**_ok({"type": "object", "description": "{tenant, name, max_queued, max_running, "
@@ -204,13 +206,13 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
             "responses": {**_ok(_ref("StatusResponse")), **_errors(*AUTHED, *BODY, 404, 409)}}},
         "/agent/tasks/{id}/pause": {"post": {
             "operationId": "pause", "summary": "Pause a running task before its next action (a paused one: 200)",
-            "parameters": [_ID], "responses": {**_ok(_ref("StatusResponse")), **_errors(*AUTHED, 404, 409, 413)}}},
+            "parameters": [_ID], "responses": {**_ok(_ref("StatusResponse")), **_errors(*AUTHED, 404, 409)}}},
         "/agent/tasks/{id}/resume": {"post": {
             "operationId": "resume", "summary": "Resume a paused task where it stopped (running or queued: 200)",
-            "parameters": [_ID], "responses": {**_ok(_ref("StatusResponse")), **_errors(*AUTHED, 404, 409, 413)}}},
+            "parameters": [_ID], "responses": {**_ok(_ref("StatusResponse")), **_errors(*AUTHED, 404, 409)}}},
         "/agent/tasks/{id}/cancel": {"post": {
             "operationId": "cancel", "summary": "Cancel a queued, running or paused task (a cancelled one: 200)",
-            "parameters": [_ID], "responses": {**_ok(_ref("StatusResponse")), **_errors(*AUTHED, 404, 409, 413)}}},
+            "parameters": [_ID], "responses": {**_ok(_ref("StatusResponse")), **_errors(*AUTHED, 404, 409)}}},
         "/agent/tasks/{id}/events": {"get": {
             "operationId": "events", "summary": "(Re)attach to a task's event stream, replaying after Last-Event-ID",
             "parameters": [_ID, {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer",

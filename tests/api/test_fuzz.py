@@ -33,7 +33,7 @@ SMALL_LIMITS = {
     "LODESTAR_BATCH_MAX_ITEMS": "20", "LODESTAR_WAIT_MAX_TIMEOUT": "1", "LODESTAR_LIST_MAX_LIMIT": "50",
     "LODESTAR_MAX_CONTEXT_TURNS": "5", "LODESTAR_MAX_METADATA_KEYS": "5", "LODESTAR_MAX_INSTRUCTION_CHARS": "2000",
     "LODESTAR_MAX_SYSTEM_PROMPT_CHARS": "2000", "LODESTAR_MAX_MESSAGE_CHARS": "2000",
-    "LODESTAR_SSE_KEEPALIVE": "0.5",
+    "LODESTAR_SSE_KEEPALIVE": "0.5", "LODESTAR_MAX_BODY_BYTES": str(1024 * 1024),
 }
 
 CONFIG = """
@@ -151,3 +151,35 @@ def test_schemathesis_finds_no_contradiction_with_the_document(api: ApiProcess, 
     assert f"{count} selected / {count} total" in report, report[-3000:]
     assert code == 0, textwrap.shorten(report[:200], 200) + "\n" + summary(report)
     assert re.search(r"\d+ generated, \d+ passed", report), report[-3000:]
+
+
+HOSTILE = {
+    "too-large": (b'{"instruction": "' + b"x" * (1024 * 1024) + b'"}', "application/json"),
+    "too-deep": (b"[" * 50_000 + b"]" * 50_000, "application/json"),
+    "not-utf8": (b'{"instruction": "caf\xe9", "message": "\xff"}', "application/json"),
+    "not-finite": (b'{"instruction": "x", "temperature": NaN, "message": "x", "task_ids": [], "x": 1e999}',
+                   "application/json"),
+    "xml": (b"<task><instruction>hi</instruction></task>", "application/xml"),
+    "multipart": (b'--b\r\nContent-Disposition: form-data; name="instruction"\r\n\r\nhi\r\n--b--',
+                  "multipart/form-data; boundary=b"),
+}
+
+
+@pytest.mark.parametrize("body", list(HOSTILE))
+def test_hostile_bodies_are_a_4xx_on_every_operation(api: ApiProcess, body: str) -> None:
+    # Given every operation of the document, with a task id that does not exist (nothing to stream or wait for)
+    spec = requests.get(f"{api.base_url}/openapi.json", timeout=30).json()
+    raw, content_type = HOSTILE[body]
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            url = api.base_url + path.replace("{id}", "task_nope").replace("{step}", "1")
+            # When it is sent a hostile body
+            resp = requests.request(method, url, data=raw, timeout=60, headers={
+                "Authorization": f"Bearer {api.key}", "Content-Type": content_type})
+            # Then it is never a 5xx; an operation that reads a body (or any, for a body over the limit) refuses it
+            # with a documented 4xx
+            label = f"{method.upper()} {path}"
+            assert resp.status_code < 500, (label, resp.status_code, resp.text[:300])
+            if body == "too-large" or "requestBody" in op:
+                assert 400 <= resp.status_code < 500, (label, resp.status_code)
+                assert str(resp.status_code) in op["responses"], (label, resp.status_code)
