@@ -241,7 +241,8 @@ def decode_field(name: str, text: str) -> Any:
 
 
 def screenshot_urls(base_url: str) -> Callable[[Task, int], str]:
-    """The screenshot URL maker for :meth:`Task.to_json`: ``<base_url>/agent/tasks/<id>/screenshots/<step>``."""
+    """An unsigned screenshot URL maker for :meth:`Task.to_json`: ``<base_url>/agent/tasks/<id>/screenshots/<step>``
+    (opens with the bearer key only). The API and webhooks hand out signed ones: ``shared.signing.UrlSigner``."""
     base = base_url.rstrip("/")
     return lambda task, step: f"{base}/agent/tasks/{task.task_id}/screenshots/{step}"
 
