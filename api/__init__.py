@@ -12,12 +12,14 @@ import gc
 import redis
 from flask import Flask, Response, jsonify
 
-from api import errors, openapi
+from api import bodies, errors, openapi
 from api.fanout import EndWatcher, EventHub
 from api.routes import BLUEPRINTS, sock
+from api.routes.tasks import TaskIdConverter
 from api.state import EXTENSION, AppState
+from shared import signing
 from shared.queue import Dispatcher, make_celery
-from shared.schemas import make_message_schema, make_start_schema
+from shared.schemas import make_cancel_schema, make_message_schema, make_start_schema
 from shared.secrets import SecretsError, check_key
 from shared.settings import Settings, load_settings
 from shared.store import TaskStore
@@ -28,7 +30,8 @@ def create_app(test_config: Settings | None = None) -> Flask:
     """Build the API app. ``test_config`` replaces the environment's settings (tests, embedding).
 
     Raises:
-        ValueError: a setting is unusable (a malformed default rate limit or model registry).
+        ValueError: a setting is unusable (a malformed default rate limit or model registry, a URL signing key
+            shorter than 32 characters).
     """
     settings = test_config or load_settings()
     try:
@@ -39,6 +42,7 @@ def create_app(test_config: Settings | None = None) -> Flask:
         check_key(settings.secrets_key)
     except SecretsError as exc:
         raise ValueError(str(exc)) from None
+    signing.check_settings(settings)
     _raise_open_file_limit()
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -46,9 +50,13 @@ def create_app(test_config: Settings | None = None) -> Flask:
     app.extensions[EXTENSION] = AppState(
         settings=settings, store=store, dispatcher=Dispatcher(make_celery(settings), store),
         start_schema=make_start_schema(settings), message_schema=make_message_schema(settings),
+        cancel_schema=make_cancel_schema(settings),
         waits=EndWatcher(store), events=EventHub(store),
-        rate_limits=RateLimiter(settings.redis_url, store.keys.ratelimit))
+        rate_limits=RateLimiter(settings.redis_url, store.keys.ratelimit),
+        signer=signing.UrlSigner.from_settings(settings, store))
     errors.register(app)
+    bodies.install(app, settings)
+    app.url_map.converters["task"] = TaskIdConverter
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     sock.init_app(app)

@@ -10,7 +10,7 @@ from flask import g, request
 
 from api.errors import ApiError, not_found
 from api.state import state
-from shared.task import Task, screenshot_urls
+from shared.task import Task
 
 
 def authenticate() -> None:
@@ -50,8 +50,9 @@ def base_url() -> str:
 
 
 def urls() -> Callable[[Task, int], str]:
-    """The screenshot URL maker for ``Task.to_json`` in this request."""
-    return screenshot_urls(base_url())
+    """The screenshot URL maker for ``Task.to_json`` in this request: signed, expiring URLs under
+    :func:`base_url` that load without the bearer key (``shared/signing.py``)."""
+    return state().signer.screenshot_urls(base_url())
 
 
 def task_bodies(tasks: list[Task]) -> list[dict[str, Any]]:

@@ -1,8 +1,10 @@
 """Error answers and request-body parsing shared by every route.
 
 Every error body is ``{"error": {"type", "message", "fields"?}}`` (``shared.schemas.ErrorSchema``): 400 (not JSON),
-401, 404, 409 (``x-should-retry`` says whether waiting can help), 413, 422 (``fields`` names each bad field), 429
-(``retry-after``) or 503 (Redis, the broker or the S3 artifact store is down; ``retry-after``).
+401, 403 (a bad or expired signed URL), 404, 405 (with ``Allow``), 409 (``x-should-retry`` says whether waiting
+can help), 413 (body too large), 422 (``fields`` names each bad field), 426 (a WebSocket route asked without an
+Upgrade), 429 (``retry-after``) or 503 (Redis, the broker or the S3 artifact store is down; ``retry-after``).
+Request bodies are read by ``api/bodies.py``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any, cast
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, jsonify
 from marshmallow import ValidationError
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
@@ -48,6 +50,12 @@ def unavailable() -> ApiError:
                     headers={"retry-after": "1"})
 
 
+def too_large(limit: int) -> ApiError:
+    """413 for a request body over ``limit`` bytes."""
+    return ApiError(413, "request_too_large", f"the request body is larger than {limit} bytes "
+                    "(LODESTAR_MAX_BODY_BYTES); split a batch into smaller ones")
+
+
 def invalid(exc: ValidationError) -> ApiError:
     """422 from a marshmallow error: ``fields`` maps each bad field to its reasons, the message summarises them."""
     messages = cast(dict[str, Any], exc.messages)
@@ -68,22 +76,6 @@ def summarise(messages: dict[str, Any]) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def json_body() -> Any:
-    """The request body parsed as JSON whatever its content type. Raises ApiError 400 when it is not JSON."""
-    data = request.get_json(silent=True, force=True)
-    if data is None:
-        raise ApiError(400, "invalid_json", "the request body must be JSON")
-    return data
-
-
-def json_object() -> dict[str, Any]:
-    """The request body as a JSON object. Raises ApiError 400 when it is not one."""
-    data = json_body()
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid_json", f"the request body must be a JSON object, not {type(data).__name__}")
-    return data
-
-
 def register(app: Flask) -> None:
     """Install the error handlers: ApiError as is, werkzeug's HTTP errors and Redis failures in the same shape."""
 
@@ -94,7 +86,10 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         kind = (exc.name or "error").lower().replace(" ", "_")
-        headers = {"x-should-retry": "true"} if exc.code == 429 else {}
+        # werkzeug's own headers (Allow on a 405, as RFC 9110 requires), but the body is ours: JSON
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        if exc.code == 429:
+            headers["x-should-retry"] = "true"
         return ApiError(exc.code or 500, kind, exc.description or kind, headers=headers).response()
 
     @app.errorhandler(RedisError)

@@ -247,6 +247,11 @@ class EventHub:
             yield Delivery(seq, event)
             if event.get("type") == "end":
                 return
+        status = store.status(task_id)
+        if status is None or status.ended:  # a finished task (or a Last-Event-ID at its end): nothing more will come
+            for seq, event in store.read_events(task_id, after):  # what landed between the read and the check
+                yield Delivery(seq, event)
+            return
         feed = self._join(task_id, after)
         try:
             while True:

@@ -54,6 +54,12 @@ def _api(args: argparse.Namespace) -> int:
     settings = _settings()
     if not settings.api_keys:
         print("warning: LODESTAR_API_KEYS is empty: every request will get 401", file=sys.stderr)
+    from shared.signing import check_settings
+
+    try:
+        check_settings(settings)
+    except ValueError as exc:
+        raise CommandError(f"lodestar: {exc}") from None
     worker_class = args.worker_class or settings.api_worker_class
     if worker_class not in ("gevent", "gthread"):
         raise CommandError(f"LODESTAR_API_WORKER_CLASS: expected gevent or gthread, got {worker_class!r}")
@@ -85,12 +91,70 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+FLOWER_AUTH_HELP = ("give --basic-auth=USER:PASS (or FLOWER_BASIC_AUTH), or OAuth with --auth=EMAIL_REGEX (or "
+                    "FLOWER_AUTH) and Flower's --auth-provider/FLOWER_OAUTH2_* settings; --unauthenticated serves it "
+                    "without a login on a loopback address only")
+
+
+def _is_loopback(address: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ::1); False for "" and 0.0.0.0 (every
+    interface) and anything else."""
+    import ipaddress
+
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def flower_argv(args: argparse.Namespace, env: dict[str, str]) -> list[str]:
+    """The ``celery flower`` arguments for ``lodestar flower``, refusing an open Flower.
+
+    Authentication is Flower's own: HTTP basic auth (``--basic-auth`` or ``FLOWER_BASIC_AUTH``, comma-separated
+    ``user:password`` pairs) or OAuth (``--auth`` or ``FLOWER_AUTH``, a regular expression of allowed e-mails,
+    with ``--auth-provider`` and ``FLOWER_OAUTH2_KEY`` / ``_SECRET`` / ``_REDIRECT_URI``). Without either, only
+    ``--unauthenticated`` on a loopback ``--address`` starts it (the dashboard then has no login; Flower's
+    ``/api`` still answers 401, as ``FLOWER_UNAUTHENTICATED_API`` is left unset: it would also open the API to
+    any web page's scripts).
+
+    Raises:
+        CommandError: no authentication and no ``--unauthenticated``; ``--unauthenticated`` on an address that is
+            not loopback; a basic-auth credential that is not ``user:password``.
+    """
+    basic = args.basic_auth or env.get("FLOWER_BASIC_AUTH", "")
+    oauth = args.auth or env.get("FLOWER_AUTH", "")
+    for credential in filter(None, basic.split(",")):
+        user, sep, password = credential.partition(":")
+        if not (user and sep and password):
+            raise CommandError("lodestar flower: --basic-auth (FLOWER_BASIC_AUTH) must be user:password pairs, "
+                               "comma-separated")
+    if not (basic or oauth):
+        if not args.unauthenticated:
+            raise CommandError(f"lodestar flower: refusing to start Flower without authentication: {FLOWER_AUTH_HELP}")
+        if not _is_loopback(args.address):
+            raise CommandError(f"lodestar flower: --unauthenticated is allowed only on a loopback address "
+                               f"(127.0.0.1, ::1, localhost), not {args.address!r}: anyone who can reach it could "
+                               "watch and revoke tasks")
+    argv = ["flower", f"--port={args.port}", f"--address={args.address}"]
+    if args.basic_auth:
+        argv.append(f"--basic_auth={args.basic_auth}")
+    if args.auth:
+        argv.append(f"--auth={args.auth}")
+    if args.auth_provider:
+        argv.append(f"--auth_provider={args.auth_provider}")
+    extra = list(args.flower_options)
+    return argv + (extra[1:] if extra[:1] == ["--"] else extra)
+
+
 def _flower(args: argparse.Namespace) -> int:
     require("lodestar flower", "flower")
+    argv = flower_argv(args, dict(os.environ))
     from shared.queue import make_celery
 
     app = make_celery(_settings())  # the broker and queues only: Flower learns the tasks from the workers' events
-    app.start(["flower", f"--port={args.port}", f"--address={args.address}"])
+    app.start(argv)
     return 0
 
 
@@ -195,9 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=_worker)
 
-    p = sub.add_parser("flower", help="Flower monitoring UI for the queues")
+    p = sub.add_parser("flower", help="Flower monitoring UI for the queues (needs authentication)",
+                       description="Flower on the Lodestar broker. It refuses to start without authentication: "
+                                   + FLOWER_AUTH_HELP + ". Other Flower options go after --.")
     p.add_argument("--port", type=int, default=5555)
     p.add_argument("--address", default="127.0.0.1")
+    p.add_argument("--basic-auth", metavar="USER:PASS",
+                   help="HTTP basic auth, comma-separated pairs (FLOWER_BASIC_AUTH keeps it out of the process list)")
+    p.add_argument("--auth", metavar="EMAIL_REGEX", help="OAuth: e-mails allowed in (Flower's --auth)")
+    p.add_argument("--auth-provider", metavar="CLASS", help="OAuth: Flower's --auth_provider handler class")
+    p.add_argument("--unauthenticated", action="store_true",
+                   help="serve without a login (only on a loopback --address)")
+    p.add_argument("flower_options", nargs=argparse.REMAINDER, metavar="-- FLOWER OPTIONS",
+                   help="passed to Flower as they are, e.g. -- --url_prefix=flower")
     p.set_defaults(func=_flower)
 
     from lodestar.client import add_keys_arguments, add_submit_arguments, add_tasks_arguments

@@ -38,9 +38,10 @@ def send_resume(store: TaskStore, task_id: str) -> ApplyResult:
     return ApplyResult(found != -1, found == 1, status or None, seq, requeued=outcome == "requeued")
 
 
-def send_message(store: TaskStore, task_id: str, content: str) -> ApplyResult:
-    """Queue ``content`` for the agent; delivered at its next step (kept if the task has not started yet)."""
-    return store.inject(task_id, content)
+def send_message(store: TaskStore, task_id: str, content: str, idempotency_key: str | None = None) -> ApplyResult:
+    """Queue ``content`` for the agent; delivered at its next step (kept if the task has not started yet). A
+    repeated ``idempotency_key`` for the task queues nothing and answers ``replayed`` (``TaskStore.inject``)."""
+    return store.inject(task_id, content, idempotency_key)
 
 
 def send_cancel(store: TaskStore, task_id: str) -> ApplyResult:

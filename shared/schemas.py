@@ -8,10 +8,12 @@ the OpenAPI document (``api/openapi.py``).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from marshmallow import (
     EXCLUDE,
+    INCLUDE,
     Schema,
     ValidationError,
     fields,
@@ -36,8 +38,59 @@ IGNORED_PARAMS = ("computer_id", "on_missing_computer", "keep_alive", "terminate
 are never kept."""
 
 
+HTTP_URL_PATTERN = (r"^[Hh][Tt][Tt][Pp][Ss]?://(?:[^\x00-\x20\x7f/?#@]*@)?"
+                    r"(?:[A-Za-z0-9._~%!$&'()*+,;=-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?(?:[/?#][^\x00-\x20\x7f]*)?$")
+"""An http(s) URL: scheme, optional user info, an ASCII host name or IPv4 address or [IPv6], an optional port, then
+anything but spaces and control characters. The same pattern validates requests and is published in the OpenAPI
+document, so the two cannot disagree (reachability is checked where the URL is used: the browser's and the
+webhooks' network guards)."""
+
+
+class Pattern(validate.Regexp):
+    """``validate.Regexp`` that must match the whole string (``re.fullmatch``: a trailing newline does not slip
+    past ``$``), as JSON Schema's ``pattern`` does for an anchored expression. apispec publishes it as ``pattern``."""
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+class StrictInt(fields.Int):
+    """A JSON integer: an int, or a number with no fractional part (``5.0``, as JSON Schema counts integers); never
+    a string, a boolean or ``2.5``."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictFloat(fields.Float):
+    """A JSON number (int or float), never a numeric string or a boolean; NaN and infinities refused."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictBool(fields.Boolean):
+    """JSON ``true`` or ``false`` only (not 1, "yes", "true")."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 class ContextTurnSchema(Schema):
-    """A prior conversation turn that seeds the agent's transcript."""
+    """A prior conversation turn that seeds the agent's transcript (unknown keys are ignored)."""
+
+    class Meta:
+        unknown = EXCLUDE
 
     role = fields.Str(required=True, validate=validate.OneOf(["user", "assistant"]))
     content = fields.Str(required=True, validate=validate.Length(max=20_000))
@@ -62,8 +115,10 @@ def make_start_schema(settings: Settings) -> Schema:
 
         instruction = fields.Str(required=True, validate=validate.Length(1, s.max_instruction_chars),
                                  metadata={"description": "The task prompt. For agent_type=scripted, the script."})
-        kind = fields.Str(validate=validate.OneOf(KINDS),
-                          metadata={"description": "browser | desktop; default browser when start_url is set."})
+        kind = fields.Str(validate=validate.OneOf(KINDS), metadata={
+            "enum": [k for k in KINDS if k in s.kinds],  # the document offers only the kinds with workers
+            "description": "browser | desktop (those with workers on this deployment, LODESTAR_KINDS); default "
+                           "browser when start_url is set."})
 
         @validates("kind")
         def _kind_is_served(self, value: str, **_: Any) -> None:
@@ -73,17 +128,17 @@ def make_start_schema(settings: Settings) -> Schema:
         model = fields.Str(load_default=s.default_model, validate=validate.Length(1, 200))
         agent_type = fields.Str(validate=validate.OneOf(OFFLINE_AGENTS),
                                 metadata={"description": "Offline agent: scripted | heuristic."})
-        max_steps = fields.Int(load_default=s.default_max_steps, validate=validate.Range(1, s.max_steps_limit),
-                               strict=True)
-        max_duration_seconds = fields.Int(load_default=s.default_max_duration,
-                                          validate=validate.Range(1, s.max_duration_limit), strict=True)
-        temperature = fields.Float(load_default=DEFAULT_TEMPERATURE, validate=validate.Range(0, 2), allow_nan=False)
+        max_steps = StrictInt(load_default=s.default_max_steps, validate=validate.Range(1, s.max_steps_limit))
+        max_duration_seconds = StrictInt(load_default=s.default_max_duration,
+                                         validate=validate.Range(1, s.max_duration_limit))
+        temperature = StrictFloat(load_default=DEFAULT_TEMPERATURE, validate=validate.Range(0, 2), allow_nan=False)
         screenshot_mode = fields.Str(load_default="url", validate=validate.OneOf(["url", "base64"]))
-        viewport_width = fields.Int(load_default=DEFAULT_VIEWPORT[0], strict=True,
+        viewport_width = StrictInt(load_default=DEFAULT_VIEWPORT[0],
                                     validate=validate.Range(s.viewport_min_width, s.viewport_max_width))
-        viewport_height = fields.Int(load_default=DEFAULT_VIEWPORT[1], strict=True,
+        viewport_height = StrictInt(load_default=DEFAULT_VIEWPORT[1],
                                      validate=validate.Range(s.viewport_min_height, s.viewport_max_height))
-        start_url = fields.Url(schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=4096))
+        start_url = fields.Str(validate=[validate.Length(max=4096), Pattern(HTTP_URL_PATTERN, error="Not a valid "
+                                                                               "http(s) URL.")])
         system_prompt = fields.Str(validate=validate.Length(max=s.max_system_prompt_chars))
         context = fields.List(fields.Nested(ContextTurnSchema), validate=validate.Length(max=s.max_context_turns))
         metadata = fields.Dict(keys=fields.Str(validate=validate.Length(1, 64)),
@@ -94,7 +149,8 @@ def make_start_schema(settings: Settings) -> Schema:
                               metadata={"description": "Lodestar: high | normal | low."})
         stream_mode = fields.Str(load_default="verbose", validate=validate.OneOf(["verbose", "concise"]))
         thread_id = fields.Str(validate=validate.Length(max=255))
-        webhook_url = fields.Url(schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=2048),
+        webhook_url = fields.Str(validate=[validate.Length(max=2048),
+                                           Pattern(HTTP_URL_PATTERN, error="Not a valid http(s) URL.")],
                                  metadata={"description": "Lodestar: POSTed the signed task JSON when it ends."})
         webhook_events = fields.Str(load_default="terminal", validate=validate.OneOf(["terminal", "all"]),
                                     metadata={"description": "Lodestar: terminal (default) or all status changes."})
@@ -112,15 +168,15 @@ def make_start_schema(settings: Settings) -> Schema:
             except ValueError as exc:
                 raise ValidationError(str(exc)) from None
 
-        persistent = fields.Bool()
-        save_session = fields.Bool()
+        persistent = StrictBool()
+        save_session = StrictBool()
         environment_id = fields.Str(validate=validate.Length(max=255))
         computer_id = fields.Str(validate=validate.Length(max=255))
         on_missing_computer = fields.Str(validate=validate.OneOf(["fail", "restore", "create_new"]))
-        keep_alive = fields.Bool()
-        terminate_on_completion = fields.Bool()
+        keep_alive = StrictBool()
+        terminate_on_completion = StrictBool()
         harness_version = fields.Str(validate=validate.OneOf(["v1", "v2"]))
-        stream_deltas = fields.Bool()
+        stream_deltas = StrictBool()
         agent_icon = fields.Str(validate=validate.Length(max=2048))
         output_schema = fields.Dict(metadata={"description": (
             "Lodestar: a JSON Schema (draft 2020-12) the final answer must match; `result` is then the parsed JSON "
@@ -189,26 +245,96 @@ def make_start_schema(settings: Settings) -> Schema:
 
 def make_message_schema(settings: Settings) -> Schema:
     """The schema of POST /agent/tasks/{id}/messages bodies: ``{"message": str}`` of 1 to
-    ``settings.max_message_chars`` characters."""
+    ``settings.max_message_chars`` characters (other keys are ignored)."""
 
     class MessageSchema(Schema):
+        class Meta:
+            unknown = EXCLUDE
+
         message = fields.Str(required=True, validate=validate.Length(1, settings.max_message_chars))
 
     return MessageSchema()
 
 
-class TaskStartResponseSchema(Schema):
+IDEMPOTENCY_KEY_PATTERN = "^[!-~]([ -~]{0,253}[!-~])?$"
+"""An ``Idempotency-Key`` header (POST /agent/tasks/{id}/messages): 1 to 255 printable ASCII characters, no space
+at either end (HTTP strips those)."""
+
+CANCELLABLE = ("queued", "running", "paused")
+"""Statuses a cancel can end."""
+CANCEL_STATUSES_PATTERN = "^((queued|running|paused)(,(queued|running|paused))*)?$"
+
+
+class CancelStatuses(fields.Field):
+    """``filter.status`` of a bulk cancel: a comma-separated string or a list of queued | running | paused; empty
+    (or absent) means all three. Loads as a tuple of statuses."""
+
+    default_error_messages = {"invalid": "Must be among: queued, running, paused (a list or comma-separated)."}
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> tuple[str, ...]:
+        if isinstance(value, str) and re.fullmatch(CANCEL_STATUSES_PATTERN, value):
+            statuses = tuple(part for part in value.split(",") if part)
+        elif isinstance(value, list) and all(isinstance(v, str) and v in CANCELLABLE for v in value):
+            statuses = tuple(value)
+        else:
+            raise self.make_error("invalid")
+        return statuses or CANCELLABLE
+
+
+class CancelFilterSchema(Schema):
+    """Which of the caller's active tasks a bulk cancel ends (all given conditions must hold)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    status = CancelStatuses(metadata={"anyOf": [
+        {"type": "string", "pattern": CANCEL_STATUSES_PATTERN},
+        {"type": "array", "items": {"type": "string", "enum": list(CANCELLABLE)}}]})
+    kind = fields.Str()
+    model = fields.Str()
+    batch_id = fields.Str()
+    metadata = fields.Dict(keys=fields.Str(), values=fields.Str())
+
+
+def make_cancel_schema(settings: Settings) -> Schema:
+    """The schema of POST /agent/tasks/cancel bodies: ``{"task_ids": [str, ...]}`` (at most
+    ``settings.batch_max_items``) or ``{"filter": {status, kind, model, metadata, batch_id}}``; with both,
+    ``task_ids`` wins. ``load`` raises ``marshmallow.ValidationError`` (on ``task_ids`` when neither is given)."""
+
+    class CancelManySchema(Schema):
+        class Meta:
+            unknown = EXCLUDE
+
+        task_ids = fields.List(fields.Str(), validate=validate.Length(max=settings.batch_max_items))
+        filter = fields.Nested(CancelFilterSchema)
+
+        @validates_schema
+        def _names_tasks(self, data: dict[str, Any], **_: Any) -> None:
+            if "task_ids" not in data and "filter" not in data:
+                raise ValidationError('give "task_ids" (a list) or "filter" (an object)', field_name="task_ids")
+
+    return CancelManySchema()
+
+
+class _Answer(Schema):
+    """Base of response schemas: clients must accept fields added later (``additionalProperties`` allowed)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+
+class TaskStartResponseSchema(_Answer):
     task_id = fields.Str(required=True)
     status = fields.Str(required=True)
     idempotency_key = fields.Str(allow_none=True)
     reused = fields.Bool()
 
 
-class StatusResponseSchema(Schema):
+class StatusResponseSchema(_Answer):
     status = fields.Str(required=True, metadata={"enum": [str(s) for s in Status]})
 
 
-class TaskSchema(Schema):
+class TaskSchema(_Answer):
     """GET /agent/tasks/{id}: Lightcone's ``{task_id, status, exit_code}`` plus Lodestar's fields.
 
     Times are ISO 8601 UTC strings; ``exit_code`` is null until the task ends (codes: ``shared.states.ExitCode``).
@@ -239,7 +365,9 @@ class TaskSchema(Schema):
                         "task with an output_schema, the JSON value (object, array, ...) that matched it."})
     error = fields.Str(allow_none=True)
     current_url = fields.Str(allow_none=True)
-    last_screenshot_url = fields.Str(allow_none=True)
+    last_screenshot_url = fields.Str(allow_none=True, metadata={"description": "The last step's screenshot: a "
+                                     "signed URL (expires, sig) that loads without the bearer key until it expires "
+                                     "(LODESTAR_URL_TTL, 1 h by default); null before the first step."})
     metadata = fields.Dict(keys=fields.Str(), values=fields.Str())
     idempotency_key = fields.Str(allow_none=True)
     usage = fields.Dict(allow_none=True, metadata={"description": "Model tokens so far: input_tokens, "
@@ -262,18 +390,67 @@ class TaskSchema(Schema):
         "limit is full or blocked now), or \"queued behind N tasks\". null when not queued.")})
 
 
-class ErrorSchema(Schema):
+class TaskListSchema(_Answer):
+    """GET /agent/tasks: a page of tasks, newest first; ``next_cursor`` is null on the last page."""
+
+    data = fields.List(fields.Nested(TaskSchema), required=True)
+    next_cursor = fields.Str(required=True, allow_none=True)
+    has_more = fields.Bool(required=True)
+
+
+class _BatchRowSchema(_Answer):
+    index = fields.Int(required=True)
+    task_id = fields.Str(required=True)
+    status = fields.Str(required=True)
+    reused = fields.Bool()
+
+
+class _ErrorDetailSchema(_Answer):
+    type = fields.Str(required=True)
+    message = fields.Str(required=True)
+    fields_ = fields.Dict(data_key="fields", metadata={"description": "Each bad field (a dotted path for nested "
+                                                                      "ones) and its reasons."})
+
+
+class _BatchErrorSchema(_Answer):
+    index = fields.Int(required=True)
+    error = fields.Nested(_ErrorDetailSchema, required=True)
+
+
+class BatchOutcomeSchema(_Answer):
+    """POST /agent/tasks/batch: which items were accepted (as tasks) and why the others were not."""
+
+    batch_id = fields.Str(required=True)
+    accepted = fields.Int(required=True)
+    rejected = fields.Int(required=True)
+    tasks = fields.List(fields.Nested(_BatchRowSchema), required=True)
+    errors = fields.List(fields.Nested(_BatchErrorSchema), required=True)
+
+
+class _SkippedSchema(_Answer):
+    task_id = fields.Str(required=True)
+    reason = fields.Str(required=True)
+
+
+class CancelResultSchema(_Answer):
+    """POST /agent/tasks/cancel: the ids cancelled, and the others with the reason."""
+
+    cancelled = fields.List(fields.Str(), required=True)
+    skipped = fields.List(fields.Nested(_SkippedSchema), required=True)
+
+
+class ErrorSchema(_Answer):
     """Every error body: ``{"error": {"type", "message", "fields"?}}``; ``fields`` maps a field to its reasons."""
 
-    error = fields.Dict(required=True)
+    error = fields.Nested(_ErrorDetailSchema, required=True)
 
 
-class EventSchema(Schema):
+class EventSchema(_Answer):
     """One event in an SSE ``data:`` line (``id:`` is ``seq``). ``type``: status | step | message | blocked | end.
     Step events carry ``step``, ``actions``, ``results``, ``thought``, ``url``, ``messages``, ``usage`` (model
-    tasks: this step's tokens and cost) and ``screenshot_url`` (url mode) or ``screenshot`` (a base64 data URL);
-    a blocked event (the egress proxy refused a request: ``url``, ``host``, ``port``, ``method``, ``reason``) comes
-    once per refused host and port;
+    tasks: this step's tokens and cost) and ``screenshot_url`` (url mode: a signed URL that loads without the bearer
+    key until it expires) or ``screenshot`` (a base64 data URL); a blocked event (the egress proxy refused a request:
+    ``url``, ``host``, ``port``, ``method``, ``reason``) comes once per refused host and port;
     a status event for a model's question carries ``reason: "ask_user"`` and ``question``; the end event carries
     ``status``, ``exit_code``, ``result`` (text, or the JSON answer of a task with an ``output_schema``) and
     ``error``."""

@@ -104,6 +104,20 @@ class Settings:
     """Under gunicorn's gevent worker, let the process's event hub write each event to the sockets of the streams
     that are caught up itself, instead of waking every stream's greenlet to write it (``api/sockets.py``: about a
     third less CPU per event and stream). Off: every frame goes through the WSGI response."""
+    max_body_bytes: int = 16 * 1024 * 1024
+    """Largest request body the API reads, in bytes (16 MiB: a batch of 10 000 tasks of ~1.5 KB each). A larger
+    ``Content-Length`` is answered 413 before the body is read; a chunked body is cut off at this size with 413."""
+    max_json_depth: int = 32
+    """Deepest nesting of arrays and objects a JSON request body may have (levels; 422 past it). Checked before
+    the body is parsed, so no depth reaches the parser's recursion limit."""
+    url_signing_key: str = ""
+    """Secret that signs screenshot URLs (``shared/signing.py``; HMAC-SHA256), so an ``<img>`` can load them
+    without the bearer key. Empty: a random key is generated once and kept in Redis (``P:url_signing_key``),
+    shared by every API replica and worker and kept across restarts; set one to choose it (at least 32
+    characters) or to rotate it (URLs signed with the old one stop working)."""
+    url_ttl: int = 3600
+    """Seconds a signed screenshot URL stays valid (at least; the expiry is rounded up to the next minute so that
+    the URL of a screenshot is stable for a while and browsers can cache it)."""
 
     # --- Task limits and defaults (the documented Lightcone defaults) -----------------
     default_model: str = task.DEFAULT_MODEL

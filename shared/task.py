@@ -145,7 +145,7 @@ class Task:
     @classmethod
     def from_redis(cls, task_id: str, raw: Mapping[bytes, bytes]) -> Task:
         """The task a hash holds (as redis-py returns it, bytes to bytes). Fields the store keeps for itself
-        (:data:`STORE_ONLY_FIELDS`) are skipped.
+        (:data:`STORE_ONLY_FIELDS`, and names starting with one of :data:`STORE_ONLY_PREFIXES`) are skipped.
 
         Raises:
             ValueError: a stored field is not one of the record's, or does not parse as its type.
@@ -153,7 +153,7 @@ class Task:
         values: dict[str, Any] = {}
         for key, value in raw.items():
             name = key.decode()
-            if name in STORE_ONLY_FIELDS:
+            if name in STORE_ONLY_FIELDS or name.startswith(STORE_ONLY_PREFIXES):
                 continue
             values[name] = decode_field(name, value.decode())
         return cls(task_id=task_id, **values)
@@ -189,6 +189,9 @@ class Task:
 
 STORE_ONLY_FIELDS = frozenset({"first_status"})
 """Hash fields the store keeps for its own bookkeeping, not part of the record (see ``shared/store``)."""
+STORE_ONLY_PREFIXES = ("msgkey:",)
+"""Prefixes of hash fields the store keeps for its own bookkeeping: ``msgkey:<sha256>`` records an injected
+message's ``Idempotency-Key`` (``shared/store/keys.py``), so it lives exactly as long as the record."""
 
 _REQUIRED = object()
 _FIELDS = {f.name: f for f in dataclasses.fields(Task)}
@@ -270,7 +273,8 @@ def decode_field(name: str, text: str) -> Any:
 
 
 def screenshot_urls(base_url: str) -> Callable[[Task, int], str]:
-    """The screenshot URL maker for :meth:`Task.to_json`: ``<base_url>/agent/tasks/<id>/screenshots/<step>``."""
+    """An unsigned screenshot URL maker for :meth:`Task.to_json`: ``<base_url>/agent/tasks/<id>/screenshots/<step>``
+    (opens with the bearer key only). The API and webhooks hand out signed ones: ``shared.signing.UrlSigner``."""
     base = base_url.rstrip("/")
     return lambda task, step: f"{base}/agent/tasks/{task.task_id}/screenshots/{step}"
 

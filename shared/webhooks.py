@@ -46,9 +46,10 @@ from urllib3.util.connection import create_connection
 
 from shared.netguard import NetworkGuard
 from shared.queue import Dispatcher, send_delivery
+from shared.signing import UrlSigner
 from shared.states import TERMINAL
 from shared.store import Delivery, TaskStore, now, now_ms
-from shared.task import Task, screenshot_urls
+from shared.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def deliver(store: TaskStore, secret: str, delivery: Delivery) -> Attempt:
         return Attempt(delivery_id, event, "", attempt, now(), False, error="the task no longer exists")
     url = task.webhook_url
     settings = store.settings
-    task_json = task.to_json(screenshot_urls(settings.public_base_url))
+    task_json = task.to_json(UrlSigner.from_settings(settings, store).screenshot_urls(settings.public_base_url))
     payload = {"event": event, "delivery_id": delivery_id, "task": task_json}
     body = json.dumps(payload, separators=(",", ":")).encode()
     timestamp = int(time.time())

@@ -2,13 +2,14 @@
 
 - ``tasks.py``    start, start_stream, batch, batch summary, retrieve_status, list, wait
 - ``control.py``  pause, resume, cancel (one or many), inject_message
-- ``events.py``   events over SSE and WebSocket, step screenshots
+- ``events.py``   events over SSE and WebSocket
+- ``artifacts.py`` step screenshots, by bearer key or signed URL
 - ``tenant.py``   the caller's tenant, webhook attempts and redelivery
 """
 
 from __future__ import annotations
 
-from api.routes import control, events, tasks, tenant
+from api.routes import artifacts, control, events, tasks, tenant
 
-BLUEPRINTS = (tasks.bp, control.bp, events.bp, tenant.bp)
+BLUEPRINTS = (tasks.bp, control.bp, events.bp, artifacts.bp, tenant.bp)
 sock = events.sock

@@ -1,23 +1,23 @@
 """Watching tasks: the event stream over SSE (``start_stream`` and ``GET .../events``, replaying after
-``Last-Event-ID``) and over a WebSocket, and the step screenshots. Each API process follows a task once, however
-many clients watch it (``api/fanout.py``)."""
+``Last-Event-ID``) and over a WebSocket. Each API process follows a task once, however many clients watch it
+(``api/fanout.py``). The step screenshots are in ``artifacts.py``."""
 
 from __future__ import annotations
 
 import base64
 import json
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
-from flask import Blueprint, Response, redirect, request
+from flask import Blueprint, Response, request
 from flask_sock import Sock
 
 from api.auth import authenticate, base_url, load_task
-from api.errors import ApiError, invalid_field, not_found
+from api.errors import ApiError, invalid_field
 from api.fanout import Delivery
 from api.sockets import socket_writer
-from api.state import state
-from shared.artifacts import screenshot_name
+from api.state import AppState, state
+from shared.signing import UrlSigner
 from shared.store import TaskStore
 from shared.task import Task
 
@@ -26,10 +26,12 @@ bp.before_request(authenticate)
 sock = Sock()  # the WebSocket route lives on the blueprint; create_app calls sock.init_app
 
 
-def render_event(store: TaskStore, task: Task, seq: int, event: dict[str, Any], base: str) -> dict[str, Any]:
+def render_event(store: TaskStore, signer: UrlSigner, task: Task, seq: int, event: dict[str, Any],
+                 base: str) -> dict[str, Any]:
     """An event as clients see it: ``seq`` added, the stored screenshot reference turned into ``screenshot_url``
-    (or a base64 data URL in ``screenshot_mode: base64``), and the details dropped in ``stream_mode: concise``.
-    Runs outside the request context (while streaming): everything it needs is passed in."""
+    (a signed, expiring URL under ``base``) or a base64 data URL in ``screenshot_mode: base64``, and the details
+    dropped in ``stream_mode: concise``. Runs outside the request context (while streaming): everything it needs
+    is passed in."""
     event = {"seq": seq, **event}
     shot = event.pop("screenshot", None)
     if isinstance(shot, dict) and "step" in shot:
@@ -37,32 +39,33 @@ def render_event(store: TaskStore, task: Task, seq: int, event: dict[str, Any], 
             data = store.get_screenshot(task.task_id, shot["step"])
             event["screenshot"] = "data:image/jpeg;base64," + base64.b64encode(data).decode() if data else None
         else:
-            event["screenshot_url"] = f"{base}/agent/tasks/{task.task_id}/screenshots/{shot['step']}"
+            event["screenshot_url"] = signer.screenshot_urls(base)(task, int(shot["step"]))
     if task.stream_mode == "concise" and event["type"] == "step":
         for detail in ("results", "messages", "url"):
             event.pop(detail, None)
     return event
 
 
-def _event_json(store: TaskStore, task: Task, delivery: Delivery, base: str) -> bytes:
-    """The event as compact JSON, rendered once per API process and base URL."""
+def _event_json(st: AppState, task: Task, delivery: Delivery, base: str) -> bytes:
+    """The event as compact JSON, rendered once per API process and base URL (a screenshot URL it signs stays
+    valid for ``url_ttl`` from the event's first rendering: live events are rendered as they happen)."""
     return delivery.rendered(base, lambda: json.dumps(
-        render_event(store, task, delivery.seq, delivery.event, base), separators=(",", ":")).encode())
+        render_event(st.store, st.signer, task, delivery.seq, delivery.event, base), separators=(",", ":")).encode())
 
 
-def _sse_frame(store: TaskStore, task: Task, delivery: Delivery, base: str) -> bytes:
+def _sse_frame(st: AppState, task: Task, delivery: Delivery, base: str) -> bytes:
     """The event as one SSE frame (``id:`` and ``data:`` lines), rendered once per API process and base URL."""
     return delivery.rendered("sse " + base, lambda: b"id: %d\ndata: %s\n\n" % (
-        delivery.seq, _event_json(store, task, delivery, base)))
+        delivery.seq, _event_json(st, task, delivery, base)))
 
 
 def sse(task: Task, after: int) -> Response:
     """The SSE answer streaming ``task``'s events with seq > ``after`` until its ``end`` event."""
     st, base = state(), base_url()
-    store, hub, keepalive = st.store, st.events, st.settings.sse_keepalive
+    hub, keepalive = st.events, st.settings.sse_keepalive
 
     def frame(delivery: Delivery) -> bytes:
-        return _sse_frame(store, task, delivery, base)
+        return _sse_frame(st, task, delivery, base)
 
     # under gunicorn's gevent worker the hub writes the frames of a caught-up stream itself (api/sockets.py); not
     # for base64 screenshots, whose rendering reads the artifact store (the hub does no I/O but sends)
@@ -79,16 +82,25 @@ def sse(task: Task, after: int) -> Response:
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _last_event_id() -> int:
-    raw = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
+def _event_position(name: str, raw: str | None) -> int | None:
+    """``raw`` (a header or query value) as an event seq >= 0, None when absent. Raises ApiError 422 naming it."""
+    if raw is None:
+        return None
     try:
         value = int(raw)
     except ValueError:
-        raise invalid_field("Last-Event-ID", "Last-Event-ID must be an event seq (an integer)",
-                            "Not a valid integer.") from None
+        raise invalid_field(name, f"{name} must be an event seq (an integer)", "Not a valid integer.") from None
     if value < 0:
-        raise invalid_field("Last-Event-ID", "Last-Event-ID must be >= 0", "Must be >= 0.")
+        raise invalid_field(name, f"{name} must be >= 0", "Must be >= 0.")
     return value
+
+
+def _last_event_id() -> int:
+    """Where a (re)attaching stream starts: the ``Last-Event-ID`` header, else the ``after`` query parameter, else
+    0. Both are checked when both are given (the header wins)."""
+    header = _event_position("Last-Event-ID", request.headers.get("Last-Event-ID"))
+    query = _event_position("after", request.args.get("after"))
+    return header if header is not None else query or 0
 
 
 @bp.get("/agent/tasks/<task_id>/events")
@@ -96,20 +108,15 @@ def task_events(task_id: str) -> Response:
     return sse(load_task(task_id), _last_event_id())
 
 
-@bp.get("/agent/tasks/<task_id>/screenshots/<int:step>")
-def task_screenshot(task_id: str, step: int) -> Response:
+@bp.get("/agent/tasks/<task_id>/ws")
+def task_events_ws_without_upgrade(task_id: str) -> Response:
+    """GET /agent/tasks/{id}/ws as a plain HTTP request (no ``Upgrade: websocket``): authenticated like every route
+    (401), then 404 for no such task, else 426 Upgrade Required naming what to do. A WebSocket handshake is
+    routed to :func:`task_events_ws` instead (werkzeug matches it to the WebSocket rule of the same path)."""
     load_task(task_id)
-    st = state()
-    artifacts, name = st.store.artifacts, screenshot_name(step)
-    if st.settings.artifacts_redirect:  # S3 reachable by clients: let them fetch the object themselves
-        url = artifacts.url(task_id, name, st.settings.artifacts_redirect_ttl)
-        if url:
-            return cast(Response, redirect(url, 302))
-    artifact = artifacts.get(task_id, name)  # from whichever store holds the task's artifacts (Redis or S3)
-    if artifact is None:
-        raise not_found(f"screenshot for step {step} of task {task_id} (or it expired)")
-    return Response(artifact.data, mimetype=artifact.content_type,
-                    headers={"Cache-Control": "private, max-age=86400, immutable"})
+    raise ApiError(426, "upgrade_required", "this is a WebSocket endpoint: connect with a WebSocket client "
+                   "(Upgrade: websocket), or read the same events as SSE from /agent/tasks/{id}/events",
+                   headers={"Upgrade": "websocket"})
 
 
 @sock.route("/agent/tasks/<task_id>/ws", bp=bp)
@@ -127,5 +134,5 @@ def task_events_ws(ws: Any, task_id: str) -> None:
             if not ws.connected:  # the client left while the task was quiet: free this thread
                 return
             continue
-        ws.send(_event_json(st.store, task, delivery, base).decode())
+        ws.send(_event_json(st, task, delivery, base).decode())
     ws.close()

@@ -3,17 +3,18 @@
 
 from __future__ import annotations
 
-import json
-import math
+import re
 from datetime import datetime
 from typing import Any, cast
 
 from flask import Blueprint, Response, g, jsonify, request
 from marshmallow import ValidationError
+from werkzeug.routing import BaseConverter
 
 from api import submission
 from api.auth import authenticate, load_task, task_bodies
-from api.errors import ApiError, invalid, invalid_field, json_body, json_object, not_found, summarise
+from api.bodies import json_body, json_object, parse_json, raw_body
+from api.errors import ApiError, invalid, invalid_field, not_found, summarise
 from api.routes.events import sse
 from api.state import state
 from shared.states import Status
@@ -58,12 +59,14 @@ def _batch_items() -> tuple[list[Any], float | None]:
     """The batch's items and its ``max_cost_usd`` (only in the ``{"tasks": [...], "max_cost_usd": N}`` form)."""
     if request.mimetype in ("application/x-ndjson", "application/jsonl", "application/x-jsonlines"):
         items = []
-        for number, line in enumerate(request.get_data(as_text=True).splitlines(), start=1):
+        depth = state().settings.max_json_depth
+        for number, line in enumerate(raw_body().splitlines(), start=1):
             if line.strip():
                 try:
-                    items.append(json.loads(line))
-                except ValueError:
-                    raise ApiError(400, "invalid_json", f"NDJSON line {number} is not JSON") from None
+                    items.append(parse_json(line, depth))
+                except ApiError as exc:
+                    exc.message = f"NDJSON line {number}: {exc.message}"
+                    raise
         return items, None
     data = json_body()
     if isinstance(data, dict) and isinstance(data.get("tasks"), list):
@@ -138,27 +141,52 @@ def batch_summary(batch_id: str) -> Response:
 
 
 # --- read, list, wait ------------------------------------------------------------------------------------------------
-@bp.get("/agent/tasks/<task_id>")
+class TaskIdConverter(BaseConverter):
+    """``<task:task_id>``: a path segment that is not one of the names under /agent/tasks/ that are calls of their
+    own (batch, cancel, stream), so that GET /agent/tasks/batch is a 405 naming POST, not a lookup of a task
+    called "batch" (and OPTIONS lists only the documented methods)."""
+
+    regex = r"(?!(?:batch|cancel|stream)$)[^/]+"
+
+
+@bp.get("/agent/tasks/<task:task_id>")
 def retrieve_status(task_id: str) -> Response:
     return jsonify(task_bodies([load_task(task_id)])[0])
 
 
+DEFAULT_WAIT = 30.0
+"""Seconds GET /agent/tasks/{id}/wait holds a request that gives no ``timeout`` (capped by ``wait_max_timeout``)."""
+EPOCH_MAX = 1e11
+"""Largest epoch-seconds time a query accepts (the year 5138); the OpenAPI document says so."""
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+DATE_TIME = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}):([0-9]{2})(\.[0-9]+)?"
+                       r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
+"""RFC 3339 ``date-time`` (what ``format: date-time`` means in the OpenAPI document)."""
+
+
 def _time_arg(name: str) -> float | None:
-    """A query parameter that is a time: epoch seconds or ISO 8601 (422 naming it otherwise)."""
+    """A query parameter that is a time: epoch seconds (0 to :data:`EPOCH_MAX`) or an RFC 3339 date-time with an
+    offset ("2026-11-28T08:20:39Z"). Raises ApiError 422 naming it otherwise (also for nan and infinities)."""
     raw = request.args.get(name)
     if raw is None or raw == "":
         return None
-    try:
+    if _NUMBER.fullmatch(raw):
         value = float(raw)
-    except ValueError:
+        if not 0 <= value <= EPOCH_MAX:  # also refuses inf (1e999)
+            raise invalid_field(name, f"{name} must be epoch seconds from 0 to {EPOCH_MAX:.0f}",
+                                f"Must be between 0 and {EPOCH_MAX:.0f}.")
+        return value
+    match = DATE_TIME.fullmatch(raw)
+    if match:
+        head, second, fraction, offset = match.groups()
+        second = min(second, "59")  # a leap second (:60) counts as the second before it
+        offset = "+00:00" if offset in ("Z", "z") else offset
         try:
-            value = datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+            return datetime.fromisoformat(f"{head}:{second}{(fraction or '')[:7]}{offset}").timestamp()
         except ValueError:
-            raise invalid_field(name, f"{name} must be epoch seconds or an ISO 8601 time",
-                                "Not a valid time.") from None
-    if not math.isfinite(value):
-        raise invalid_field(name, f"{name} must be a finite time", "Not a valid time.")
-    return value
+            pass  # a day or hour that does not exist
+    raise invalid_field(name, f"{name} must be epoch seconds or an RFC 3339 date-time (2026-11-28T08:20:39Z)",
+                        "Not a valid time.")
 
 
 def filter_from_args() -> TaskFilter:
@@ -193,7 +221,7 @@ def list_tasks() -> Response:
     """The tenant's tasks, newest first, filtered; ``next_cursor`` pages on (null at the end)."""
     limit_raw = request.args.get("limit", "50")
     max_limit = state().settings.list_max_limit
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= max_limit:
+    if not re.fullmatch(r"[0-9]{1,9}", limit_raw) or not 1 <= int(limit_raw) <= max_limit:
         raise invalid_field("limit", f"limit must be an integer from 1 to {max_limit}",
                             f"Must be between 1 and {max_limit}.")
     flt = filter_from_args()
@@ -206,11 +234,11 @@ def list_tasks() -> Response:
 
 @bp.get("/agent/tasks/<task_id>/wait")
 def wait_task(task_id: str) -> Response:
-    """Hold the request until the task ends or ``timeout`` seconds (default 30, at most ``wait_max_timeout``) pass,
-    then answer with the task (check ``exit_code``: null means it has not ended)."""
+    """Hold the request until the task ends or ``timeout`` seconds (default :data:`DEFAULT_WAIT`, at most
+    ``wait_max_timeout``) pass, then answer with the task (check ``exit_code``: null means it has not ended)."""
     load_task(task_id)
-    raw = request.args.get("timeout", "30")
     max_timeout = state().settings.wait_max_timeout
+    raw = request.args.get("timeout", f"{min(DEFAULT_WAIT, max_timeout):g}")
     try:
         timeout = float(raw)
     except ValueError:

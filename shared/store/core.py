@@ -9,6 +9,7 @@ round trip. Listing, submitting and tenants are in the package's other modules, 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -47,6 +48,8 @@ class LeaseLost(Exception):
 class ApplyResult:
     """Outcome of a guarded write. ``found`` False: no such task. ``ok`` False: its status (``status``) refused it,
     or (``lost`` True) the writing worker no longer holds its lease. ``seq``: the seq of the event written (0: none).
+    ``replayed``: nothing was written because the same write was made before (a message's idempotency key seen
+    again); ``ok`` is True and ``seq`` is the first write's.
     """
 
     found: bool
@@ -58,13 +61,16 @@ class ApplyResult:
     """The id of the end's webhook delivery, when the write ended a task that has a ``webhook_url``."""
     requeued: bool = False
     """A resume of a task no worker held: it went back to ``queued`` and its run message is due (``send_resume``)."""
+    replayed: bool = False
 
     @classmethod
     def from_reply(cls, reply: list[Any], delivery_id: str | None = None) -> ApplyResult:
+        """From a script's ``{found, status, seq[, delivery added]}``: found 1 (written), 0 (refused by the
+        status), -1 (missing), -2 (the lease is not held), 2 (replayed)."""
         found, status, seq = reply[:3]
         added = len(reply) > 3 and reply[3] == 1
-        return cls(found != -1, found == 1, status.decode() if status else None, int(seq), lost=found == -2,
-                   delivery_id=delivery_id if added else None)
+        return cls(found != -1, found in (1, 2), status.decode() if status else None, int(seq), lost=found == -2,
+                   delivery_id=delivery_id if added else None, replayed=found == 2)
 
 
 def _retries_for(seconds: float, base: float = 0.05, cap: float = 1.0) -> int:
@@ -132,6 +138,13 @@ class TaskStore:
 
     def close(self) -> None:
         self.redis.close()
+
+    def url_signing_key(self) -> bytes:
+        """The deployment's generated URL signing key (64 hex characters, ``shared/signing.py``): the first caller
+        creates it (SET NX, no expiry), every process reads the same one after."""
+        key = self.keys.url_signing_key
+        self.redis.set(key, secrets.token_hex(32), nx=True)
+        return cast(bytes, self.redis.get(key))
 
     # -- records ---------------------------------------------------------------------------------------------------
     def create(self, task: Task) -> None:
@@ -304,9 +317,13 @@ class TaskStore:
         return self.apply(task_id, allowed_from=sources(status), fields=all_fields, event=event,
                           expire=self.settings.task_retention, notice=notice, holder=holder)
 
-    def inject(self, task_id: str, content: str) -> ApplyResult:
+    def inject(self, task_id: str, content: str, idempotency_key: str | None = None) -> ApplyResult:
         """Queue a user message for the agent (kept in the inbox until the worker delivers it), log a ``message``
-        event and notify the worker. Refused unless the task is queued, running or paused."""
+        event and notify the worker. Refused unless the task is queued, running or paused.
+
+        With ``idempotency_key``, a second call with the same key for the same task writes nothing and answers
+        ``ok`` and ``replayed`` (with the first message's event ``seq``) whatever the task's status now: the key
+        is kept in the task's record, so it lives as long as the task."""
         ts = now()
         event = {"type": "message", "task_id": task_id, "role": "user", "content": content, "ts": ts}
         keys = self.keys
@@ -314,7 +331,8 @@ class TaskStore:
             keys=[keys.task(task_id), keys.events(task_id), keys.inbox(task_id)],
             args=["queued,running,paused", json.dumps({"content": content, "ts": ts}), json.dumps(event),
                   self.settings.event_stream_maxlen, keys.control(task_id),
-                  json.dumps({"command": "message", "task_id": task_id})]))
+                  json.dumps({"command": "message", "task_id": task_id}),
+                  keys.message_key_field(idempotency_key) if idempotency_key else ""]))
 
     def record_step(self, task_id: str, step: int, jpeg: bytes, fields: Mapping[str, Any],
                     event: Mapping[str, Any], holder: str | None = None) -> ApplyResult:

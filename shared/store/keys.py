@@ -2,7 +2,9 @@
 
 ``P`` is ``Settings.key_prefix`` ("lodestar" by default), so several deployments can share one server::
 
-    P:task:{id}              hash    the task record (``shared.task.Task``; its id is the end of the key)
+    P:task:{id}              hash    the task record (``shared.task.Task``; its id is the end of the key), plus
+                                     ``msgkey:<sha256>`` fields: the event seq of each message injected with an
+                                     ``Idempotency-Key`` (``message_key_field``)
     P:task:{id}:events       stream  the event log; entry ids are "0-<seq>", seq = 1, 2, 3 ... Each entry is also
                              published on the pub/sub channel of the same name as "<seq> <json>" (``api/fanout.py``)
     P:task:{id}:inbox        list    injected messages, JSON {"content", "ts"}, oldest first
@@ -34,6 +36,7 @@
     P:t:{tenant}:spent:{day} string  USD the tenant's model calls cost on that UTC day ("2026-11-28")
     P:limit:{scope}:blocked  string  ms since the epoch until which a provider asked (retry-after) not to be called
     P:limit                  prefix  the ``limits`` library's windows of the providers' rpm / tpm
+    P:url_signing_key        string  the URL signing key generated when ``LODESTAR_URL_SIGNING_KEY`` is unset
     P:control:{id}           pub/sub notices {"command", "task_id"} for the task's worker
     P:ended                  pub/sub the id of every task that ends (long-poll waiters)
     P:hub:{host}:{pid}:{n}   pub/sub wake-ups of one API process's event hub
@@ -61,6 +64,7 @@ class Keys:
         self.reaper = f"{prefix}:reaper"
         self.deferring = f"{prefix}:deferring"
         self.limit_prefix = f"{prefix}:limit"
+        self.url_signing_key = f"{prefix}:url_signing_key"
 
     # -- one task --------------------------------------------------------------------------------------------------
     def task(self, task_id: str) -> str:
@@ -90,6 +94,11 @@ class Keys:
 
     def delivery(self, delivery_id: str) -> str:
         return f"{self.prefix}:delivery:{delivery_id}"
+    @staticmethod
+    def message_key_field(key: str) -> str:
+        """The field of a task's record that remembers a message injected with ``Idempotency-Key: key`` (the key is
+        hashed: it is the client's string)."""
+        return "msgkey:" + hashlib.sha256(key.encode()).hexdigest()
 
     def control(self, task_id: str) -> str:
         return f"{self.prefix}:control:{task_id}"

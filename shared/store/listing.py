@@ -8,9 +8,8 @@ walking. Pages are newest first; the cursor is the position ``(created_at, task_
 
 from __future__ import annotations
 
-import base64
 import heapq
-import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -66,18 +65,26 @@ class TaskFilter:
                 and all(task.metadata.get(k) == v for k, v in self.metadata))
 
 
+CURSOR_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,20})?~[A-Za-z0-9_-]{1,100}$"
+"""A cursor: ``<created_at>~<task id>``, the position of a page's last task (``created_at`` as the exact decimal
+``repr`` of the float). Every string of this shape is a position to continue from, so the API documents the
+pattern and refuses (422) only what does not match it."""
+
+
 def encode_cursor(position: tuple[float, str]) -> str:
-    """An opaque cursor (URL-safe base64 of ``[created_at, task_id]``)."""
-    return base64.urlsafe_b64encode(json.dumps([position[0], position[1]]).encode()).decode().rstrip("=")
+    """The cursor of ``(created_at, task_id)`` (:data:`CURSOR_PATTERN`)."""
+    score = repr(float(position[0]))
+    if not re.fullmatch(r"[0-9]{1,12}(\.[0-9]{1,20})?", score):  # not a plain decimal (never for epoch seconds)
+        score = f"{position[0]:.6f}"
+    return f"{score}~{position[1]}"
 
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
     """The position a cursor stands for. Raises ValueError for a malformed cursor."""
-    try:
-        score, task_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return float(score), str(task_id)
-    except (ValueError, TypeError) as exc:
-        raise ValueError("malformed cursor") from exc
+    if not re.fullmatch(CURSOR_PATTERN, cursor):
+        raise ValueError("malformed cursor")
+    score, _, task_id = cursor.partition("~")
+    return float(score), task_id
 
 
 def _neg(task_id: str) -> tuple[int, ...]:

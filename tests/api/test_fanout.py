@@ -280,3 +280,31 @@ def test_a_direct_writer_gets_every_frame_whole_and_in_order_even_when_its_socke
     seqs = [int(line.split()[0]) for line in lines]
     assert seqs == list(range(1, 63)), seqs
     assert lines[-1].split()[1].startswith(b"end") and writer.direct_frames > 0
+
+
+@pytest.mark.parametrize("position", ["at", "past"])
+def test_a_last_event_id_at_or_past_the_end_of_a_finished_task_closes_at_once(store: TaskStore, hub: EventHub,
+                                                                              position: str) -> None:
+    # Given a finished task with 3 events (running, bench, end)
+    task_id = running_task(store)
+    bench_events(store, task_id, 1)
+    store.finish(task_id, ExitCode.COMPLETED)
+    last = store.last_seq(task_id)
+    # When a client reattaches with Last-Event-ID at its end event, or past it, on a stream whose keepalive is an hour
+    after = last if position == "at" else last + 100
+    seen: list[Any] = []
+    reader = threading.Thread(target=lambda: seen.extend(hub.frames(task_id, after, keepalive=3600)), daemon=True)
+    reader.start()
+    reader.join(30)  # a bound for a loaded machine; the stream used to idle for one keepalive before closing
+    # Then the stream has closed with nothing to send, no keepalive, and no subscription left behind
+    assert not reader.is_alive(), "the stream of a finished task did not close"
+    assert seen == [] and hub.subscribers == 0
+
+
+def test_a_finished_task_replays_its_tail_and_closes(store: TaskStore, hub: EventHub) -> None:
+    task_id = running_task(store)
+    bench_events(store, task_id, 3)
+    store.finish(task_id, ExitCode.COMPLETED)
+    # events: 1 status (running), 2-4 bench, 5 end
+    seen = [(d.seq, d.event["type"]) for d in hub.frames(task_id, 2, keepalive=3600) if d is not None]
+    assert seen == [(3, "bench"), (4, "bench"), (5, "end")]

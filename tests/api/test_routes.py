@@ -464,10 +464,11 @@ def _check_refs(spec: dict[str, Any], node: Any) -> None:
 
 
 def check_openapi3(spec: dict[str, Any]) -> None:
-    """The structural rules of OpenAPI 3.0 that a client generator relies on."""
-    assert re.fullmatch(r"3\.0\.\d+", spec["openapi"]), spec["openapi"]
+    """The structural rules of OpenAPI 3.1 that a client generator relies on."""
+    assert re.fullmatch(r"3\.1\.\d+", spec["openapi"]), spec["openapi"]
     assert spec["info"]["title"] and spec["info"]["version"]
-    assert set(spec) <= {"openapi", "info", "servers", "paths", "components", "security", "tags", "externalDocs"}
+    assert set(spec) <= {"openapi", "info", "servers", "paths", "components", "security", "tags", "externalDocs",
+                         "webhooks", "jsonSchemaDialect"}
     _check_refs(spec, spec)
     operation_ids = []
     for path, item in spec["paths"].items():
@@ -479,6 +480,9 @@ def check_openapi3(spec: dict[str, Any]) -> None:
             assert op["responses"], (path, method)
             for code, response in op["responses"].items():
                 assert re.fullmatch(r"[1-5]\d\d|default", code) and response["description"], (path, code)
+                for link in response.get("links", {}).values():
+                    assert link["operationId"] in {o["operationId"] for i in spec["paths"].values()
+                                                   for o in i.values()}, link
             params = [_resolve(spec, p["$ref"]) if "$ref" in p else p for p in op.get("parameters", [])]
             in_path = {p["name"] for p in params if p["in"] == "path"}
             assert in_path == templated, (path, method, in_path)
@@ -580,16 +584,91 @@ def test_pause_and_resume_of_a_running_task(client: FlaskClient, store: TaskStor
     assert store.claim(task_id, "worker-1")[0] == "started"
     assert client.post(f"/agent/tasks/{task_id}/pause", headers=AUTH).get_json() == {"status": "paused"}
     assert client.get(f"/agent/tasks/{task_id}", headers=AUTH).get_json()["status"] == "paused"
-    resp = client.post(f"/agent/tasks/{task_id}/pause", headers=AUTH)
-    assert error_of(resp, 409)["message"] == "cannot pause a task that is paused"
     assert client.post(f"/agent/tasks/{task_id}/resume", headers=AUTH).get_json() == {"status": "running"}
 
 
-def test_resume_of_a_queued_task_is_a_409(client: FlaskClient, store: TaskStore) -> None:
+def test_a_retried_pause_resume_or_cancel_answers_200_with_the_status_reached(client: FlaskClient,
+                                                                               store: TaskStore) -> None:
+    # Given a running task
+    task_id = start(client)
+    assert store.claim(task_id, "worker-1")[0] == "started"
+    for verb, status in (("pause", "paused"), ("resume", "running"), ("cancel", "cancelled")):
+        # When the call is made twice (a client retrying after a lost answer)
+        first = client.post(f"/agent/tasks/{task_id}/{verb}", headers=AUTH)
+        events = len(store.read_events(task_id))
+        again = client.post(f"/agent/tasks/{task_id}/{verb}", headers=AUTH)
+        # Then both answer 200 with the status asked for, and the second wrote nothing
+        assert (first.status_code, first.get_json()) == (200, {"status": status}), first.get_data(as_text=True)
+        assert (again.status_code, again.get_json()) == (200, {"status": status}), again.get_data(as_text=True)
+        assert len(store.read_events(task_id)) == events
+    # And once cancelled, what cannot be reached any more is a final 409
+    for verb in ("pause", "resume"):
+        resp = client.post(f"/agent/tasks/{task_id}/{verb}", headers=AUTH)
+        assert error_of(resp, 409)["message"] == f"cannot {verb} a task that is cancelled"
+        assert resp.headers["x-should-retry"] == "false"
+
+
+def test_resume_of_a_queued_task_answers_its_status(client: FlaskClient, store: TaskStore) -> None:
+    # A queued task is not paused: there is nothing to resume, and it will run
     task_id = start(client)
     resp = client.post(f"/agent/tasks/{task_id}/resume", headers=AUTH)
-    assert error_of(resp, 409)["type"] == "conflict"
+    assert (resp.status_code, resp.get_json()) == (200, {"status": "queued"})
     assert store.get(task_id).status == "queued"  # type: ignore[index]
+    assert [e["type"] for _, e in store.read_events(task_id)] == ["status"]
+
+
+@pytest.mark.parametrize("code", [ExitCode.FAILED, ExitCode.TIMED_OUT])
+def test_cancel_of_a_task_that_ended_otherwise_is_a_final_409(client: FlaskClient, store: TaskStore,
+                                                              code: ExitCode) -> None:
+    task_id = start(client)
+    run_and_finish(store, task_id, code)
+    resp = client.post(f"/agent/tasks/{task_id}/cancel", headers=AUTH)
+    assert error_of(resp, 409)["type"] == "conflict" and resp.headers["x-should-retry"] == "false"
+
+
+def test_a_message_with_a_repeated_idempotency_key_is_delivered_once(client: FlaskClient, store: TaskStore) -> None:
+    # Given a queued task
+    task_id = start(client)
+    headers = {**AUTH, "Idempotency-Key": "msg-1"}
+    # When the same message is sent twice with one Idempotency-Key, then once with another key
+    first = client.post(f"/agent/tasks/{task_id}/messages", json={"message": "check the footer"}, headers=headers)
+    again = client.post(f"/agent/tasks/{task_id}/messages", json={"message": "check the footer"}, headers=headers)
+    other = client.post(f"/agent/tasks/{task_id}/messages", json={"message": "check the footer"},
+                        headers={**AUTH, "Idempotency-Key": "msg-2"})
+    # Then all answer 200, the repeat says it was replayed, and the inbox holds the message twice (two keys)
+    for resp in (first, again, other):
+        assert (resp.status_code, resp.get_json()) == (200, {"status": "queued"})
+    assert again.headers.get("Idempotent-Replayed") == "true" and "Idempotent-Replayed" not in first.headers
+    assert [m["content"] for m in store.inbox(task_id)] == ["check the footer"] * 2
+    assert [e["type"] for _, e in store.read_events(task_id)] == ["status", "message", "message"]
+    # And the record still reads as a Task (the key is the store's bookkeeping), and after the task ended the
+    # repeat still answers as delivered, while a new message is refused
+    run_and_finish(store, task_id)
+    assert store.get(task_id).status == "completed"  # type: ignore[union-attr]
+    late = client.post(f"/agent/tasks/{task_id}/messages", json={"message": "check the footer"}, headers=headers)
+    assert (late.status_code, late.get_json()) == (200, {"status": "completed"})
+    fresh = client.post(f"/agent/tasks/{task_id}/messages", json={"message": "new"},
+                        headers={**AUTH, "Idempotency-Key": "msg-3"})
+    assert error_of(fresh, 409)["type"] == "conflict"
+    assert len(store.inbox(task_id)) == 2
+
+
+def test_the_same_idempotency_key_on_another_task_is_another_message(client: FlaskClient, store: TaskStore) -> None:
+    first, second = start(client), start(client)
+    for task_id in (first, second):
+        resp = client.post(f"/agent/tasks/{task_id}/messages", json={"message": "hi"},
+                           headers={**AUTH, "Idempotency-Key": "same"})
+        assert resp.status_code == 200 and "Idempotent-Replayed" not in resp.headers
+        assert len(store.inbox(task_id)) == 1
+
+
+@pytest.mark.parametrize("key", ["", "k" * 256])
+def test_a_bad_idempotency_key_on_a_message_is_a_422(client: FlaskClient, store: TaskStore, key: str) -> None:
+    task_id = start(client)
+    resp = client.post(f"/agent/tasks/{task_id}/messages", json={"message": "hi"},
+                       headers={**AUTH, "Idempotency-Key": key})
+    assert list(error_of(resp, 422)["fields"]) == ["Idempotency-Key"]
+    assert store.inbox(task_id) == []
 
 
 @pytest.mark.parametrize(("body", "field"), [({"message": ""}, "message"), ({}, "message"),
@@ -631,9 +710,10 @@ def test_cancel_of_a_queued_task_ends_it(client: FlaskClient, store: TaskStore) 
     events = store.read_events(task_id)
     assert [e["type"] for _, e in events] == ["status", "end"]
     assert events[-1][1]["exit_code"] == 4 and events[-1][1]["status"] == "cancelled"
-    # and a second cancel is a final conflict
+    # and a second cancel (a retry) answers the status reached, writing nothing
     again = client.post(f"/agent/tasks/{task_id}/cancel", headers=AUTH)
-    assert error_of(again, 409)["type"] == "conflict" and again.headers["x-should-retry"] == "false"
+    assert (again.status_code, again.get_json()) == (200, {"status": "cancelled"})
+    assert len(store.read_events(task_id)) == 2
 
 
 # --- events -------------------------------------------------------------------------------------------------------
@@ -653,7 +733,7 @@ def test_events_of_an_ended_task_replay_in_order_and_close(client: FlaskClient, 
     assert frames[-1][1]["status"] == "completed" and frames[-1][1]["result"] == "ok"
     assert all(e["task_id"] == task_id for _, e in frames)
     step = frames[2][1]
-    assert step["screenshot_url"].endswith(f"/agent/tasks/{task_id}/screenshots/1") and "screenshot" not in step
+    assert f"/agent/tasks/{task_id}/screenshots/1?expires=" in step["screenshot_url"] and "screenshot" not in step
     # And a reconnect with Last-Event-ID (or ?after=) replays only what followed
     tail = sse_frames(client.get(f"/agent/tasks/{task_id}/events", headers={**AUTH, "Last-Event-ID": "3"}))
     assert [i for i, _ in tail] == [4, 5]

@@ -148,3 +148,12 @@ def test_keys_limits_sets_a_tenants_daily_budget(redis_url: str, monkeypatch: py
     assert principal.daily_budget_usd == 2.5
     assert main(["keys", "limits", "t_acme", "--daily-budget", "-1"]) == 2
     assert "daily budget -1.0: expected USD >= 0" in capsys.readouterr().err
+
+
+def test_api_refuses_a_short_url_signing_key_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LODESTAR_URL_SIGNING_KEY", "too-short")
+    monkeypatch.setenv("LODESTAR_API_KEYS", "k1")
+    assert main(["api"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lodestar: LODESTAR_URL_SIGNING_KEY: use at least 32")
