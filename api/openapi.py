@@ -12,6 +12,7 @@ from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import validate
 
 from api.routes.tasks import DEFAULT_WAIT, EPOCH_MAX
 from shared.models import BUILTIN, registry
@@ -30,6 +31,7 @@ from shared.schemas import (
     make_message_schema,
     make_start_schema,
 )
+from shared.secrets import NAME as SECRET_NAME
 from shared.settings import Settings
 from shared.signing import EXPIRES_PATTERN, SIG_PATTERN
 from shared.states import Status
@@ -123,8 +125,9 @@ def _list_parameters(settings: Settings) -> list[dict[str, Any]]:
          "schema": {"anyOf": [{"type": "string", "pattern": CURSOR_PATTERN}, _ABSENT]}},
         {"name": "wait_reason", "in": "query", "schema": {"type": "string"},
          "description": "Queued tasks whose wait_reason starts with this: \"tenant max_running reached\", \"no "
-                        "worker\", \"rate limited\" or \"queued behind\" (implies status=queued); every queued task "
-                        "in a page carries its queue_position and wait_reason"},
+                        "worker\", \"rate limited\" or \"queued behind\" (only queued tasks wait: it narrows status to "
+                        "queued, and a status list without queued matches no task); every queued task in a page "
+                        "carries its queue_position and wait_reason"},
     ]
 
 
@@ -160,8 +163,8 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
                            "call would go over it fails with exit code 8 (GET /agent/batches/{id} shows "
                            "max_cost_usd and spent_usd).",
             "requestBody": _body({"anyOf": [batch_items, {"type": "object", "required": ["tasks"], "properties": {
-                "tasks": batch_items, "max_cost_usd": {"type": "number", "exclusiveMinimum": 0,
-                                                       "description": "the batch's budget in USD"}}}]}),
+                "tasks": batch_items, "max_cost_usd": {"type": ["number", "null"], "exclusiveMinimum": 0,
+                                                       "maximum": 1e9, "description": "the batch's budget in USD"}}}]}),
             "responses": {"200": {"description": "The batch's outcome", "links": {"batch_summary": {
                 "operationId": "batch_summary", "parameters": {"id": "$response.body#/batch_id"}}},
                 "content": {"application/json": {"schema": _ref("BatchOutcome")}}},
@@ -283,6 +286,8 @@ def glob_pattern(globs: list[str]) -> str:
 
 def _task_start_rules(schema: dict[str, Any], settings: Settings) -> None:
     """What apispec cannot say about TaskStart: a task needs an offline agent_type or a model the registry knows;
+    a model task's max_cost_usd needs a priced model; output_schema needs a model or the scripted agent; secrets
+    need LODESTAR_SECRETS_KEY and names like {{name}};
     metadata keys are 1 to 64 characters and at most ``max_metadata_keys``."""
     models = registry(settings)
     known = glob_pattern([*models.entries, *(pattern for pattern, _ in BUILTIN)])
@@ -290,15 +295,57 @@ def _task_start_rules(schema: dict[str, Any], settings: Settings) -> None:
     if not models.known(settings.default_model):
         model_rule["required"] = ["model"]
     schema["anyOf"] = [{"required": ["agent_type"]}, model_rule]
+    # a model task's budget needs the model's price (LODESTAR_MODEL_PRICES): no price, no max_cost_usd
+    priced: dict[str, Any] = {"properties": {"model": {"pattern": glob_pattern(list(models.prices))}}}
+    if not models.prices:
+        priced = {"not": {}}
+    elif (default := models.resolve(settings.default_model)) is None or default.price_input is None:
+        priced["required"] = ["model"]
+    schema["allOf"] = [{"if": {"required": ["max_cost_usd"], "not": {"required": ["agent_type"]}}, "then": priced},
+                       # the heuristic agent gives no structured answers
+                       {"not": {"required": ["agent_type", "output_schema"],
+                                "properties": {"agent_type": {"const": "heuristic"}}}}]
+    secrets = schema["properties"]["secrets"]
+    secrets.pop("maxLength", None)  # apispec's rendering of Length on a Dict
+    secrets.update(maxProperties=50 if settings.secrets_key else 0,
+                   propertyNames={"pattern": "^" + SECRET_NAME.pattern + "$"})
     metadata = schema["properties"]["metadata"]
     metadata.pop("maxLength", None)  # apispec's rendering of Length on a Dict
     metadata.update(maxProperties=settings.max_metadata_keys, propertyNames={"minLength": 1, "maxLength": 64})
 
 
+def exclusive_bounds(self: Any, field: Any, **kwargs: Any) -> dict[str, Any]:
+    """apispec attribute function: a ``validate.Range`` with an open end (``min_inclusive=False`` or
+    ``max_inclusive=False``) as JSON Schema 2020-12's numeric ``exclusiveMinimum`` / ``exclusiveMaximum``
+    (apispec 6 renders every Range as closed, so a document would allow the bound the API refuses)."""
+    out: dict[str, Any] = {}
+    for validator in getattr(field, "validators", []):
+        if isinstance(validator, validate.Range):
+            if validator.min is not None and not validator.min_inclusive:
+                out["exclusiveMinimum"] = validator.min
+            if validator.max is not None and not validator.max_inclusive:
+                out["exclusiveMaximum"] = validator.max
+    return out
+
+
+def _close_open_ends(node: Any) -> None:
+    """Drop ``minimum`` / ``maximum`` where an exclusive bound of the same value says it (see exclusive_bounds)."""
+    if isinstance(node, dict):
+        for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+            if exclusive in node and node.get(bound) == node[exclusive]:
+                del node[bound]
+        for value in node.values():
+            _close_open_ends(value)
+    elif isinstance(node, list):
+        for value in node:
+            _close_open_ends(value)
+
+
 def build_spec(settings: Settings) -> dict[str, Any]:
     """The OpenAPI 3.1.0 document as a dict."""
+    plugin = MarshmallowPlugin()
     spec = APISpec(
-        title="Lodestar Agent Tasks API", version="0.1.0", openapi_version="3.1.0", plugins=[MarshmallowPlugin()],
+        title="Lodestar Agent Tasks API", version="0.1.0", openapi_version="3.1.0", plugins=[plugin],
         info={"description": (
             "Wire-compatible with Lightcone's Agent Tasks API (point the tzafon SDK's base_url here), plus task "
             "management. Webhooks: see shared/webhooks.py for the signature (Lodestar-Signature: v1=HMAC-SHA256 "
@@ -315,6 +362,8 @@ def build_spec(settings: Settings) -> dict[str, Any]:
     spec.components.security_scheme("signedUrl", {
         "type": "apiKey", "in": "query", "name": "sig", "description": "The signature of a signed screenshot URL "
         f"(with its expires; {SIG_PATTERN}), as the API hands them out: no bearer key needed"})
+    assert plugin.converter is not None  # set by APISpec's init_spec
+    plugin.converter.add_attribute_function(exclusive_bounds)
     spec.components.schema("TaskStart", schema=make_start_schema(settings))
     for name, schema in (("TaskStartResponse", TaskStartResponseSchema), ("Task", TaskSchema),
                          ("TaskList", TaskListSchema), ("StatusResponse", StatusResponseSchema),
@@ -325,6 +374,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
     for path, ops in operations(settings).items():
         spec.path(path=path, operations=ops)
     document = spec.to_dict()
+    _close_open_ends(document)
     schemas = document["components"]["schemas"]
     _task_start_rules(schemas["TaskStart"], settings)
     schemas["CancelMany"]["anyOf"] = [{"required": ["task_ids"]}, {"required": ["filter"]}]
