@@ -14,7 +14,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import validate
 
-from api.routes.tasks import DEFAULT_WAIT, EPOCH_MAX
+from api.routes.tasks import DEFAULT_WAIT, EPOCH_MAX, WAIT_REASON_PATTERN
 from shared.models import BUILTIN, registry
 from shared.schemas import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -123,7 +123,7 @@ def _list_parameters(settings: Settings) -> list[dict[str, Any]]:
                                                     "maximum": settings.list_max_limit, "default": 50}},
         {"name": "cursor", "in": "query", "description": "next_cursor of the previous page",
          "schema": {"anyOf": [{"type": "string", "pattern": CURSOR_PATTERN}, _ABSENT]}},
-        {"name": "wait_reason", "in": "query", "schema": {"type": "string"},
+        {"name": "wait_reason", "in": "query", "schema": {"type": "string", "pattern": WAIT_REASON_PATTERN},
          "description": "Queued tasks whose wait_reason starts with this: \"tenant max_running reached\", \"no "
                         "worker\", \"rate limited\" or \"queued behind\" (only queued tasks wait: it narrows status to "
                         "queued, and a status list without queued matches no task); every queued task in a page "

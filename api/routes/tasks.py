@@ -218,6 +218,23 @@ def filter_from_args() -> TaskFilter:
                       wait_reason=wait_reason)
 
 
+def _literal(text: str) -> str:
+    """``text`` as a regular expression both Python and ECMA 262 (in unicode mode) read alike."""
+    return "".join("\\" + c if c in "\\^$.|?*+()[]{}/" else c for c in text)
+
+
+def _prefixes(text: str) -> str:
+    """A regular expression matching every non-empty prefix of ``text`` ("ab" -> "a(?:b)?")."""
+    out = ""
+    for ch in reversed(text):
+        out = _literal(ch) + (f"(?:{out})?" if out else "")
+    return out
+
+
+WAIT_REASON_PATTERN = "^(?:" + "|".join([_prefixes(r) + "|" + _literal(r) + r"[\s\S]*" for r in REASONS]) + ")?$"
+"""What the list's ``wait_reason`` filter takes (the OpenAPI document's ``pattern``, ECMA 262 and Python alike):
+empty, a prefix of a reason in ``REASONS`` ("queued"), or a reason and more ("queued behind 3")."""
+
 @bp.get("/agent/tasks")
 def list_tasks() -> Response:
     """The tenant's tasks, newest first, filtered; ``next_cursor`` pages on (null at the end)."""
