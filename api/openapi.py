@@ -252,6 +252,18 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
                   "healthy"),
             "503": {"description": "Redis down", "content": {"application/json": {"schema": {"type": "object"}}}},
             **_errors()}}},
+        "/metrics": {"get": {
+            "operationId": "metrics", "summary": "The fleet's Prometheus metrics (text exposition format)",
+            "description": "Fleet-wide figures read from Redis, the same from any API process (docs/operations.md, "
+                           "Metrics). No API key; with LODESTAR_METRICS_TOKEN set, that token as a bearer key.",
+            "security": [{}, {"metricsToken": []}],
+            "responses": {"200": {"description": "The Prometheus text exposition format", "content": {"text/plain": {
+                "schema": {"type": "string"}}}},
+                "401": {"description": "LODESTAR_METRICS_TOKEN is set and the request does not carry it",
+                        "content": {"application/json": {"schema": _ref("Error")}}},
+                "503": {"description": _ERRORS[503], "headers": _RETRY_AFTER,
+                        "content": {"application/json": {"schema": _ref("Error")}}},
+                **_errors()}}},
         "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document", "security": [],
                                   "responses": {**_ok({"type": "object"}, "OpenAPI 3.1 JSON"), **_errors()}}},
     }
@@ -312,6 +324,8 @@ def build_spec(settings: Settings) -> dict[str, Any]:
         security=[{"bearer": []}],
     )
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    spec.components.security_scheme("metricsToken", {"type": "http", "scheme": "bearer", "description":
+                                     "LODESTAR_METRICS_TOKEN, when the deployment sets one (GET /metrics only)"})
     spec.components.security_scheme("signedUrl", {
         "type": "apiKey", "in": "query", "name": "sig", "description": "The signature of a signed screenshot URL "
         f"(with its expires; {SIG_PATTERN}), as the API hands them out: no bearer key needed"})
