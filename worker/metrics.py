@@ -24,7 +24,15 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
 
 from shared.settings import Settings
 from worker.lifecycle import pool_children
@@ -93,6 +101,9 @@ def setup(app: Celery, settings: Settings) -> None:
         shutil.rmtree(path, ignore_errors=True)  # figures of an earlier run of this worker: not ours
         os.makedirs(path, exist_ok=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        # prometheus-client picks its value class (in memory, or per-process files) when it is first imported,
+        # which may have happened before this worker knew its port: pick it again now that the folder is set
+        values.ValueClass = values.get_value_class()
         _folder[:] = [path]
     metrics()
 
