@@ -256,11 +256,12 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
             "operationId": "metrics", "summary": "The fleet's Prometheus metrics (text exposition format)",
             "description": "Fleet-wide figures read from Redis, the same from any API process (docs/operations.md, "
                            "Metrics). No API key; with LODESTAR_METRICS_TOKEN set, that token as a bearer key.",
-            "security": [{}, {"metricsToken": []}],
+            "security": [{"metricsToken": []}] if settings.metrics_token else [],
             "responses": {"200": {"description": "The Prometheus text exposition format", "content": {"text/plain": {
                 "schema": {"type": "string"}}}},
-                "401": {"description": "LODESTAR_METRICS_TOKEN is set and the request does not carry it",
-                        "content": {"application/json": {"schema": _ref("Error")}}},
+                **({"401": {"description": "The request does not carry LODESTAR_METRICS_TOKEN",
+                            "content": {"application/json": {"schema": _ref("Error")}}}}
+                   if settings.metrics_token else {}),
                 "503": {"description": _ERRORS[503], "headers": _RETRY_AFTER,
                         "content": {"application/json": {"schema": _ref("Error")}}},
                 **_errors()}}},

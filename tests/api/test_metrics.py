@@ -120,9 +120,12 @@ def test_metrics_is_503_when_redis_is_down(settings: Settings) -> None:
     assert resp.status_code == 503 and resp.headers["retry-after"]
 
 
-def test_metrics_is_in_the_openapi_document(app: Flask) -> None:
-    op = app.test_client().get("/openapi.json").get_json()["paths"]["/metrics"]["get"]
-    assert "text/plain" in op["responses"]["200"]["content"] and {} in op["security"]
+def test_metrics_is_in_the_openapi_document_as_the_deployment_serves_it(settings: Settings) -> None:
+    for token in ("", "s3cret-metrics"):
+        client = create_app(test_config=api_settings(settings, metrics_token=token)).test_client()
+        op = client.get("/openapi.json").get_json()["paths"]["/metrics"]["get"]
+        assert "text/plain" in op["responses"]["200"]["content"]
+        assert (op["security"], "401" in op["responses"]) == (([{"metricsToken": []}], True) if token else ([], False))
 
 
 def test_unknown_or_malformed_counter_fields_are_skipped(app: Flask) -> None:
