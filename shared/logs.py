@@ -47,6 +47,11 @@ def bound(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
+def current() -> dict[str, Any]:
+    """A copy of the fields bound in the current context (those of :data:`FIELDS` and any other)."""
+    return dict(_context.get())
+
+
 def clear() -> None:
     """Forget every bound field in the current context (the end of an API request)."""
     _context.set({})

@@ -26,6 +26,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Gauge,
     Histogram,
@@ -53,22 +54,23 @@ class WorkerMetrics:
     duration: ``lodestar_task_duration_seconds{kind, status}``, from the first start to the end this worker
     recorded. control: ``lodestar_control_latency_seconds{command}``, from the API's command to the worker applying
     it. slots: ``lodestar_worker_slots{state}`` gauge, busy / idle slots (pool processes) of live processes.
+    ``registry``: where they are registered (in multiprocess mode the files are read instead).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
         self.step = Histogram("lodestar_step_seconds", "Seconds of one phase of an agent step (observe: the "
                               "screenshot and page state; decide: the policy or model call; act: the actions)",
-                              ["kind", "phase"], buckets=STEP_BUCKETS)
+                              ["kind", "phase"], buckets=STEP_BUCKETS, registry=registry)
         self.queue_wait = Histogram("lodestar_queue_wait_seconds", "Seconds from a task's submit to its first "
-                                    "claim by a worker", ["kind", "priority"], buckets=WAIT_BUCKETS)
+                                    "claim by a worker", ["kind", "priority"], buckets=WAIT_BUCKETS, registry=registry)
         self.duration = Histogram("lodestar_task_duration_seconds", "Seconds from a task's first start to the "
                                   "end its worker recorded, by terminal status", ["kind", "status"],
-                                  buckets=DURATION_BUCKETS)
+                                  buckets=DURATION_BUCKETS, registry=registry)
         self.control = Histogram("lodestar_control_latency_seconds", "Seconds from a control call on the API "
                                  "(pause, resume, cancel, message) to its task's worker applying it",
-                                 ["command"], buckets=CONTROL_BUCKETS)
+                                 ["command"], buckets=CONTROL_BUCKETS, registry=registry)
         self.slots = Gauge("lodestar_worker_slots", "The worker's task slots (pool processes) by state (busy: "
-                           "running a task; idle)", ["state"], multiprocess_mode="livesum")
+                           "running a task; idle)", ["state"], multiprocess_mode="livesum", registry=registry)
 
 
 _metrics: list[WorkerMetrics] = []
@@ -137,8 +139,6 @@ def setup(app: Celery, settings: Settings) -> None:
 def registry() -> CollectorRegistry:
     """A registry of every process's figures (multiprocess mode), or of this process's when there is no folder."""
     if not _folder:
-        from prometheus_client import REGISTRY
-
         return REGISTRY
     reg = CollectorRegistry()
     multiprocess.MultiProcessCollector(reg, path=_folder[0])

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
@@ -163,3 +166,32 @@ def test_json_log_lines_carry_the_request_context(app: Flask, capsys: pytest.Cap
     assert [(x["message"], x["task_id"], x["tenant"], x["attempt"]) for x in lines] == [
         ("inside", "task_x", "t1", 2), ("outside", None, None, None)]
     assert all(x["worker"].endswith(f":{os.getpid()}") and x["level"] == "INFO" for x in lines)
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana-dashboard.json"
+
+
+def documented() -> dict[str, str]:
+    """``{metric name: type}`` of the Metrics table of docs/operations.md."""
+    section = DOCS.read_text().split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| `(lodestar_\w+)` \| (\w+) \|", section, re.M))
+
+
+def test_every_metric_is_documented_with_its_type(app: Flask) -> None:
+    from worker.metrics import WorkerMetrics
+
+    table = documented()
+    start(app.test_client())
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    exported = {f.name: f.type for f in text_string_to_metric_families(text)}
+    worker = {m._name: m._type for m in vars(WorkerMetrics(CollectorRegistry())).values()}  # type: ignore[attr-defined]
+    names = {**{f"{n}_total" if t == "counter" else n: t for n, t in exported.items()}, **worker}
+    assert table == names
+
+
+def test_the_dashboard_reads_only_documented_metrics() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    used = {re.sub(r"_(bucket|count|sum)$", "", name) for panel in dashboard["panels"]
+            for target in panel["targets"] for name in re.findall(r"lodestar_\w+", target["expr"])}
+    assert used and used <= set(documented()), used - set(documented())
