@@ -58,13 +58,17 @@ def clear() -> None:
 
 
 class ContextFilter(logging.Filter):
-    """Puts :data:`FIELDS` on every record that passes (bound values, else None; ``worker``: "host:pid")."""
+    """Puts :data:`FIELDS` on every record that passes (bound values, else None; ``worker``: "host:pid"). Celery's
+    own lines about a ``lodestar.run_task`` message (received, succeeded...) get its id, the task's."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         ctx = _context.get()
         for name in FIELDS:
             if getattr(record, name, None) is None:
                 setattr(record, name, ctx.get(name))
+        data = getattr(record, "data", None)  # Celery's "received" / "succeeded" lines of a run message
+        if record.task_id is None and isinstance(data, dict) and data.get("name") == "lodestar.run_task":  # type: ignore[attr-defined]
+            record.task_id = data.get("id")
         if record.worker is None:  # type: ignore[attr-defined]
             record.worker = f"{_host}:{os.getpid()}"
         return True

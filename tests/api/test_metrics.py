@@ -159,12 +159,13 @@ def test_json_log_lines_carry_the_request_context(app: Flask, capsys: pytest.Cap
         with logs.bound(task_id="task_x", tenant="t1", attempt=2):
             logger.info("inside")
         logger.info("outside")
+        logger.info("celery", extra={"data": {"name": "lodestar.run_task", "id": "task_y"}})  # Celery's own lines
     finally:
         logger.removeHandler(handler)
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     # Then every line has the four fields (null outside a task; worker: the process)
     assert [(x["message"], x["task_id"], x["tenant"], x["attempt"]) for x in lines] == [
-        ("inside", "task_x", "t1", 2), ("outside", None, None, None)]
+        ("inside", "task_x", "t1", 2), ("outside", None, None, None), ("celery", "task_y", None, None)]
     assert all(x["worker"].endswith(f":{os.getpid()}") and x["level"] == "INFO" for x in lines)
 
 
