@@ -13,6 +13,7 @@ counting). Without a port the metrics still exist, in memory, unexported (tests,
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import os
 import shutil
@@ -161,7 +162,7 @@ def serve(settings: Settings) -> ThreadingHTTPServer:
                 self.send_error(404)
                 return
             given = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
-            if token and given != token:
+            if token and not hmac.compare_digest(given.encode(), token.encode()):
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", "Bearer")
                 self.end_headers()
