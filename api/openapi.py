@@ -30,6 +30,7 @@ from shared.schemas import (
     make_message_schema,
     make_start_schema,
 )
+from shared.secrets import NAME as SECRET_NAME
 from shared.settings import Settings
 from shared.signing import EXPIRES_PATTERN, SIG_PATTERN
 from shared.states import Status
@@ -161,6 +162,7 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
                            "max_cost_usd and spent_usd).",
             "requestBody": _body({"anyOf": [batch_items, {"type": "object", "required": ["tasks"], "properties": {
                 "tasks": batch_items, "max_cost_usd": {"type": "number", "exclusiveMinimum": 0,
+                                                       "exclusiveMaximum": 1e9,
                                                        "description": "the batch's budget in USD"}}}]}),
             "responses": {"200": {"description": "The batch's outcome", "links": {"batch_summary": {
                 "operationId": "batch_summary", "parameters": {"id": "$response.body#/batch_id"}}},
@@ -303,6 +305,30 @@ def _task_start_rules(schema: dict[str, Any], settings: Settings) -> None:
     if not models.known(settings.default_model):
         model_rule["required"] = ["model"]
     schema["anyOf"] = [{"required": ["agent_type"]}, model_rule]
+    budget = schema["properties"]["max_cost_usd"]  # Range(0, ..., min_inclusive=False): apispec drops "exclusive"
+    budget.pop("minimum", None)
+    budget["exclusiveMinimum"] = 0
+    # a budget on a model task needs the model's price (LODESTAR_MODEL_PRICES): no price, no budget
+    prices = list(models.prices)
+    priced: dict[str, Any] = {"not": {}}
+    if prices:
+        priced = {"properties": {"model": {"type": "string", "pattern": glob_pattern(prices)}}}
+        default = models.resolve(settings.default_model)
+        if default is None or default.price_input is None:  # the default model has no price: name a priced one
+            priced["required"] = ["model"]
+    budget_rule = {"if": {"required": ["max_cost_usd"], "properties": {"max_cost_usd": {"type": "number"}},
+                          "not": {"required": ["agent_type"], "properties": {"agent_type": {"type": "string",
+                                                                                            "minLength": 1}}}},
+                   "then": priced}
+    # the heuristic agent gives no structured answers
+    heuristic_rule = {"if": {"required": ["agent_type"], "properties": {"agent_type": {"const": "heuristic"}}},
+                      "then": {"not": {"required": ["output_schema"],
+                                       "properties": {"output_schema": {"type": "object"}}}}}
+    schema["allOf"] = [budget_rule, heuristic_rule]
+    # secrets: at most 50, each named as {{name}} can be written (shared/secrets.py NAME)
+    secrets = schema["properties"]["secrets"]
+    secrets.pop("maxLength", None)
+    secrets.update(maxProperties=50, propertyNames={"pattern": "^" + SECRET_NAME.pattern + "$"})
     metadata = schema["properties"]["metadata"]
     metadata.pop("maxLength", None)  # apispec's rendering of Length on a Dict
     metadata.update(maxProperties=settings.max_metadata_keys, propertyNames={"minLength": 1, "maxLength": 64})
