@@ -77,7 +77,7 @@ def test_metrics_show_the_figures_of_a_miniwob_batch(stack: tuple[LiveStack, str
     api = lambda: scrape(f"{live.base_url}/metrics", "metrics-token")  # noqa: E731
     worker = lambda: scrape(f"http://127.0.0.1:{port}/metrics", "metrics-token")  # noqa: E731
     # Given a slow scripted task, paused once it has taken a step (it holds its slot while paused)
-    slow = "\n".join([f"goto {pages}/miniwob/click-button.html?seed=1", *["wait 0.2"] * 10, 'done "slow"'])
+    slow = "\n".join([f"goto {pages}/miniwob/click-button.html?seed=1", *["wait 0.2"] * 30, 'done "slow"'])
     held = http.post(f"{live.base_url}/agent/tasks", json={
         "agent_type": "scripted", "instruction": slow, "viewport_width": 640, "viewport_height": 480},
         timeout=30).json()["task_id"]
