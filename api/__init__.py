@@ -10,14 +10,14 @@ from __future__ import annotations
 import gc
 
 import redis
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 
 from api import bodies, errors, openapi
 from api.fanout import EndWatcher, EventHub
 from api.routes import BLUEPRINTS, sock
 from api.routes.tasks import TaskIdConverter
 from api.state import EXTENSION, AppState
-from shared import signing
+from shared import logs, signing
 from shared.queue import Dispatcher, make_celery
 from shared.schemas import make_cancel_schema, make_message_schema, make_start_schema
 from shared.secrets import SecretsError, check_key
@@ -31,7 +31,7 @@ def create_app(test_config: Settings | None = None) -> Flask:
 
     Raises:
         ValueError: a setting is unusable (a malformed default rate limit or model registry, a URL signing key
-            shorter than 32 characters).
+            shorter than 32 characters, a log format other than text or json).
     """
     settings = test_config or load_settings()
     try:
@@ -43,6 +43,7 @@ def create_app(test_config: Settings | None = None) -> Flask:
     except SecretsError as exc:
         raise ValueError(str(exc)) from None
     signing.check_settings(settings)
+    logs.configure(settings.log_format, ("gunicorn.error",))
     _raise_open_file_limit()
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -60,6 +61,18 @@ def create_app(test_config: Settings | None = None) -> Flask:
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     sock.init_app(app)
+
+    @app.before_request
+    def _log_context() -> None:  # every line of the request names its task (the tenant: api/auth.py)
+        logs.clear()
+        args = request.view_args or {}
+        task_id = args.get("task_id") or args.get("id")
+        if isinstance(task_id, str):
+            logs.bind(task_id=task_id)
+
+    @app.teardown_request
+    def _log_context_end(_: BaseException | None) -> None:
+        logs.clear()
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:

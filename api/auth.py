@@ -10,6 +10,7 @@ from flask import g, request
 
 from api.errors import ApiError, not_found
 from api.state import state
+from shared import logs
 from shared.task import Task
 
 
@@ -29,6 +30,7 @@ def authenticate() -> None:
         raise ApiError(401, "unauthorized", "invalid or revoked API key")
     g.principal = principal
     g.tenant = principal.tenant
+    logs.bind(tenant=principal.tenant)
     if principal.rate_limit:
         wait = st.rate_limits.retry_after(principal.tenant, principal.rate_limit)
         if wait:

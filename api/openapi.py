@@ -255,6 +255,19 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
                   "healthy"),
             "503": {"description": "Redis down", "content": {"application/json": {"schema": {"type": "object"}}}},
             **_errors()}}},
+        "/metrics": {"get": {
+            "operationId": "metrics", "summary": "The fleet's Prometheus metrics (text exposition format)",
+            "description": "Fleet-wide figures read from Redis, the same from any API process (docs/operations.md, "
+                           "Metrics). No API key; with LODESTAR_METRICS_TOKEN set, that token as a bearer key.",
+            "security": [{"metricsToken": []}] if settings.metrics_token else [],
+            "responses": {"200": {"description": "The Prometheus text exposition format", "content": {"text/plain": {
+                "schema": {"type": "string"}}}},
+                **({"401": {"description": "The request does not carry LODESTAR_METRICS_TOKEN",
+                            "content": {"application/json": {"schema": _ref("Error")}}}}
+                   if settings.metrics_token else {}),
+                "503": {"description": _ERRORS[503], "headers": _RETRY_AFTER,
+                        "content": {"application/json": {"schema": _ref("Error")}}},
+                **_errors()}}},
         "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document", "security": [],
                                   "responses": {**_ok({"type": "object"}, "OpenAPI 3.1 JSON"), **_errors()}}},
     }
@@ -295,19 +308,27 @@ def _task_start_rules(schema: dict[str, Any], settings: Settings) -> None:
     if not models.known(settings.default_model):
         model_rule["required"] = ["model"]
     schema["anyOf"] = [{"required": ["agent_type"]}, model_rule]
-    # a model task's budget needs the model's price (LODESTAR_MODEL_PRICES): no price, no max_cost_usd
-    priced: dict[str, Any] = {"properties": {"model": {"pattern": glob_pattern(list(models.prices))}}}
-    if not models.prices:
-        priced = {"not": {}}
-    elif (default := models.resolve(settings.default_model)) is None or default.price_input is None:
-        priced["required"] = ["model"]
-    schema["allOf"] = [{"if": {"required": ["max_cost_usd"], "not": {"required": ["agent_type"]}}, "then": priced},
-                       # the heuristic agent gives no structured answers
-                       {"not": {"required": ["agent_type", "output_schema"],
-                                "properties": {"agent_type": {"const": "heuristic"}}}}]
+    # a budget on a model task needs the model's price (LODESTAR_MODEL_PRICES): no price, no budget
+    prices = list(models.prices)
+    priced: dict[str, Any] = {"not": {}}
+    if prices:
+        priced = {"properties": {"model": {"type": "string", "pattern": glob_pattern(prices)}}}
+        default = models.resolve(settings.default_model)
+        if default is None or default.price_input is None:  # the default model has no price: name a priced one
+            priced["required"] = ["model"]
+    budget_rule = {"if": {"required": ["max_cost_usd"], "properties": {"max_cost_usd": {"type": "number"}},
+                          "not": {"required": ["agent_type"], "properties": {"agent_type": {"type": "string",
+                                                                                            "minLength": 1}}}},
+                   "then": priced}
+    # the heuristic agent gives no structured answers
+    heuristic_rule = {"if": {"required": ["agent_type"], "properties": {"agent_type": {"const": "heuristic"}}},
+                      "then": {"not": {"required": ["output_schema"],
+                                       "properties": {"output_schema": {"type": "object"}}}}}
+    schema["allOf"] = [budget_rule, heuristic_rule]
+    # secrets: at most 50, each named as {{name}} can be written (shared/secrets.py NAME)
     secrets = schema["properties"]["secrets"]
-    secrets.pop("maxLength", None)  # apispec's rendering of Length on a Dict
-    secrets.update(maxProperties=50 if settings.secrets_key else 0,
+    secrets.pop("maxLength", None)
+    secrets.update(maxProperties=50 if settings.secrets_key else 0,  # no key: no secrets (422)
                    propertyNames={"pattern": "^" + SECRET_NAME.pattern + "$"})
     metadata = schema["properties"]["metadata"]
     metadata.pop("maxLength", None)  # apispec's rendering of Length on a Dict
@@ -359,6 +380,8 @@ def build_spec(settings: Settings) -> dict[str, Any]:
         security=[{"bearer": []}],
     )
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    spec.components.security_scheme("metricsToken", {"type": "http", "scheme": "bearer", "description":
+                                     "LODESTAR_METRICS_TOKEN, when the deployment sets one (GET /metrics only)"})
     spec.components.security_scheme("signedUrl", {
         "type": "apiKey", "in": "query", "name": "sig", "description": "The signature of a signed screenshot URL "
         f"(with its expires; {SIG_PATTERN}), as the API hands them out: no bearer key needed"})

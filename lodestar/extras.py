@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib.util
 
 MODULES: dict[str, tuple[str, ...]] = {
-    "api": ("flask", "flask_sock", "gunicorn", "gevent", "apispec"),
-    "worker": ("playwright", "pyautogui", "mss", "PIL", "openai", "anthropic", "tzafon", "proxy"),
+    "api": ("flask", "flask_sock", "gunicorn", "gevent", "apispec", "prometheus_client"),
+    "worker": ("playwright", "pyautogui", "mss", "PIL", "openai", "anthropic", "tzafon", "proxy", "prometheus_client"),
     "flower": ("flower",),
     "bench": ("miniwob", "matplotlib"),
 }

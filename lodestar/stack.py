@@ -200,17 +200,23 @@ class Stack:
         self.env, self.port, self.concurrency, self.quiet, self.kinds = env, port, concurrency, quiet, kinds
         self.procs: list[subprocess.Popen[Any]] = []
 
-    def _spawn(self, *args: str) -> None:
+    def _spawn(self, *args: str, env: dict[str, str] | None = None) -> None:
         out = subprocess.DEVNULL if self.quiet else None
-        self.procs.append(subprocess.Popen([sys.executable, "-m", "lodestar.cli", *args], env=self.env,
+        self.procs.append(subprocess.Popen([sys.executable, "-m", "lodestar.cli", *args], env=env or self.env,
                                            stdout=out, stderr=out, start_new_session=True))
+
+    def metrics_port(self, n: int) -> int:
+        """The metrics port of the ``n``-th worker (0, 1...): ``LODESTAR_METRICS_PORT`` + n, or 0 (none)."""
+        base = int(self.env.get("LODESTAR_METRICS_PORT") or 0)
+        return base + n if base else 0
 
     def start(self, timeout: float = 60.0, workers: bool = True) -> None:
         """Start the API and (unless ``workers`` is False) a worker per kind; returns once /healthz answers.
         Raises RuntimeError if it never does."""
         self._spawn("api", "--host", "127.0.0.1", "--port", str(self.port))
-        for kind in self.kinds if workers else ():
-            self._spawn("worker", "--kind", kind, "--concurrency", str(self.concurrency))
+        for n, kind in enumerate(self.kinds if workers else ()):  # one metrics port each
+            self._spawn("worker", "--kind", kind, "--concurrency", str(self.concurrency),
+                        env={**self.env, "LODESTAR_METRICS_PORT": str(self.metrics_port(n))})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if any(p.poll() is not None for p in self.procs):

@@ -121,12 +121,16 @@ class ControlChannel:
     Subscribes first, then reads the whole state, so a command sent at any time before or after the task started
     is seen. :meth:`poll` costs one non-blocking socket read when no notice is waiting. A dropped connection (Redis
     restarting) is not an error here: the notices it lost are found by the next :meth:`sync` (state first). The
-    ``guard`` is called at every poll and wait tick.
+    ``guard`` is called at every poll and wait tick. ``on_notice(command, seconds)`` is called for each notice
+    applied, with the seconds since the API sent it (its ``ts``; the two hosts' clocks must agree): the control
+    latency.
     """
 
-    def __init__(self, store: TaskStore, task_id: str, guard: Guard | None = None):
+    def __init__(self, store: TaskStore, task_id: str, guard: Guard | None = None,
+                 on_notice: Callable[[str, float], None] | None = None):
         self.store = store
         self.task_id = task_id
+        self._on_notice = on_notice
         self.state = ControlState()
         self._guard = guard
         self._pubsub = store.pubsub(ignore_subscribe_messages=True)
@@ -161,6 +165,8 @@ class ControlChannel:
             log.warning("ignoring malformed control notice on %s: %r", self.task_id, message.get("data"))
             return True
         handler()
+        if self._on_notice is not None and isinstance(notice.get("ts"), int | float):
+            self._on_notice(notice["command"], max(0.0, time.time() - notice["ts"]))
         return True
 
     def _next_notice(self, timeout: float) -> dict | None:

@@ -269,6 +269,23 @@ class Settings:
     """Seconds of the window a model entry's ``rpm`` and ``tpm`` count in (60: per minute, as the names say; a
     shorter window divides the same counts over less time)."""
 
+    # --- metrics and logs (docs/operations.md "Metrics") ---------------------------------
+    metrics_port: int = 0
+    """Port of a worker's Prometheus endpoint (``/metrics`` of its per-process figures, every pool process of the
+    worker summed: step latency, slots, queue wait, task duration, control latency); 0: none. The API serves the
+    fleet-wide figures at its own ``GET /metrics``."""
+    metrics_host: str = "0.0.0.0"
+    """Address a worker's metrics port binds to (bind it to the operators' network)."""
+    metrics_token: str = ""
+    """When set, ``GET /metrics`` (API and workers) requires ``Authorization: Bearer <token>``; else it needs no
+    key (bind it to the operators' network)."""
+    metrics_dir: str = ""
+    """Folder of a worker's per-process metric files (prometheus-client's multiprocess mode); default a folder of
+    its own under the temporary folder (``TMPDIR``), emptied when the worker starts."""
+    log_format: str = "text"
+    """``text`` (a terminal's lines) or ``json``: one JSON object per line with ``task_id``, ``tenant``, ``worker``
+    and ``attempt`` on every line (null where no task is concerned), for the API and the workers alike."""
+
 
 def _coerce(raw: str, current: Any, name: str) -> Any:
     if isinstance(current, bool):

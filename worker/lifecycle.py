@@ -65,7 +65,7 @@ def on_close(hook: Any) -> None:
     _close_hooks.append(hook)
 
 
-def _pool_children(consumer: Any) -> list[int]:
+def pool_children(consumer: Any) -> list[int]:
     """Pids of the prefork pool's processes of a Celery consumer (none for the solo and thread pools, whose tasks
     run in this process)."""
     processes = getattr(getattr(getattr(consumer, "pool", None), "_pool", None), "_pool", None) or []
@@ -93,7 +93,7 @@ def setup(app: Celery) -> None:
         for reaper in _reaper:
             reaper.stop()
         # SIGTERM to the main process only (systemd KillMode=mixed): tell the pool children, which run the tasks
-        for pid in [pid for consumer in _consumer for pid in _pool_children(consumer)]:
+        for pid in [pid for consumer in _consumer for pid in pool_children(consumer)]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGTERM)
 

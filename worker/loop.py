@@ -109,13 +109,16 @@ def run_episode(
         if step > last:
             return Outcome(ExitCode.MAX_STEPS, error=f"max_steps ({episode.max_steps}) reached without finishing")
 
+        began = time.perf_counter()
         observation = computer.observe(accessibility=policy.needs_accessibility)
+        observed = time.perf_counter()
         episode.new_messages = control.take_messages()
         episode.messages.extend(episode.new_messages)
         try:
             decision = policy.decide(observation, episode)
         except PolicyError as exc:
             return Outcome(exc.code, error=str(exc))
+        timings = {"observe": observed - began, "decide": time.perf_counter() - observed}
         if decision.ask_user is not None:
             control.ask(decision.ask_user, deadline)
 
@@ -125,6 +128,7 @@ def run_episode(
 
         results = []
         terminal = None
+        acting = time.perf_counter()
         for action in decision.actions:
             if action.type in ("done", "fail"):
                 terminal = action
@@ -133,6 +137,7 @@ def run_episode(
             results.append(result)
             if not result.ok:
                 break
+        timings["act"] = time.perf_counter() - acting
         if decision.error is not None and all(r.ok for r in results):
             results.append(ActionResult(False, error=decision.error))
         answer, wrong = None, None
@@ -142,7 +147,7 @@ def run_episode(
                 hint = "; answer again with JSON that matches the schema" if retries_left > 0 else ""
                 results.append(ActionResult(False, error=wrong + hint))
         record = StepRecord(step, list(decision.actions), results, decision.thought, observation.url,
-                            episode.new_messages, usage=decision.usage)
+                            episode.new_messages, usage=decision.usage, timings=timings)
         episode.history.append(record)
         if not on_step(record, observation):
             return Outcome(ExitCode.CANCELLED, error="the task was ended while its step ran")

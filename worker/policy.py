@@ -63,6 +63,8 @@ class StepRecord:
     """Injected user messages delivered to the policy at this step."""
     usage: dict[str, Any] | None = None
     """The decision's model usage (see :class:`Decision`), None for offline agents."""
+    timings: dict[str, float] | None = None
+    """Seconds the step's phases took: ``{"observe", "decide", "act"}`` (the worker's step latency metric)."""
 
 
 @dataclass

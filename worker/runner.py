@@ -16,14 +16,15 @@ from typing import Any, Protocol, cast
 
 from redis.exceptions import RedisError
 
+from shared import logs
 from shared.control import ControlChannel, ControlState, HandBack
 from shared.queue import Dispatcher, task_ended
 from shared.secrets import SecretsError, redact, redact_value, unseal
 from shared.settings import Settings
-from shared.states import ExitCode
+from shared.states import EXIT_STATUS, ExitCode
 from shared.store import LeaseLost, TaskStore, now
 from shared.task import Task
-from worker import lifecycle
+from worker import lifecycle, metrics
 from worker.agents import make_policy
 from worker.browser import BrowserHost
 from worker.computer import Computer, Observation
@@ -104,6 +105,7 @@ def run_claimed(rt: Runtime, task_id: str) -> str:
     task = store.get(task_id)
     if task is None:
         return "lost"
+    logs.bind(tenant=task.tenant, attempt=task.attempt, kind=task.kind, agent=task.agent_type or task.model)
     keeper = LeaseKeeper(store, task_id, rt.worker_id)
     keeper.start()
     try:
@@ -133,7 +135,7 @@ def _run(rt: Runtime, task: Task, keeper: LeaseKeeper) -> str:
     started_at = task.started_at or now()
     deadline = time.monotonic() + started_at + task.max_duration_seconds - now()
     computer: Computer | None = None
-    control = ControlChannel(rt.store, task_id, guard=Guard(keeper, rt.settings))
+    control = ControlChannel(rt.store, task_id, guard=Guard(keeper, rt.settings), on_notice=metrics.observe_control)
     try:
         meter = TaskMeter(rt.store, task, rt.worker_id, control.poll, deadline)
         try:
@@ -153,6 +155,7 @@ def _run(rt: Runtime, task: Task, keeper: LeaseKeeper) -> str:
         agent_computer = cast(Computer, SecretsComputer(computer, secrets)) if secrets else computer
 
         def on_step(step: StepRecord, observation: Observation) -> bool:
+            metrics.observe_step(task.kind, step.timings)
             if secrets:  # the values never reach a record, even when an error or the page quotes them
                 step = redacted(step, secrets)
             return record_step(rt.store, task, rt.worker_id, step, observation)
@@ -237,6 +240,7 @@ def end(rt: Runtime, task: Task, outcome: Outcome) -> str:
     if not result.ok:
         log.info("task %s already ended as %s", task.task_id, result.status)
         return "ended"
+    metrics.observe_end(task.kind, str(EXIT_STATUS[outcome.code]), now() - (task.started_at or now()))
     task_ended(rt.dispatcher, task, result.delivery_id)
     return "ended"
 

@@ -21,13 +21,14 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import Reject
+from celery.signals import after_setup_logger, after_setup_task_logger
 from redis.exceptions import RedisError
 
-from shared import webhooks
+from shared import logs, webhooks
 from shared.queue import DELIVER_WEBHOOK, RUN_TASK, Dispatcher, make_celery
 from shared.settings import Settings, load_settings
 from shared.store import TaskStore, now_ms
-from worker import lifecycle
+from worker import lifecycle, metrics
 from worker.browser import BrowserHost
 from worker.desktop import DesktopHost
 from worker.runner import Host, Runtime, run_claimed
@@ -50,6 +51,14 @@ def create_app(settings: Settings | None = None) -> Celery:
     if _app is None:
         _app = app
         lifecycle.setup(app)
+        metrics.setup(app, app.conf.lodestar_settings)
+        log_format = logs.check_format(app.conf.lodestar_settings.log_format)
+
+        @after_setup_logger.connect(weak=False)
+        @after_setup_task_logger.connect(weak=False)
+        def _log_lines(logger: logging.Logger | None = None, **_: Any) -> None:
+            if logger is not None:
+                logs.apply(log_format, logger.handlers)
     return app
 
 
@@ -75,28 +84,41 @@ def runtime(app: Celery) -> Runtime:
     return _runtime
 
 
-def run_task(self: Any, task_id: str) -> str:
-    """``lodestar.run_task``: claim the task and run it to one of its ends; returns what happened (for Flower):
-    the claim's outcome when the message is dropped, else the runner's ("ended", "handed back", ...).
+def run_task(self: Any, task_id: str) -> dict[str, Any]:
+    """``lodestar.run_task``: claim the task and run it to one of its ends; returns what happened, for Flower's
+    result column: ``{"outcome", "task_id", "kind", "agent", "tenant", "attempt"}``, outcome the claim's when the
+    message is dropped (then only the task id is known), else the runner's ("ended", "handed back", ...); agent is
+    the task's agent_type or model.
 
     A Redis error before the claim retries the message after ``lease_ttl`` (nothing was taken); from the claim on,
     the lease and the reaper own the task, so the message is never retried: a task whose worker is cut off from
     Redis is requeued by the reaper once its lease expires.
     """
     rt = runtime(self.app)
+    with logs.bound(task_id=task_id, worker=rt.worker_id):
+        outcome = _run_task(self, rt, task_id)
+        seen = logs.current()
+    return {"outcome": outcome, **{k: seen.get(k) for k in ("task_id", "kind", "agent", "tenant", "attempt")}}
+
+
+def _run_task(self: Any, rt: Runtime, task_id: str) -> str:
     try:
-        outcome, status, _ = rt.store.claim(task_id, rt.worker_id)
+        outcome, status, attempt = rt.store.claim(task_id, rt.worker_id)
     except RedisError as exc:
         log.warning("Redis failed while claiming %s (%s); retrying in %s s", task_id, exc, rt.settings.lease_ttl)
         raise self.retry(countdown=rt.settings.lease_ttl, max_retries=50, exc=exc) from exc
+    logs.bind(attempt=attempt)
     if outcome not in ("started", "held"):
         log.info("task %s: %s (%s); this message is dropped", task_id, outcome, status or "no record")
         return outcome
     if outcome == "started":
         task = rt.store.get(task_id)
         if task is not None:
+            if attempt == 1 and task.started_at:
+                metrics.observe_queue_wait(task.kind, task.priority, task.started_at - task.created_at)
             webhooks.schedule(rt.dispatcher, task, "task.running")
-    ended = run_claimed(rt, task_id)
+    with metrics.busy():
+        ended = run_claimed(rt, task_id)
     if ended == "redis":  # Redis stayed away: keep the message (the lease, if it survived, makes the reaper act)
         raise Reject("Redis unreachable while the task ran", requeue=True)
     return ended
@@ -107,10 +129,16 @@ def deliver_webhook(self: Any, delivery_id: str, token: str = "") -> bool:
     reaper's for it). A failed attempt is due again after a backoff, until ``webhook_max_attempts``; a refused URL
     (a private address) is not retried."""
     rt = runtime(self.app)
+    with logs.bound(worker=rt.worker_id):
+        return _deliver_webhook(rt, delivery_id, token)
+
+
+def _deliver_webhook(rt: Runtime, delivery_id: str, token: str) -> bool:
     claim_ms = int((rt.settings.webhook_timeout * 2 + 5) * 1000)  # its POST times out well before
     delivery = rt.store.deliveries.take(delivery_id, now_ms(), claim_ms, token)
     if delivery is None:
         return False
+    logs.bind(task_id=delivery.task_id, tenant=delivery.tenant)
     secret = rt.store.tenants.webhook_secret(delivery.tenant)
     result = webhooks.deliver(rt.store, secret, delivery)
     refused = (result.error or "").startswith("refused")

@@ -5,11 +5,12 @@
 - ``events.py``   events over SSE and WebSocket
 - ``artifacts.py`` step screenshots, by bearer key or signed URL
 - ``tenant.py``   the caller's tenant, webhook attempts and redelivery
+- ``metrics.py``  the fleet's Prometheus figures (no API key; ``LODESTAR_METRICS_TOKEN`` when set)
 """
 
 from __future__ import annotations
 
-from api.routes import artifacts, control, events, tasks, tenant
+from api.routes import artifacts, control, events, metrics, tasks, tenant
 
-BLUEPRINTS = (tasks.bp, control.bp, events.bp, artifacts.bp, tenant.bp)
+BLUEPRINTS = (tasks.bp, control.bp, events.bp, artifacts.bp, tenant.bp, metrics.bp)
 sock = events.sock

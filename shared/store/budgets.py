@@ -18,7 +18,7 @@ import redis
 from shared.settings import Settings
 from shared.store.keys import Keys
 from shared.store.scripts import Scripts
-from shared.task import Task
+from shared.task import DEFAULT_MODEL, Task
 
 DAY_TTL = 2 * 24 * 3600
 """Seconds a tenant's spending of a day is kept (today's is what counts; yesterday's is kept for operators)."""
@@ -133,5 +133,5 @@ class Budgets:
             keys=[self._keys.task(task_id), self._keys.lease(task_id)],
             args=[holder or "", self._keys.prefix, int(usage.get("input_tokens") or 0),
                   int(usage.get("output_tokens") or 0), int(usage.get("calls") or 0),
-                  "" if cost is None else repr(float(cost)), utc_day(), DAY_TTL, self._batch_ttl])
+                  "" if cost is None else repr(float(cost)), utc_day(), DAY_TTL, self._batch_ttl, DEFAULT_MODEL])
         return int(found), _float(total)

@@ -28,6 +28,7 @@ from shared.store.budgets import Budgets
 from shared.store.deliveries import Deliveries, new_delivery_id
 from shared.store.ids import new_id, new_task_id, now, now_ms
 from shared.store.keys import Keys
+from shared.store.metrics import FleetMetrics, metric_field, webhook_outcome
 from shared.store.queueinfo import QueueInfo, queue_score
 from shared.store.ratelimits import ProviderLimits
 from shared.store.recovery import Recovery
@@ -98,6 +99,7 @@ class TaskStore:
         budgets: what model calls cost and the budgets they count against (``shared/store/budgets.py``).
         limits: the model providers' rate limits (``shared/store/ratelimits.py``).
         queue: queue positions, wait reasons, workers' heartbeats (``shared/store/queueinfo.py``).
+        metrics: the fleet-wide counters and gauges ``GET /metrics`` exports (``shared/store/metrics.py``).
         artifacts: the tasks' named binary artifacts (step screenshots): in Redis, or in S3 when
             ``settings.artifacts_url`` says so (``shared/artifacts.py``); ``artifacts`` (an ArtifactStore) replaces it.
         redis: the client itself, for tests and operators' tools; application code goes through the methods.
@@ -115,6 +117,7 @@ class TaskStore:
         self.limits = ProviderLimits(client, self.keys, settings, self._scripts)
         self.queue = QueueInfo(client, self.keys, settings, self.limits)
         self.artifacts = artifacts or open_artifacts(client, self.keys, settings)
+        self.metrics = FleetMetrics(client, self.keys)
 
     @classmethod
     def from_settings(cls, settings: Settings, retry_seconds: float = 0.0) -> TaskStore:
@@ -162,7 +165,10 @@ class TaskStore:
         Stream costs ~4.7 KB even with one entry, more than the rest of a queued task).
         """
         indexes: dict[str, dict[str, float]] = {}
+        submitted: dict[str, int] = {}
         for task in tasks:
+            field = metric_field("submitted", task.kind, task.priority, task.tenant)
+            submitted[field] = submitted.get(field, 0) + 1
             fields = {**task.to_redis(), "event_seq": "1"}
             if task.status != Status.QUEUED:
                 fields["first_status"] = str(task.status)
@@ -174,6 +180,8 @@ class TaskStore:
                 indexes.setdefault(index, {})[task.task_id] = task.created_at
         for index, members in indexes.items():
             pipe.zadd(index, members)
+        for field, n in submitted.items():  # the fleet's counters (shared/store/metrics.py)
+            pipe.hincrby(self.keys.metrics, field, n)
 
     def _indexes_of(self, task: Task) -> list[str]:
         """Every list index a new task belongs to (``shared/store/listing.py``)."""
@@ -279,7 +287,7 @@ class TaskStore:
             self.settings.event_stream_maxlen,
             expire,
             self.keys.control(task_id) if notice else "",
-            json.dumps({"command": notice, "task_id": task_id}) if notice else "",
+            json.dumps({"command": notice, "task_id": task_id, "ts": now()}) if notice else "",
             self.keys.prefix,
             holder or "",
             delivery_id,
@@ -331,7 +339,7 @@ class TaskStore:
             keys=[keys.task(task_id), keys.events(task_id), keys.inbox(task_id)],
             args=["queued,running,paused", json.dumps({"content": content, "ts": ts}), json.dumps(event),
                   self.settings.event_stream_maxlen, keys.control(task_id),
-                  json.dumps({"command": "message", "task_id": task_id}),
+                  json.dumps({"command": "message", "task_id": task_id, "ts": ts}),
                   keys.message_key_field(idempotency_key) if idempotency_key else ""]))
 
     def record_step(self, task_id: str, step: int, jpeg: bytes, fields: Mapping[str, Any],
@@ -451,12 +459,14 @@ class TaskStore:
 
     # -- webhook records ---------------------------------------------------------------------------------------------
     def record_webhook_attempt(self, task_id: str, attempt: Mapping[str, Any], keep: int = 200) -> None:
-        """Append one delivery attempt (JSON-ready) to the task's webhook log (the last ``keep`` are kept), with the
-        task's own expiry."""
+        """Append one delivery attempt (JSON-ready: ``ok``, ``error``...) to the task's webhook log (the last
+        ``keep`` are kept), with the task's own expiry, and count it by outcome
+        (:func:`~shared.store.metrics.webhook_outcome`)."""
         key = self.keys.webhooks(task_id)
         ttl = cast(int, self.redis.ttl(self.keys.task(task_id)))
         pipe = self.redis.pipeline(transaction=False)
         pipe.rpush(key, json.dumps(dict(attempt)))
+        pipe.hincrby(self.keys.metrics, metric_field("webhooks", webhook_outcome(attempt)), 1)
         pipe.ltrim(key, -keep, -1)
         if ttl and ttl > 0:
             pipe.expire(key, ttl)

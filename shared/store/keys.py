@@ -37,6 +37,8 @@
     P:limit:{scope}:blocked  string  ms since the epoch until which a provider asked (retry-after) not to be called
     P:limit                  prefix  the ``limits`` library's windows of the providers' rpm / tpm
     P:url_signing_key        string  the URL signing key generated when ``LODESTAR_URL_SIGNING_KEY`` is unset
+    P:metrics                hash    the fleet-wide counters (``shared/store/metrics.py``): field = a counter's name
+                                     and its label values joined by byte 31, value = its count (USD for cost)
     P:control:{id}           pub/sub notices {"command", "task_id"} for the task's worker
     P:ended                  pub/sub the id of every task that ends (long-poll waiters)
     P:hub:{host}:{pid}:{n}   pub/sub wake-ups of one API process's event hub
@@ -65,6 +67,7 @@ class Keys:
         self.deferring = f"{prefix}:deferring"
         self.limit_prefix = f"{prefix}:limit"
         self.url_signing_key = f"{prefix}:url_signing_key"
+        self.metrics = f"{prefix}:metrics"
 
     # -- one task --------------------------------------------------------------------------------------------------
     def task(self, task_id: str) -> str:

@@ -78,7 +78,7 @@ class Recovery:
         keys = self._keys
         found, status, seq, outcome = self._run(self._scripts.resume, task_id, [
             ts, ms, self._settings.event_stream_maxlen, keys.prefix, keys.control(task_id),
-            json.dumps({"command": "resume", "task_id": task_id})])
+            json.dumps({"command": "resume", "task_id": task_id, "ts": ts})])
         return int(found), cast(bytes, status).decode(), int(seq), cast(bytes, outcome).decode()
 
     # -- the reaper's queries ----------------------------------------------------------------------------------------

@@ -171,8 +171,9 @@ def test_cancel_before_the_channel_exists_stops_at_once(store: TaskStore, channe
     assert open_channel(store, task_id, channels).state.stop
 
 
-def test_control_notices_carry_the_command_and_task(store: TaskStore) -> None:
+def test_control_notices_carry_the_command_task_and_when_it_was_sent(store: TaskStore) -> None:
     task_id = make_task(store, Status.RUNNING, holder="w1")
+    before = time.time()
     sub = store.redis.pubsub(ignore_subscribe_messages=True)
     sub.subscribe(store.keys.control(task_id))
     try:
@@ -189,7 +190,25 @@ def test_control_notices_carry_the_command_and_task(store: TaskStore) -> None:
                 break
     finally:
         sub.close()
-    assert seen == [{"command": c, "task_id": task_id} for c in ("pause", "resume", "message", "cancel")]
+    assert [{k: v for k, v in n.items() if k != "ts"} for n in seen] == [
+        {"command": c, "task_id": task_id} for c in ("pause", "resume", "message", "cancel")]
+    assert all(before <= n["ts"] <= time.time() for n in seen)  # the worker's control latency starts there
+
+
+def test_the_channel_reports_each_notice_it_applies_with_its_latency(store: TaskStore) -> None:
+    task_id = make_task(store, Status.RUNNING, holder="w1")
+    applied: list[tuple[str, float]] = []
+    channel = control.ControlChannel(store, task_id, on_notice=lambda command, s: applied.append((command, s)))
+    try:
+        control.send_pause(store, task_id)
+        deadline = time.monotonic() + 30
+        while not applied and time.monotonic() < deadline:
+            channel.poll()
+            time.sleep(0.01)
+        assert channel.state.paused
+        assert [c for c, _ in applied] == ["pause"] and 0 <= applied[0][1] < 30
+    finally:
+        channel.close()
 
 
 def test_a_refused_pause_changes_and_publishes_nothing(store: TaskStore) -> None:

@@ -13,8 +13,16 @@ local function queue_add(prefix, task_id, kind, priority, created_at)
   redis.call('ZADD', prefix .. ':queue:' .. (kind or 'browser'), string.format('%.3f', score), task_id)
 end
 
+-- the fleet-wide counters (<prefix>:metrics, shared/store/metrics.py): one hash whose fields are a counter's name
+-- and its label values joined by the unit separator (byte 31)
+local function count(prefix, by, ...)
+  redis.call('HINCRBY', prefix .. ':metrics', table.concat({...}, '\31'), by)
+end
+
+local ENDED = {completed = true, failed = true, cancelled = true, timed_out = true}
+
 -- move a task between its tenant's status indexes (the sorted sets <prefix>:t:<tenant>:status:<status>), and in or
--- out of its kind's queue
+-- out of its kind's queue; count the task as started (queued -> running: a claim) or ended (a terminal status)
 local function move_status(task_key, prefix, from, to)
   local meta = redis.call('HMGET', task_key, 'tenant', 'created_at', 'kind', 'priority')
   local base = prefix .. ':t:' .. meta[1] .. ':status:'
@@ -23,6 +31,9 @@ local function move_status(task_key, prefix, from, to)
   redis.call('ZADD', base .. to, meta[2], task_id)
   if from == 'queued' then redis.call('ZREM', prefix .. ':queue:' .. (meta[3] or 'browser'), task_id) end
   if to == 'queued' then queue_add(prefix, task_id, meta[3], meta[4], meta[2]) end
+  local kind, priority = meta[3] or 'browser', meta[4] or 'normal'
+  if from == 'queued' and to == 'running' then count(prefix, 1, 'started', kind, priority, meta[1]) end
+  if ENDED[to] then count(prefix, 1, 'ended', kind, priority, meta[1], to) end
 end
 
 -- the tenant's running and paused tasks

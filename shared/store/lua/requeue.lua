@@ -28,7 +28,10 @@ if ARGV[1] == 'lost' then
     redis.call('ZADD', prefix .. ':leases', tonumber(ARGV[4]) + redis.call('PTTL', KEYS[3]), task_id)
     return {'alive', cur, attempt}
   end
-  if cur == 'running' and attempt >= tonumber(ARGV[7]) then return {'exhausted', cur, attempt} end
+  if cur == 'running' and attempt >= tonumber(ARGV[7]) then
+    count(prefix, 1, 'requeues', ARGV[1], 'exhausted')
+    return {'exhausted', cur, attempt}
+  end
 else
   if holder ~= ARGV[2] then return {'lost', cur, attempt} end
   if ARGV[1] == 'handback' then attempt = redis.call('HINCRBY', KEYS[1], 'attempt', -1) end
@@ -45,6 +48,7 @@ if cur == 'running' then
   redis.call('ZADD', prefix .. ':dispatch', ARGV[4], task_id)
 end
 redis.call('HSET', KEYS[1], unpack(fields))
+count(prefix, 1, 'requeues', ARGV[1], outcome)
 local ev = cjson.encode({type = 'status', status = status, task_id = task_id, ts = tonumber(ARGV[3]),
   reason = ARGV[8], attempt = attempt})
 append_event(KEYS[1], KEYS[2], ARGV[5], ev)
