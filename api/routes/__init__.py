@@ -5,11 +5,12 @@
 - ``events.py``   events over SSE and WebSocket
 - ``artifacts.py`` step screenshots, by bearer key or signed URL
 - ``tenant.py``   the caller's tenant, webhook attempts and redelivery
+- ``environments.py`` the tenant's saved environments (persistent tasks): list, read, delete
 """
 
 from __future__ import annotations
 
-from api.routes import artifacts, control, events, tasks, tenant
+from api.routes import artifacts, control, environments, events, tasks, tenant
 
-BLUEPRINTS = (tasks.bp, control.bp, events.bp, artifacts.bp, tenant.bp)
+BLUEPRINTS = (tasks.bp, control.bp, events.bp, artifacts.bp, tenant.bp, environments.bp)
 sock = events.sock
