@@ -21,10 +21,12 @@ SKIPPED_TOP = frozenset({".cache", ".Xauthority", ".xsession-errors"})
 """Entries directly in HOME left out (caches, the X session's own files)."""
 
 
-def _keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-    parts = Path(info.name).parts
+def _keep(info: tarfile.TarInfo | None) -> tarfile.TarInfo | None:
+    if info is None:  # a socket: tarfile has no type for it
+        return None
+    parts = Path(info.name).parts  # "./.cache/x" -> (".cache", "x")
     name = parts[-1] if parts else ""
-    if len(parts) >= 2 and parts[1] in SKIPPED_TOP:
+    if len(parts) == 1 and name in SKIPPED_TOP:
         return None
     if name in SKIPPED_DIRS or name.startswith("Singleton"):
         return None
