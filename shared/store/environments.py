@@ -54,7 +54,7 @@ class Environment:
     artifact: str
     saves: int
     in_use_by: str | None
-    expires_at: float | None
+    expires_at: float
 
     def to_json(self, holder: str | None) -> dict[str, Any]:
         """The public JSON (``shared.schemas.EnvironmentSchema``); ``holder``: the active task holding it or None.
@@ -173,13 +173,10 @@ class Environments:
     # -- reading and deleting ---------------------------------------------------------------------------------------
     def get(self, tenant: str, env_id: str) -> Environment | None:
         """Environment ``env_id`` of ``tenant``, or None (no such environment, expired, or another tenant's)."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(self._keys.environment(env_id))
-        pipe.ttl(self._keys.environment(env_id))
-        raw, ttl = pipe.execute()
+        raw = cast(dict[bytes, bytes], self._redis.hgetall(self._keys.environment(env_id)))
         if not raw or raw.get(b"tenant", b"").decode() != tenant:
             return None
-        return _decode(env_id, raw, ttl)
+        return _decode(env_id, raw, self.retention)
 
     def of_tenant(self, tenant: str, kind: str | None = None, limit: int = 50) -> tuple[list[Environment], bool]:
         """The tenant's environments, last saved or used first, at most ``limit``; and whether there are more.
@@ -195,14 +192,11 @@ class Environments:
             pipe = self._redis.pipeline(transaction=False)
             for env_id in chunk:
                 pipe.hgetall(self._keys.environment(env_id))
-                pipe.ttl(self._keys.environment(env_id))
-            replies = pipe.execute()
-            for n, env_id in enumerate(chunk):
-                raw, ttl = replies[2 * n], replies[2 * n + 1]
+            for env_id, raw in zip(chunk, pipe.execute(), strict=True):
                 if not raw:
                     missing.append(env_id)
                 elif kind is None or raw.get(b"kind", b"").decode() == kind:
-                    found.append(_decode(env_id, raw, ttl))
+                    found.append(_decode(env_id, raw, self.retention))
             if len(found) > limit:
                 break
         if missing:
@@ -241,12 +235,13 @@ class Environments:
         return Take("ok")
 
 
-def _decode(env_id: str, raw: dict[bytes, bytes], ttl: int) -> Environment:
+def _decode(env_id: str, raw: dict[bytes, bytes], retention: int) -> Environment:
     text = {k.decode(): v.decode() for k, v in raw.items()}
+    updated_at = float(text.get("updated_at") or 0)
     return Environment(
         environment_id=env_id, tenant=text["tenant"], kind=text.get("kind", "browser"),
-        created_at=float(text.get("created_at") or 0), updated_at=float(text.get("updated_at") or 0),
+        created_at=float(text.get("created_at") or 0), updated_at=updated_at,
         saved_at=float(text["saved_at"]) if text.get("saved_at") else None,
         size_bytes=int(text.get("size_bytes") or 0), source_task_id=text.get("source_task_id") or None,
         artifact=text.get("artifact", ""), saves=int(text.get("saves") or 0),
-        in_use_by=text.get("in_use_by") or None, expires_at=time.time() + ttl if ttl and ttl > 0 else None)
+        in_use_by=text.get("in_use_by") or None, expires_at=updated_at + retention)

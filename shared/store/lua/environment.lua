@@ -48,7 +48,7 @@ if op == 'take' then
   if meta[2] ~= kind then return {-2, meta[2]} end
   local holder = holder_other_than(task_id)
   if holder then return {0, holder} end
-  redis.call('HSET', env, 'in_use_by', task_id, 'in_use_since', now_ms)
+  redis.call('HSET', env, 'in_use_by', task_id, 'in_use_since', now_ms, 'updated_at', now_s)
   redis.call('EXPIRE', env, retention)
   redis.call('ZADD', index, now_s, env_id())
   return {1}
