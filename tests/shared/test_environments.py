@@ -162,7 +162,7 @@ def test_listing_is_per_tenant_newest_first_and_prunes_what_expired(store: TaskS
     assert store.environments.take("env_theirs", "t_other", "browser", other, create=True).ok
     # Then the tenant sees its own, last saved or used first, filtered by kind and paged by limit
     envs, more = store.environments.of_tenant(TENANT)
-    assert [e.environment_id for e in envs][0] == newer and {e.environment_id for e in envs} == {
+    assert envs[0].environment_id == newer and {e.environment_id for e in envs} == {
         older, desktop, newer} and not more
     assert [e.environment_id for e in store.environments.of_tenant(TENANT, kind="desktop")[0]] == [desktop]
     page, more = store.environments.of_tenant(TENANT, limit=2)
