@@ -8,6 +8,7 @@ Served at GET /openapi.json. :func:`operations` is the one table of paths; a tes
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from apispec import APISpec
@@ -31,10 +32,12 @@ from shared.schemas import (
     make_message_schema,
     make_start_schema,
 )
+from shared.secrets import NAME as SECRET_NAME
 from shared.settings import Settings
 from shared.signing import EXPIRES_PATTERN, SIG_PATTERN
 from shared.states import Status
 from shared.store.listing import CURSOR_PATTERN
+from shared.store.queueinfo import REASONS
 from shared.task import KINDS, OFFLINE_AGENTS
 
 
@@ -105,6 +108,15 @@ _SSE = {"200": {
 _ABSENT = {"type": "string", "maxLength": 0, "description": "empty: as if absent"}
 
 
+def _wait_reason_pattern() -> str:
+    """What the list's ``wait_reason`` filter accepts: empty, the start of a reason, or a reason and more."""
+    def prefixes(reason: str) -> str:
+        return "".join(f"(?:{c}" for c in reason) + ")?" * len(reason)
+
+    assert all(re.fullmatch(r"[a-z_ ]+", r) for r in REASONS)  # nothing to escape
+    return "^(?:" + "|".join([*(prefixes(r) for r in REASONS), *(r + r"[\s\S]*" for r in REASONS)]) + ")$"
+
+
 def _list_parameters(settings: Settings) -> list[dict[str, Any]]:
     time = {"anyOf": [{"type": "number", "minimum": 0, "maximum": EPOCH_MAX},
                       {"type": "string", "format": "date-time"}, _ABSENT]}
@@ -124,9 +136,10 @@ def _list_parameters(settings: Settings) -> list[dict[str, Any]]:
                                                     "maximum": settings.list_max_limit, "default": 50}},
         {"name": "cursor", "in": "query", "description": "next_cursor of the previous page",
          "schema": {"anyOf": [{"type": "string", "pattern": CURSOR_PATTERN}, _ABSENT]}},
-        {"name": "wait_reason", "in": "query", "schema": {"type": "string"},
+        {"name": "wait_reason", "in": "query", "schema": {"type": "string", "pattern": _wait_reason_pattern()},
          "description": "Queued tasks whose wait_reason starts with this: \"tenant max_running reached\", \"no "
-                        "worker\", \"rate limited\" or \"queued behind\" (implies status=queued); every queued task "
+                        "worker\", \"rate limited\" or \"queued behind\" (implies status=queued; with a status "
+                        "list that lacks queued, the page is empty); every queued task "
                         "in a page carries its queue_position and wait_reason"},
     ]
 
@@ -302,14 +315,30 @@ def glob_pattern(globs: list[str]) -> str:
 
 
 def _task_start_rules(schema: dict[str, Any], settings: Settings) -> None:
-    """What apispec cannot say about TaskStart: a task needs an offline agent_type or a model the registry knows;
-    metadata keys are 1 to 64 characters and at most ``max_metadata_keys``."""
+    """What apispec cannot say about TaskStart: a task needs an offline agent_type or a model the registry knows
+    (and, with max_cost_usd, one with a price); the heuristic agent takes no output_schema; max_cost_usd is above
+    0; secrets need the deployment's key; metadata keys are 1 to 64 characters and at most ``max_metadata_keys``."""
     models = registry(settings)
     known = glob_pattern([*models.entries, *(pattern for pattern, _ in BUILTIN)])
     model_rule: dict[str, Any] = {"properties": {"model": {"pattern": known}}}
     if not models.known(settings.default_model):
         model_rule["required"] = ["model"]
+    # a budget (max_cost_usd) needs the model's price, unless an offline agent runs the task
+    priced: dict[str, Any] = {"properties": {"model": {"pattern": glob_pattern(list(models.prices))}}}
+    default = models.resolve(settings.default_model)
+    if default is None or default.price_input is None:
+        priced["required"] = ["model"]
+    model_rule["anyOf"] = [{"not": {"required": ["max_cost_usd"]}}, *([priced] if models.prices else [])]
     schema["anyOf"] = [{"required": ["agent_type"]}, model_rule]
+    # the heuristic agent gives no structured answers
+    schema["not"] = {"required": ["agent_type", "output_schema"], "properties": {"agent_type": {"const": "heuristic"}}}
+    budget = schema["properties"]["max_cost_usd"]  # apispec renders Range(min_inclusive=False) as a minimum
+    budget["exclusiveMinimum"] = budget.pop("minimum")
+    secrets = schema["properties"]["secrets"]
+    secrets.pop("maxLength", None)  # apispec's rendering of Length on a Dict; it does not render the keys' rule
+    # (none at all where the deployment has no LODESTAR_SECRETS_KEY to seal them with)
+    secrets.update(maxProperties=50 if settings.secrets_key else 0,
+                   propertyNames={"pattern": f"^{SECRET_NAME.pattern}$"})
     metadata = schema["properties"]["metadata"]
     metadata.pop("maxLength", None)  # apispec's rendering of Length on a Dict
     metadata.update(maxProperties=settings.max_metadata_keys, propertyNames={"minLength": 1, "maxLength": 64})

@@ -170,7 +170,7 @@ def make_start_schema(settings: Settings) -> Schema:
 
         persistent = StrictBool(metadata={"description": PERSISTENT_HELP})
         save_session = StrictBool(metadata={"description": "The same as persistent."})
-        environment_id = fields.Str(validate=validate.Length(1, 255), metadata={"description": ENVIRONMENT_ID_HELP})
+        environment_id = fields.Str(validate=validate.Length(max=255), metadata={"description": ENVIRONMENT_ID_HELP})
         computer_id = fields.Str(validate=validate.Length(max=255))
         on_missing_computer = fields.Str(validate=validate.OneOf(["fail", "restore", "create_new"]))
         keep_alive = StrictBool()

@@ -130,6 +130,8 @@ class Task:
         tenant's ``default_webhook_url`` applies when the request names none; ``sealed_secrets`` are the request's
         ``secrets`` once sealed (the values themselves never enter a record). Unknown parameters are ignored."""
         asked = {name: params[name] for name in _REQUEST_FIELDS if params.get(name) is not None}
+        if not asked.get("environment_id"):  # "" names none
+            asked.pop("environment_id", None)
         if sealed_secrets:
             asked["sealed_secrets"] = sealed_secrets
         asked["persistent"] = bool(params.get("persistent") or params.get("save_session"))

@@ -29,7 +29,7 @@ def _load(env_id: str) -> Environment:
 @bp.get("/agent/environments")
 def list_environments() -> Response:
     """The tenant's environments, last saved or used first: ``?kind=browser|desktop``, ``?limit=1..list_max_limit``."""
-    kind = request.args.get("kind") or None
+    kind = request.args.get("kind")
     if kind is not None and kind not in KINDS:
         raise invalid_field("kind", f"kind must be one of {', '.join(KINDS)}", f"Must be one of: {', '.join(KINDS)}.")
     limit_raw = request.args.get("limit", "50")

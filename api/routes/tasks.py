@@ -192,7 +192,7 @@ def _time_arg(name: str) -> float | None:
 def filter_from_args() -> TaskFilter:
     """The list filter of the query string: ``status`` (comma-separated, repeatable), ``kind``, ``model``,
     ``batch_id``, ``metadata.<key>`` or ``metadata[<key>]``, ``created_after``, ``created_before``,
-    ``wait_reason`` (queued tasks whose wait reason starts with it; implies ``status=queued``)."""
+    ``wait_reason`` (queued tasks whose wait reason starts with it: with ``status``, the queued among those)."""
     args = request.args
     statuses = tuple(s for raw in args.getlist("status") for s in raw.split(",") if s)
     unknown = [s for s in statuses if s not in {str(x) for x in Status}]
@@ -207,9 +207,8 @@ def filter_from_args() -> TaskFilter:
         if not any(r.startswith(wait_reason) or wait_reason.startswith(r) for r in REASONS):
             raise invalid_field("wait_reason", f"unknown wait_reason {wait_reason!r}",
                                 f"Must start like one of: {', '.join(REASONS)}.")
-        if statuses and statuses != ("queued",):
-            raise invalid_field("wait_reason", "wait_reason filters queued tasks only", "Use status=queued.")
-        statuses = ("queued",)
+        # queued tasks only: with other statuses, the queued among them (none when queued is not asked for)
+        statuses = ("queued",) if not statuses or "queued" in statuses else statuses
     return TaskFilter(statuses=statuses, kind=args.get("kind") or None, model=args.get("model") or None,
                       metadata=metadata, batch_id=args.get("batch_id") or None,
                       created_after=_time_arg("created_after"), created_before=_time_arg("created_before"),
@@ -225,6 +224,8 @@ def list_tasks() -> Response:
         raise invalid_field("limit", f"limit must be an integer from 1 to {max_limit}",
                             f"Must be between 1 and {max_limit}.")
     flt = filter_from_args()
+    if flt.wait_reason and "queued" not in flt.statuses:  # only queued tasks have a wait_reason
+        return jsonify({"data": [], "next_cursor": None, "has_more": False})
     try:
         page, cursor = state().store.list_tasks(g.tenant, flt, int(limit_raw), request.args.get("cursor"))
     except ValueError:

@@ -53,10 +53,13 @@ algorithms = []
 expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "414", "415", "422", "428", "429"]
 
 # A batch accepts its valid items and reports each invalid one in `errors` of a 200 (the operation's description;
-# 422 only when no item is valid): an invalid item is refused on its own, not with the whole request.
+# 422 only when no item is valid): an invalid item is refused on its own, not with the whole request. So a batch
+# of schema-valid items is a 422 too when each was refused for what no schema can say (an environment_id that names
+# no environment: the 404 a single start answers is that item's error).
 [[operations]]
 include-operation-id = "start_batch"
 checks.negative_data_rejection.expected-statuses = ["200", "400", "401", "413", "414", "422", "429"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
 
 # The event streams of a task that never ends (no worker here) are read to their first event: enough to check
 # the status, the content type and each event against the document.
@@ -92,6 +95,21 @@ def describe(f):
     except SystemError:
         return "lambda: <source not parsed>"
 sources.lambda_description = describe
+# JSON Schema cannot say which Unicode names IDNA can encode: a start refused (422) only because an allowed_domains
+# entry is no host name IDNA encodes (control characters, unassigned code points) is not a contradiction of the
+# document. Every other failure stands.
+import json
+import schemathesis as st
+@st.hook
+def filter_failure(context, failure, case, response):
+    if response.status_code != 422:
+        return True
+    try:
+        fields = json.loads(response.content)["error"]["fields"]
+    except (ValueError, KeyError, TypeError):
+        return True
+    return not (isinstance(fields, dict) and set(fields) == {"allowed_domains"}
+                and all("IDNA encoding failed" in str(reason) for reason in fields["allowed_domains"]))
 from schemathesis.cli import schemathesis
 schemathesis()
 """

@@ -103,6 +103,12 @@ def test_a_browser_login_carries_over_to_another_worker_process(live: LiveStack,
     fresh = live.wait_ended(submit(live, kind="browser", instruction=f'goto {page}\nexpect "Signed out"\n'
                                                                       'expect "Theme none, draft none"\ndone'))
     assert fresh["status"] == "completed", fresh
+    # And a persistent task that fails saves nothing: the environment stays as the last completed task left it
+    failed = live.wait_ended(submit(live, kind="browser", persistent=True, environment_id=env_id,
+                                    instruction=f'goto {page}\nfail "on purpose"'))
+    assert (failed["status"], failed["environment_id"]) == ("failed", env_id), failed
+    after = environment(live, env_id)
+    assert (after["saves"], after["source_task_id"], after["in_use_by"]) == (1, started.task_id, None)
 
 
 def test_a_desktop_home_carries_over_to_another_slot(live: LiveStack) -> None:
