@@ -36,7 +36,8 @@ class EnvironmentSchema(_Answer):
     environment_id = fields.Str(required=True)
     kind = fields.Str(required=True, metadata={"enum": ["browser", "desktop"]})
     created_at = fields.Str(required=True)
-    updated_at = fields.Str(required=True, metadata={"description": "The last save, or the last task that took it."})
+    updated_at = fields.Str(required=True, metadata={"description": "The last save, or the last persistent task that "
+                                                                    "took it."})
     saved_at = fields.Str(allow_none=True, metadata={"description": "The last save; null before the first."})
     size_bytes = fields.Int(required=True, metadata={"description": "The saved state's size (0 before the first "
                                                                     "save)."})
@@ -46,8 +47,8 @@ class EnvironmentSchema(_Answer):
     in_use_by = fields.Str(allow_none=True, metadata={"description": "The active persistent task holding it, or "
                                                                      "null."})
     expires_at = fields.Str(allow_none=True, metadata={"description": (
-        "When it is deleted unless a task uses it first (LODESTAR_ENVIRONMENT_RETENTION seconds after its last "
-        "save or use).")})
+        "When it is deleted unless a persistent task takes it first (LODESTAR_ENVIRONMENT_RETENTION seconds after "
+        "its last save or take).")})
 
 
 class EnvironmentListSchema(_Answer):

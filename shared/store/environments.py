@@ -10,9 +10,10 @@ One task at a time: a task that will save the environment (``persistent``) holds
 (``in_use_by``; a holder whose record ended, or that was never stored, no longer holds it: nothing needs to let go
 when a task ends). Tasks that only restore it hold nothing. The atomic parts are ``lua/environment.lua``.
 
-Retention: ``environment_retention`` seconds (0: ``task_retention``) after the last save or the last task that took
-it; the record expires then and its Redis blob with it (an S3 blob by the bucket's lifecycle rule); listing prunes
-what expired from the index, and DELETE deletes both at once.
+Retention: ``environment_retention`` seconds (0: ``task_retention``) after the last save or the last persistent task
+that took it; the record expires then and its Redis blob with it (an S3 blob by the bucket's lifecycle rule, counted
+from the last save: an environment whose persistent tasks keep failing for longer than that loses its state and
+starts fresh); listing prunes what expired from the index, and DELETE deletes both at once.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class Environments:
 
     @property
     def retention(self) -> int:
-        """Seconds an environment is kept after its last save or use."""
+        """Seconds an environment is kept after its last save or take."""
         return self._settings.environment_retention or self._settings.task_retention
 
     def _run(self, env_id: str, tenant: str, op: str, *args: Any) -> Any:
@@ -117,6 +118,8 @@ class Environments:
                           self.retention)
         code = int(reply[0])
         detail = reply[1].decode() if len(reply) > 1 else ""
+        if code == 1 and isinstance(self.artifacts, RedisArtifacts):  # the blob lives as long as the record
+            self.artifacts.keep(env_id, self.retention)
         return Take({1: "ok", -1: "missing", -2: "kind", 0: "busy"}[code], detail)
 
     def release(self, env_id: str, tenant: str, task_id: str) -> bool:

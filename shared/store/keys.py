@@ -16,7 +16,7 @@
     P:t:{tenant}:status:{s}  zset    the tenant's task ids in status s, scored by created_at; likewise
                                      :meta:{key}={value} and :batch:{id} (list indexes; expired ids pruned lazily)
     P:t:{tenant}:deferred    list    queued task ids waiting for the tenant's running limit
-    P:t:{tenant}:environments zset   the tenant's saved environments, scored by their last save or use (epoch s)
+    P:t:{tenant}:environments zset   the tenant's saved environments, scored by their last save or take (epoch s)
     P:env:{id}               hash    a saved environment (``shared/store/environments.py``): tenant, kind, times,
                                      size_bytes, source_task_id, artifact (its blob's name in the artifact store,
                                      owner: the environment's id), in_use_by / in_use_since (the task holding it)
@@ -120,7 +120,7 @@ class Keys:
         return f"{self.prefix}:env:{env_id}"
 
     def environments(self, tenant: str) -> str:
-        """The tenant's environments by their last save or use (a sorted set)."""
+        """The tenant's environments by their last save or take (a sorted set)."""
         return f"{self.prefix}:t:{tenant}:environments"
 
     def deferred(self, tenant: str) -> str:

@@ -149,6 +149,14 @@ def test_the_redis_blob_lives_as_long_as_the_record(settings: Settings) -> None:
     assert store.environments.save(env_id, TENANT, task_id, b"{}") is None
     assert 4990 <= store.redis.ttl(store.keys.environment(env_id)) <= 5000
     assert 4990 <= store.redis.ttl(store.keys.shots(env_id)) <= 5000
+    # A persistent task that takes it later keeps both (it may fail and save nothing)
+    store.redis.expire(store.keys.environment(env_id), 100)
+    store.redis.expire(store.keys.shots(env_id), 100)
+    end(store, task_id)
+    later = make_task(store, Status.QUEUED, persistent=True)
+    assert store.environments.take(env_id, TENANT, "browser", later).ok
+    assert 4990 <= store.redis.ttl(store.keys.environment(env_id)) <= 5000
+    assert 4990 <= store.redis.ttl(store.keys.shots(env_id)) <= 5000
     store.close()
 
 
