@@ -11,8 +11,9 @@ from marshmallow import INCLUDE, Schema, fields
 
 PERSISTENT_HELP = (
     "Save the environment's state when the task completes (Lightcone: \"save environment state after task "
-    "completes\"): a browser task's Playwright storage state (cookies, localStorage, IndexedDB), a desktop task's "
-    "home folder (files and program settings; running programs and open windows are not carried over). It is saved "
+    "completes\"): a browser task's Playwright storage state (cookies, localStorage, IndexedDB, OPFS), a desktop "
+    "task's home folder (files and program settings; running programs and open windows are not carried over). It is "
+    "saved "
     "into environment_id, or into a new environment made at submit whose id the task's JSON shows. Only a "
     "completed task saves: a failed, cancelled or timed-out one leaves the environment as it was. A persistent "
     "task holds its environment from submit to its end: another persistent task naming it meanwhile is refused "

@@ -92,7 +92,7 @@ class BrowserHost:
         ``egress`` (the task's rules; None: the deployment's rules only, nothing reported) until it closes
         (``persistent`` and ``owner`` are accepted for the ``Host`` protocol; a context is never kept: a
         persistent task's state is saved with :meth:`BrowserComputer.save_state`). ``state``: a saved environment's
-        Playwright storage state (JSON bytes: cookies, localStorage, IndexedDB) the context starts with.
+        Playwright storage state (JSON bytes: cookies, localStorage, IndexedDB, OPFS) the context starts with.
 
         Takes the spare context :meth:`warm` prepared (never used by another task) when there is one and no
         ``state`` is given: creating a context costs ~130 ms that would otherwise delay the task's first step.
@@ -331,9 +331,10 @@ class BrowserComputer:
             raise ActionError(f'cannot select "{option}" in {target.describe()}: {str(exc).splitlines()[0]}') from exc
 
     def save_state(self) -> bytes:
-        """The context's storage state as JSON bytes (Playwright's: cookies, every origin's localStorage and
-        IndexedDB), what :meth:`BrowserHost.open` restores from."""
-        return json.dumps(self._context.storage_state(indexed_db=True), separators=(",", ":")).encode()
+        """The context's storage state as JSON bytes (Playwright's: cookies, every origin's localStorage, IndexedDB
+        and origin private file system), what :meth:`BrowserHost.open` restores from."""
+        state = self._context.storage_state(indexed_db=True, opfs=True)
+        return json.dumps(state, separators=(",", ":")).encode()
 
     def close(self) -> None:
         """Close the context and its gate: requests it still had in flight are cut."""

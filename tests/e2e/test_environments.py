@@ -2,10 +2,11 @@
 slots each (real Chromium, real Xvfb displays), Redis database 9, driven through the tzafon SDK.
 
 A persistent browser task signs into a local site (an HttpOnly session cookie from the server, a localStorage
-preference, an IndexedDB record); a task naming its environment_id, run by the other worker process, is signed in
-with all three, and a task without it is not. A persistent desktop task writes a file and a program setting
-(``git config --global``) in its HOME; a task with its environment_id, on the other slot (another display), reads
-both. Which slot runs a task is forced by keeping the first one busy (:func:`busy_elsewhere`), not left to chance.
+preference, an IndexedDB record, a file in the origin private file system); a task naming its environment_id,
+run by the other worker process, is signed in with all four, and a task without it is not. A persistent desktop
+task writes a file and a program setting (``git config --global``) in its HOME; a task with its environment_id, on
+the other slot (another display), reads both. Which slot runs a task is forced by keeping the first one busy
+(:func:`busy_elsewhere`), not left to chance.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from tests.conftest import LiveStack, Site, start_stack
 pytestmark = [pytest.mark.redis, pytest.mark.browser, pytest.mark.worker]
 
 SLOTS = 2
+SIGNED_IN_PREFS = "Theme dark, draft hello, file kept"
+"""What login.html shows once signed in: its localStorage, IndexedDB and OPFS entries."""
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,7 @@ def test_a_browser_login_carries_over_to_another_worker_process(live: LiveStack,
     # Given a persistent task (started through the SDK) that signs into the site
     started = sdk.agent.tasks.start(
         instruction=f'goto {page}\nexpect "Signed out"\ntype "ada" into "Username"\nclick "Sign in"\n'
-                    'expect "Signed in as ada"\nexpect "Theme dark, draft hello"\ndone "signed in"',
+                    f'expect "Signed in as ada"\nexpect "{SIGNED_IN_PREFS}"\ndone "signed in"',
         agent_type="scripted", kind="browser", persistent=True)
     first = live.wait_ended(started.task_id, timeout=120)
     assert (first["status"], first["exit_code"], first["error"]) == ("completed", 0, None), first
@@ -90,18 +93,19 @@ def test_a_browser_login_carries_over_to_another_worker_process(live: LiveStack,
     # When a task names the environment and runs on the other worker process
     blockers = busy_elsewhere(live, "browser", first["worker"])
     again = sdk.agent.tasks.start(
-        instruction=f'goto {page}\nexpect "Signed in as ada"\nexpect "Theme dark, draft hello"\ndone "still in"',
+        instruction=f'goto {page}\nexpect "Signed in as ada"\nexpect "{SIGNED_IN_PREFS}"\ndone "still in"',
         agent_type="scripted", kind="browser", environment_id=env_id)
     second = live.wait_ended(again.task_id, timeout=120)
     for blocker in blockers:
         cancel(live, blocker)
-    # Then it was signed in already: the cookie, localStorage and IndexedDB came with it
+    # Then it was signed in already: the cookie, localStorage, IndexedDB and OPFS came with it
     assert second["worker"] != first["worker"]
     assert (second["status"], second["result"], second["environment_id"]) == ("completed", "still in", env_id), second
     # And it saved nothing (it was not persistent); a task without the environment is signed out
     assert environment(live, env_id)["saves"] == 1
     fresh = live.wait_ended(submit(live, kind="browser", instruction=f'goto {page}\nexpect "Signed out"\n'
-                                                                      'expect "Theme none, draft none"\ndone'))
+                                                                      'expect "Theme none, draft none, file none"\n'
+                                                                      'done'))
     assert fresh["status"] == "completed", fresh
     # And a persistent task that fails saves nothing: the environment stays as the last completed task left it
     failed = live.wait_ended(submit(live, kind="browser", persistent=True, environment_id=env_id,
