@@ -174,8 +174,10 @@ def _run(rt: Runtime, task: Task, keeper: LeaseKeeper) -> str:
         if secrets:
             outcome = replace(outcome, result=redact_value(outcome.result, secrets),
                               error=redact(outcome.error, secrets) if outcome.error else None)
-        if task.persistent and outcome.code == ExitCode.COMPLETED:  # saved before the end is: a task that reads
-            unsaved = environments.save(rt.store, task, computer)     # the end may start from it at once
+        # a completed persistent task saves its environment before its end is recorded (a task started once the
+        # end is seen starts from it), unless this worker lost the task meanwhile (another attempt runs it now)
+        if task.persistent and outcome.code == ExitCode.COMPLETED and not keeper.lost.is_set():
+            unsaved = environments.save(rt.store, task, computer)
             if unsaved:
                 outcome = replace(outcome, error=unsaved)
         return end(rt, task, outcome)
