@@ -268,7 +268,9 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
             "summary": "The tenant's saved environments (persistent tasks), last saved or used first",
             "parameters": [{"name": "kind", "in": "query", "schema": {"type": "string", "enum": list(KINDS)}},
                            {"name": "limit", "in": "query", "schema": {
-                               "type": "integer", "minimum": 1, "maximum": settings.list_max_limit, "default": 50}}],
+                               "type": "integer", "minimum": 1, "maximum": settings.list_max_limit, "default": 50}},
+                           {"name": "cursor", "in": "query", "description": "next_cursor of the previous page",
+                            "schema": {"anyOf": [{"type": "string", "pattern": CURSOR_PATTERN}, _ABSENT]}}],
             "responses": {**_ok(_ref("EnvironmentList")), **_errors(*AUTHED, 422)}}},
         "/agent/environments/{id}": {
             "get": {"operationId": "get_environment", "summary": "A saved environment", "parameters": [_ID],

@@ -53,7 +53,9 @@ class EnvironmentSchema(_Answer):
 
 
 class EnvironmentListSchema(_Answer):
-    """GET /agent/environments: the tenant's environments, last saved or used first."""
+    """GET /agent/environments: the tenant's environments, last saved or taken first, a page at a time."""
 
     data = fields.List(fields.Nested(EnvironmentSchema), required=True)
+    next_cursor = fields.Str(required=True, allow_none=True, metadata={"description": "The next page's cursor; "
+                                                                                      "null on the last page."})
     has_more = fields.Bool(required=True)

@@ -13,6 +13,7 @@ from api.auth import authenticate
 from api.errors import ApiError, invalid_field, not_found
 from api.state import state
 from shared.store.environments import Environment
+from shared.store.listing import decode_cursor, encode_cursor
 from shared.task import KINDS
 
 bp = Blueprint("environments", __name__)
@@ -28,7 +29,8 @@ def _load(env_id: str) -> Environment:
 
 @bp.get("/agent/environments")
 def list_environments() -> Response:
-    """The tenant's environments, last saved or used first: ``?kind=browser|desktop``, ``?limit=1..list_max_limit``."""
+    """The tenant's environments, last saved or taken first: ``?kind=browser|desktop``, ``?limit=1..list_max_limit``,
+    ``?cursor=`` (a page's ``next_cursor``)."""
     kind = request.args.get("kind")
     if kind is not None and kind not in KINDS:
         raise invalid_field("kind", f"kind must be one of {', '.join(KINDS)}", f"Must be one of: {', '.join(KINDS)}.")
@@ -37,10 +39,17 @@ def list_environments() -> Response:
     if not re.fullmatch(r"[0-9]{1,9}", limit_raw) or not 1 <= int(limit_raw) <= max_limit:
         raise invalid_field("limit", f"limit must be an integer from 1 to {max_limit}",
                             f"Must be between 1 and {max_limit}.")
+    cursor = request.args.get("cursor") or None
+    try:
+        after = decode_cursor(cursor) if cursor else None
+    except ValueError:
+        raise invalid_field("cursor", "malformed cursor", "Not a valid cursor.") from None
     environments = state().store.environments
-    found, more = environments.of_tenant(g.tenant, kind, int(limit_raw))
+    found, more = environments.of_tenant(g.tenant, kind, int(limit_raw), after)
     data = [env.to_json(holder) for env, holder in zip(found, environments.holders(found), strict=True)]
-    return jsonify({"data": data, "has_more": more})
+    last = found[-1] if found and more else None
+    return jsonify({"data": data, "next_cursor": encode_cursor((last.updated_at, last.environment_id)) if last
+                    else None, "has_more": more})
 
 
 @bp.get("/agent/environments/<env_id>")

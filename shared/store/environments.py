@@ -181,13 +181,19 @@ class Environments:
             return None
         return _decode(env_id, raw, self.retention)
 
-    def of_tenant(self, tenant: str, kind: str | None = None, limit: int = 50) -> tuple[list[Environment], bool]:
-        """The tenant's environments, last saved or used first, at most ``limit``; and whether there are more.
-        Expired ones are pruned from the index on the way (their Redis blobs expired with them)."""
+    def of_tenant(self, tenant: str, kind: str | None = None, limit: int = 50,
+                  after: tuple[float, str] | None = None) -> tuple[list[Environment], bool]:
+        """The tenant's environments, last saved or taken first, at most ``limit``, starting after the position
+        ``after`` (``(updated_at, environment id)`` of a previous page's last one: ``shared.store.listing``'s
+        cursors); and whether there are more. Expired ones are pruned from the index on the way (their Redis blobs
+        expired with them)."""
         index = self._keys.environments(tenant)
         stale = time.time() - self.retention
         self._redis.zremrangebyscore(index, "-inf", stale)
-        ids = [i.decode() for i in cast(list[bytes], self._redis.zrevrange(index, 0, -1))]
+        top: float | str = "+inf" if after is None else after[0]
+        ranked = cast(list[tuple[bytes, float]], self._redis.zrevrangebyscore(index, top, "-inf", withscores=True))
+        ids = [member.decode() for member, score in ranked
+               if after is None or score < after[0] or member.decode() < after[1]]
         found: list[Environment] = []
         missing = []
         for start in range(0, len(ids), 200):

@@ -62,7 +62,8 @@ def test_a_persistent_task_gets_an_environment_of_its_tenant(client: FlaskClient
     # And a task that is not persistent has none
     assert task_json(client, start(client))["environment_id"] is None
     # And another tenant sees none of it: not in its list, 404 for the id, by GET and DELETE
-    assert client.get("/agent/environments", headers=OTHER).get_json() == {"data": [], "has_more": False}
+    assert client.get("/agent/environments", headers=OTHER).get_json() == {"data": [], "next_cursor": None,
+                                                                           "has_more": False}
     assert error_of(client.get(f"/agent/environments/{env_id}", headers=OTHER), 404)["type"] == "not_found"
     assert error_of(client.delete(f"/agent/environments/{env_id}", headers=OTHER), 404)["type"] == "not_found"
 
@@ -153,19 +154,28 @@ def test_delete_an_environment(client: FlaskClient, store: TaskStore) -> None:
 
 
 @pytest.mark.parametrize(("query", "field"), [("kind=laptop", "kind"), ("kind=", "kind"), ("limit=0", "limit"),
-                                              ("limit=x", "limit"),
+                                              ("limit=x", "limit"), ("cursor=abc", "cursor"),
                                               ("limit=100000", "limit")])
 def test_list_query_parameters_are_checked(client: FlaskClient, query: str, field: str) -> None:
     assert list(error_of(client.get(f"/agent/environments?{query}", headers=AUTH), 422)["fields"]) == [field]
 
 
-def test_listing_filters_by_kind_and_pages_by_limit(client: FlaskClient) -> None:
-    browser = [task_json(client, start(client, persistent=True))["environment_id"] for _ in range(2)]
+def test_listing_filters_by_kind_and_pages(client: FlaskClient) -> None:
+    browser = [task_json(client, start(client, persistent=True))["environment_id"] for _ in range(5)]
     desktop = task_json(client, start(client, persistent=True, kind="desktop"))["environment_id"]
     assert [e["environment_id"] for e in client.get("/agent/environments?kind=desktop",
                                                     headers=AUTH).get_json()["data"]] == [desktop]
-    page = client.get("/agent/environments?kind=browser&limit=1", headers=AUTH).get_json()
-    assert page["has_more"] is True and page["data"][0]["environment_id"] in browser
+    # pages of 2 walk every browser environment once, newest first, then say it is the last page
+    seen, cursor, pages = [], "", 0
+    while True:
+        page = client.get(f"/agent/environments?kind=browser&limit=2&cursor={cursor}", headers=AUTH).get_json()
+        seen += [e["environment_id"] for e in page["data"]]
+        pages += 1
+        if not page["has_more"]:
+            assert page["next_cursor"] is None
+            break
+        cursor = page["next_cursor"]
+    assert seen == browser[::-1] and pages == 3
 
 
 def test_the_document_describes_the_environment_fields_and_routes(client: FlaskClient) -> None:
