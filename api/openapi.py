@@ -8,13 +8,13 @@ Served at GET /openapi.json. :func:`operations` is the one table of paths; a tes
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import validate
 
-from api.routes.tasks import DEFAULT_WAIT, EPOCH_MAX
+from api.routes.tasks import DEFAULT_WAIT, EPOCH_MAX, WAIT_REASON_PATTERN
 from shared.environments import EnvironmentListSchema, EnvironmentSchema
 from shared.models import BUILTIN, registry
 from shared.schemas import (
@@ -37,7 +37,6 @@ from shared.settings import Settings
 from shared.signing import EXPIRES_PATTERN, SIG_PATTERN
 from shared.states import Status
 from shared.store.listing import CURSOR_PATTERN
-from shared.store.queueinfo import REASONS
 from shared.task import KINDS, OFFLINE_AGENTS
 
 
@@ -108,15 +107,6 @@ _SSE = {"200": {
 _ABSENT = {"type": "string", "maxLength": 0, "description": "empty: as if absent"}
 
 
-def _wait_reason_pattern() -> str:
-    """What the list's ``wait_reason`` filter accepts: empty, the start of a reason, or a reason and more."""
-    def prefixes(reason: str) -> str:
-        return "".join(f"(?:{c}" for c in reason) + ")?" * len(reason)
-
-    assert all(re.fullmatch(r"[a-z_ ]+", r) for r in REASONS)  # nothing to escape
-    return "^(?:" + "|".join([*(prefixes(r) for r in REASONS), *(r + r"[\s\S]*" for r in REASONS)]) + ")$"
-
-
 def _list_parameters(settings: Settings) -> list[dict[str, Any]]:
     time = {"anyOf": [{"type": "number", "minimum": 0, "maximum": EPOCH_MAX},
                       {"type": "string", "format": "date-time"}, _ABSENT]}
@@ -136,11 +126,11 @@ def _list_parameters(settings: Settings) -> list[dict[str, Any]]:
                                                     "maximum": settings.list_max_limit, "default": 50}},
         {"name": "cursor", "in": "query", "description": "next_cursor of the previous page",
          "schema": {"anyOf": [{"type": "string", "pattern": CURSOR_PATTERN}, _ABSENT]}},
-        {"name": "wait_reason", "in": "query", "schema": {"type": "string", "pattern": _wait_reason_pattern()},
+        {"name": "wait_reason", "in": "query", "schema": {"type": "string", "pattern": WAIT_REASON_PATTERN},
          "description": "Queued tasks whose wait_reason starts with this: \"tenant max_running reached\", \"no "
-                        "worker\", \"rate limited\" or \"queued behind\" (implies status=queued; with a status "
-                        "list that lacks queued, the page is empty); every queued task "
-                        "in a page carries its queue_position and wait_reason"},
+                        "worker\", \"rate limited\" or \"queued behind\" (only queued tasks wait: it narrows status to "
+                        "queued, and a status list without queued matches no task); every queued task in a page "
+                        "carries its queue_position and wait_reason"},
     ]
 
 
@@ -176,8 +166,8 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
                            "call would go over it fails with exit code 8 (GET /agent/batches/{id} shows "
                            "max_cost_usd and spent_usd).",
             "requestBody": _body({"anyOf": [batch_items, {"type": "object", "required": ["tasks"], "properties": {
-                "tasks": batch_items, "max_cost_usd": {"type": "number", "exclusiveMinimum": 0,
-                                                       "description": "the batch's budget in USD"}}}]}),
+                "tasks": batch_items, "max_cost_usd": {"type": ["number", "null"], "exclusiveMinimum": 0,
+                                                       "maximum": 1e9, "description": "the batch's budget in USD"}}}]}),
             "responses": {"200": {"description": "The batch's outcome", "links": {"batch_summary": {
                 "operationId": "batch_summary", "parameters": {"id": "$response.body#/batch_id"}}},
                 "content": {"application/json": {"schema": _ref("BatchOutcome")}}},
@@ -265,7 +255,7 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
                 "type": "string", "format": "binary"}}}}, **_errors(*AUTHED, 403, 404, 422)}}},
         "/agent/environments": {"get": {
             "operationId": "list_environments",
-            "summary": "The tenant's saved environments (persistent tasks), last saved or used first",
+            "summary": "The tenant's saved environments (persistent tasks), last saved or taken first",
             "parameters": [{"name": "kind", "in": "query", "schema": {"type": "string", "enum": list(KINDS)}},
                            {"name": "limit", "in": "query", "schema": {
                                "type": "integer", "minimum": 1, "maximum": settings.list_max_limit, "default": 50}},
@@ -317,39 +307,67 @@ def glob_pattern(globs: list[str]) -> str:
 
 
 def _task_start_rules(schema: dict[str, Any], settings: Settings) -> None:
-    """What apispec cannot say about TaskStart: a task needs an offline agent_type or a model the registry knows
-    (and, with max_cost_usd, one with a price); the heuristic agent takes no output_schema; max_cost_usd is above
-    0; secrets need the deployment's key; metadata keys are 1 to 64 characters and at most ``max_metadata_keys``."""
+    """What apispec cannot say about TaskStart: a task needs an offline agent_type or a model the registry knows;
+    a model task's max_cost_usd needs a priced model; output_schema needs a model or the scripted agent; secrets
+    need LODESTAR_SECRETS_KEY and names like {{name}};
+    metadata keys are 1 to 64 characters and at most ``max_metadata_keys``."""
     models = registry(settings)
     known = glob_pattern([*models.entries, *(pattern for pattern, _ in BUILTIN)])
     model_rule: dict[str, Any] = {"properties": {"model": {"pattern": known}}}
     if not models.known(settings.default_model):
         model_rule["required"] = ["model"]
-    # a budget (max_cost_usd) needs the model's price, unless an offline agent runs the task
-    priced: dict[str, Any] = {"properties": {"model": {"pattern": glob_pattern(list(models.prices))}}}
-    default = models.resolve(settings.default_model)
-    if default is None or default.price_input is None:
-        priced["required"] = ["model"]
-    model_rule["anyOf"] = [{"not": {"required": ["max_cost_usd"]}}, *([priced] if models.prices else [])]
     schema["anyOf"] = [{"required": ["agent_type"]}, model_rule]
-    # the heuristic agent gives no structured answers
-    schema["not"] = {"required": ["agent_type", "output_schema"], "properties": {"agent_type": {"const": "heuristic"}}}
-    budget = schema["properties"]["max_cost_usd"]  # apispec renders Range(min_inclusive=False) as a minimum
-    budget["exclusiveMinimum"] = budget.pop("minimum")
+    # a model task's budget needs the model's price (LODESTAR_MODEL_PRICES): no price, no max_cost_usd
+    priced: dict[str, Any] = {"properties": {"model": {"pattern": glob_pattern(list(models.prices))}}}
+    if not models.prices:
+        priced = {"not": {}}
+    elif (default := models.resolve(settings.default_model)) is None or default.price_input is None:
+        priced["required"] = ["model"]
+    schema["allOf"] = [{"if": {"required": ["max_cost_usd"], "not": {"required": ["agent_type"]}}, "then": priced},
+                       # the heuristic agent gives no structured answers
+                       {"not": {"required": ["agent_type", "output_schema"],
+                                "properties": {"agent_type": {"const": "heuristic"}}}}]
     secrets = schema["properties"]["secrets"]
-    secrets.pop("maxLength", None)  # apispec's rendering of Length on a Dict; it does not render the keys' rule
-    # (none at all where the deployment has no LODESTAR_SECRETS_KEY to seal them with)
+    secrets.pop("maxLength", None)  # apispec's rendering of Length on a Dict
     secrets.update(maxProperties=50 if settings.secrets_key else 0,
-                   propertyNames={"pattern": f"^{SECRET_NAME.pattern}$"})
+                   propertyNames={"pattern": "^" + SECRET_NAME.pattern + "$"})
     metadata = schema["properties"]["metadata"]
     metadata.pop("maxLength", None)  # apispec's rendering of Length on a Dict
     metadata.update(maxProperties=settings.max_metadata_keys, propertyNames={"minLength": 1, "maxLength": 64})
 
 
+def exclusive_bounds(self: Any, field: Any, **kwargs: Any) -> dict[str, Any]:
+    """apispec attribute function: a ``validate.Range`` with an open end (``min_inclusive=False`` or
+    ``max_inclusive=False``) as JSON Schema 2020-12's numeric ``exclusiveMinimum`` / ``exclusiveMaximum``
+    (apispec 6 renders every Range as closed, so a document would allow the bound the API refuses)."""
+    out: dict[str, Any] = {}
+    for validator in getattr(field, "validators", []):
+        if isinstance(validator, validate.Range):
+            if validator.min is not None and not validator.min_inclusive:
+                out["exclusiveMinimum"] = validator.min
+            if validator.max is not None and not validator.max_inclusive:
+                out["exclusiveMaximum"] = validator.max
+    return out
+
+
+def _close_open_ends(node: Any) -> None:
+    """Drop ``minimum`` / ``maximum`` where an exclusive bound of the same value says it (see exclusive_bounds)."""
+    if isinstance(node, dict):
+        for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+            if exclusive in node and node.get(bound) == node[exclusive]:
+                del node[bound]
+        for value in node.values():
+            _close_open_ends(value)
+    elif isinstance(node, list):
+        for value in node:
+            _close_open_ends(value)
+
+
 def build_spec(settings: Settings) -> dict[str, Any]:
     """The OpenAPI 3.1.0 document as a dict."""
+    plugin = MarshmallowPlugin()
     spec = APISpec(
-        title="Lodestar Agent Tasks API", version="0.1.0", openapi_version="3.1.0", plugins=[MarshmallowPlugin()],
+        title="Lodestar Agent Tasks API", version="0.1.0", openapi_version="3.1.0", plugins=[plugin],
         info={"description": (
             "Wire-compatible with Lightcone's Agent Tasks API (point the tzafon SDK's base_url here), plus task "
             "management. Webhooks: see shared/webhooks.py for the signature (Lodestar-Signature: v1=HMAC-SHA256 "
@@ -366,6 +384,8 @@ def build_spec(settings: Settings) -> dict[str, Any]:
     spec.components.security_scheme("signedUrl", {
         "type": "apiKey", "in": "query", "name": "sig", "description": "The signature of a signed screenshot URL "
         f"(with its expires; {SIG_PATTERN}), as the API hands them out: no bearer key needed"})
+    assert plugin.converter is not None  # set by APISpec's init_spec
+    plugin.converter.add_attribute_function(exclusive_bounds)
     spec.components.schema("TaskStart", schema=make_start_schema(settings))
     for name, schema in (("TaskStartResponse", TaskStartResponseSchema), ("Task", TaskSchema),
                          ("TaskList", TaskListSchema), ("StatusResponse", StatusResponseSchema),
@@ -377,6 +397,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
     for path, ops in operations(settings).items():
         spec.path(path=path, operations=ops)
     document = spec.to_dict()
+    _close_open_ends(document)
     schemas = document["components"]["schemas"]
     _task_start_rules(schemas["TaskStart"], settings)
     schemas["CancelMany"]["anyOf"] = [{"required": ["task_ids"]}, {"required": ["filter"]}]

@@ -146,12 +146,32 @@ def resolve(host: str, hosts: Mapping[str, Sequence[IPAddress]] | None = None) -
 
 
 # --- allowed_domains patterns ----------------------------------------------------------------------------------------
-def clean_domain_patterns(patterns: Iterable[str]) -> list[str]:
-    """Validate ``allowed_domains`` patterns and return them normalized (lower case, IDNA ASCII, no trailing dot,
-    duplicates dropped).
+_H = "[0-9A-Fa-f]{1,4}"
+_IPV6 = "|".join([  # RFC 4291 text forms without an embedded IPv4 address or a zone id
+    f"(?:{_H}:){{7}}{_H}", f"(?:{_H}:){{1,7}}:", f"(?:{_H}:){{1,6}}:{_H}", f"(?:{_H}:){{1,5}}(?::{_H}){{1,2}}",
+    f"(?:{_H}:){{1,4}}(?::{_H}){{1,3}}", f"(?:{_H}:){{1,3}}(?::{_H}){{1,4}}", f"(?:{_H}:){{1,2}}(?::{_H}){{1,5}}",
+    f"{_H}:(?::{_H}){{1,6}}", f":(?::{_H}){{1,7}}", "::"])
+_HOST_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?"
+_NUMERIC_NAME = r"[0-9A-Fa-fXx]+(?:\.[0-9A-Fa-fXx]+){0,3}\.?$"  # what may spell an IPv4 address
+DOMAIN_PATTERN = rf"^(?:\*\.(?!{_NUMERIC_NAME}){_HOST_NAME}|{_HOST_NAME}|\[(?:{_IPV6})\])$"
+"""What an ``allowed_domains`` pattern may be, as a regular expression that Python and ECMA 262 (JSON Schema's
+``pattern``) read alike: a host name in ASCII (international names in their ``xn--`` form), optionally after "*.";
+or an IPv6 address in brackets. Every string it matches is a valid pattern, and only those (the OpenAPI document
+says the same)."""
+DOMAIN_MAX_CHARS = 253
+"""The longest pattern (a DNS name's longest text form)."""
+_DOMAIN = re.compile(DOMAIN_PATTERN)
 
-    A pattern is a host name ("example.com": that host only), "*." and a host name ("*.example.org": any name under
-    example.org, not example.org itself), or an IP address (that address written as the URL's host).
+
+def clean_domain_patterns(patterns: Iterable[str]) -> list[str]:
+    """Validate ``allowed_domains`` patterns and return them normalized (lower case, no trailing dot, an address in
+    its standard form, duplicates dropped).
+
+    A pattern is a host name in ASCII ("example.com": that host only; "xn--bcher-kva.de" for "bücher.de"), "*." and
+    a host name ("*.example.org": any name under example.org, not example.org itself; not an address), or an IP
+    address: IPv4 in any notation a URL accepts ("127.1"), IPv6 in brackets ("[::1]"). Exactly the strings of at
+    most :data:`DOMAIN_MAX_CHARS` characters that :data:`DOMAIN_PATTERN` matches.
 
     Raises:
         ValueError: the first bad pattern, named, and why.
@@ -160,24 +180,21 @@ def clean_domain_patterns(patterns: Iterable[str]) -> list[str]:
     for raw in patterns:
         if not isinstance(raw, str):
             raise ValueError(f"{raw!r} is not a string")
-        pattern = raw.strip().lower().rstrip(".")
+        if len(raw) > DOMAIN_MAX_CHARS or not _DOMAIN.fullmatch(raw):
+            hint = ""
+            try:
+                ascii_form = raw.encode("idna").decode("ascii") if not raw.isascii() else raw
+                if ascii_form != raw and _DOMAIN.fullmatch(ascii_form):
+                    hint = f"; write international names in their ASCII form: {ascii_form!r}"
+            except UnicodeError:
+                pass
+            raise ValueError(f"{raw!r} is not a host name, *.<host name> or IP address (letters, digits, hyphens "
+                             f"and dots, at most {DOMAIN_MAX_CHARS} characters; IPv6 in brackets; no scheme, port, "
+                             f"path or other wildcard){hint}")
+        pattern = raw.lower().rstrip(".")
         wildcard = pattern.startswith("*.")
-        name = pattern[2:] if wildcard else pattern
-        literal = ip_literal(name) if name and "/" not in name else None
-        if literal is not None:
-            if wildcard:
-                raise ValueError(f"{raw!r}: a wildcard covers names, not an IP address")
-            out.append(str(literal))
-            continue
-        try:
-            ascii_name = name.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise ValueError(f"{raw!r} is not a host name (IDNA encoding failed)") from None
-        labels = ascii_name.split(".")
-        if not ascii_name or len(ascii_name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
-            raise ValueError(f"{raw!r} is not a host name or *.<host name> (letters, digits, hyphens and dots; "
-                             "no scheme, port, path or other wildcard)")
-        out.append(("*." if wildcard else "") + ascii_name)
+        literal = None if wildcard else ip_literal(pattern)
+        out.append(str(literal) if literal is not None else pattern)
     return list(dict.fromkeys(out))
 
 

@@ -25,7 +25,7 @@ from marshmallow import (
 
 from shared.environments import ENVIRONMENT_ID_HELP, PERSISTENT_HELP
 from shared.models import registry as model_registry
-from shared.netguard import clean_domain_patterns
+from shared.netguard import DOMAIN_MAX_CHARS, DOMAIN_PATTERN, clean_domain_patterns
 from shared.output_schema import check_schema
 from shared.secrets import NAME
 from shared.settings import Settings
@@ -155,11 +155,13 @@ def make_start_schema(settings: Settings) -> Schema:
         webhook_events = fields.Str(load_default="terminal", validate=validate.OneOf(["terminal", "all"]),
                                     metadata={"description": "Lodestar: terminal (default) or all status changes."})
         allowed_domains = fields.List(
-            fields.Str(validate=validate.Length(1, 255)), validate=validate.Length(1, s.max_allowed_domains),
+            fields.Str(validate=validate.Length(1, DOMAIN_MAX_CHARS), metadata={"pattern": DOMAIN_PATTERN}),
+            validate=validate.Length(1, s.max_allowed_domains),
             metadata={"description": "Lodestar: the only hosts the task's browser or desktop may reach: names "
-                      "(\"example.com\": that host), \"*.\" and a name (\"*.example.org\": any name under it) or IP "
-                      "addresses. Applies together with the tenant's allowed_domains (a host must match both lists) "
-                      "and the deployment's network rules. Omit it for no restriction."})
+                      "in ASCII (\"example.com\": that host; \"xn--bcher-kva.de\" for bücher.de), \"*.\" and a name "
+                      "(\"*.example.org\": any name under it) or IP addresses (IPv6 in brackets). Applies together "
+                      "with the tenant's allowed_domains (a host must match both lists) and the deployment's network "
+                      "rules. Omit it for no restriction."})
 
         @validates("allowed_domains")
         def _patterns_are_hosts(self, value: list[str], **_: Any) -> None:
@@ -201,8 +203,8 @@ def make_start_schema(settings: Settings) -> Schema:
                                         "task fails with exit code 8. Offline agents cost 0.")})
 
         secrets = fields.Dict(
-            keys=fields.Str(validate=validate.Regexp(NAME.pattern + "$", error="a secret's name is a letter or _ then "
-                                                                               "letters, digits or _ (64 at most)")),
+            keys=fields.Str(validate=validate.Regexp(r"\A" + NAME.pattern + r"\Z", error=(
+                "a secret's name is a letter or _ then letters, digits or _ (64 at most)"))),
             values=fields.Str(validate=validate.Length(1, 4096)), validate=validate.Length(max=50),
             metadata={"description": "Lodestar: {name: value} typed where the instruction or a script writes "
                                      "{{name}}; the agent never sees the values (sealed with LODESTAR_SECRETS_KEY, "

@@ -77,12 +77,13 @@ def _batch_items() -> tuple[list[Any], float | None]:
 
 
 def _batch_budget(value: Any) -> float | None:
-    """A batch's ``max_cost_usd``: None, or a finite number of USD above 0 (422 naming the field otherwise)."""
+    """A batch's ``max_cost_usd``: None, or a number of USD above 0 and at most 1e9, as a task's (422 naming the
+    field otherwise)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
-        raise invalid_field("max_cost_usd", "max_cost_usd must be a number of USD above 0",
-                            "Must be a number greater than 0.")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1e9:
+        raise invalid_field("max_cost_usd", "max_cost_usd must be a number of USD above 0 and at most 1e9",
+                            "Must be greater than 0 and less than or equal to 1000000000.0.")
     return float(value)
 
 
@@ -192,7 +193,8 @@ def _time_arg(name: str) -> float | None:
 def filter_from_args() -> TaskFilter:
     """The list filter of the query string: ``status`` (comma-separated, repeatable), ``kind``, ``model``,
     ``batch_id``, ``metadata.<key>`` or ``metadata[<key>]``, ``created_after``, ``created_before``,
-    ``wait_reason`` (queued tasks whose wait reason starts with it: with ``status``, the queued among those)."""
+    ``wait_reason`` (queued tasks whose wait reason starts with it: it narrows ``status`` to queued, and a
+    status list without queued then matches nothing)."""
     args = request.args
     statuses = tuple(s for raw in args.getlist("status") for s in raw.split(",") if s)
     unknown = [s for s in statuses if s not in {str(x) for x in Status}]
@@ -207,13 +209,31 @@ def filter_from_args() -> TaskFilter:
         if not any(r.startswith(wait_reason) or wait_reason.startswith(r) for r in REASONS):
             raise invalid_field("wait_reason", f"unknown wait_reason {wait_reason!r}",
                                 f"Must start like one of: {', '.join(REASONS)}.")
-        # queued tasks only: with other statuses, the queued among them (none when queued is not asked for)
-        statuses = ("queued",) if not statuses or "queued" in statuses else statuses
+        # only queued tasks wait: with a status list that leaves out queued, nothing matches (see list_tasks)
+        if not statuses or "queued" in statuses:
+            statuses = ("queued",)
     return TaskFilter(statuses=statuses, kind=args.get("kind") or None, model=args.get("model") or None,
                       metadata=metadata, batch_id=args.get("batch_id") or None,
                       created_after=_time_arg("created_after"), created_before=_time_arg("created_before"),
                       wait_reason=wait_reason)
 
+
+def _literal(text: str) -> str:
+    """``text`` as a regular expression both Python and ECMA 262 (in unicode mode) read alike."""
+    return "".join("\\" + c if c in "\\^$.|?*+()[]{}/" else c for c in text)
+
+
+def _prefixes(text: str) -> str:
+    """A regular expression matching every non-empty prefix of ``text`` ("ab" -> "a(?:b)?")."""
+    out = ""
+    for ch in reversed(text):
+        out = _literal(ch) + (f"(?:{out})?" if out else "")
+    return out
+
+
+WAIT_REASON_PATTERN = "^(?:" + "|".join([_prefixes(r) + "|" + _literal(r) + r"[\s\S]*" for r in REASONS]) + ")?$"
+"""What the list's ``wait_reason`` filter takes (the OpenAPI document's ``pattern``, ECMA 262 and Python alike):
+empty, a prefix of a reason in ``REASONS`` ("queued"), or a reason and more ("queued behind 3")."""
 
 @bp.get("/agent/tasks")
 def list_tasks() -> Response:
@@ -224,8 +244,8 @@ def list_tasks() -> Response:
         raise invalid_field("limit", f"limit must be an integer from 1 to {max_limit}",
                             f"Must be between 1 and {max_limit}.")
     flt = filter_from_args()
-    if flt.wait_reason and "queued" not in flt.statuses:  # only queued tasks have a wait_reason
-        return jsonify({"data": [], "next_cursor": None, "has_more": False})
+    if flt.wait_reason is not None and flt.statuses != ("queued",):
+        return jsonify({"data": [], "next_cursor": None, "has_more": False})  # only queued tasks have a wait reason
     try:
         page, cursor = state().store.list_tasks(g.tenant, flt, int(limit_raw), request.args.get("cursor"))
     except ValueError:

@@ -31,7 +31,7 @@ def _domains_value(value: str | list[str] | tuple[str, ...], most: int) -> str:
         ValueError: a bad pattern (named), or more than ``most`` of them.
     """
     items = value.split(",") if isinstance(value, str) else list(value)
-    patterns = clean_domain_patterns(p for p in items if p.strip())
+    patterns = clean_domain_patterns(p.strip() for p in items if p.strip())
     if len(patterns) > most:
         raise ValueError(f"allowed_domains: {len(patterns)} patterns, at most {most} (LODESTAR_MAX_ALLOWED_DOMAINS)")
     return ",".join(patterns)

@@ -771,3 +771,15 @@ def test_start_stream_begins_with_the_queued_event(client: FlaskClient, store: T
     event = json.loads(block.split("data: ", 1)[1])
     assert block.startswith("id: 1\n") and event["seq"] == 1 and event["status"] == "queued"
     assert store.get(event["task_id"]).status == Status.QUEUED  # type: ignore[index]
+
+
+@pytest.mark.parametrize("text", ["", "q", "queued", "queued behind", "queued behind 12 tasks", "no worker",
+                                  "no worker for kind desktop", "tenant max_running reached", "rate limited!",
+                                  "x", "queued x", "queued\n", " queued", "rate  limited", "Queued"])
+def test_the_documented_wait_reason_pattern_is_the_filters_rule(text: str) -> None:
+    # The OpenAPI document gives WAIT_REASON_PATTERN: it takes exactly what the list's filter takes
+    from api.routes.tasks import WAIT_REASON_PATTERN
+    from shared.store.queueinfo import REASONS
+
+    rule = not text or any(r.startswith(text) or text.startswith(r) for r in REASONS)
+    assert (re.fullmatch(WAIT_REASON_PATTERN[1:-1], text) is not None) is rule

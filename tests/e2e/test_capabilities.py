@@ -247,6 +247,13 @@ def test_queued_tasks_show_their_position_and_why_they_wait(caps: Caps) -> None:
     assert [t["queue_position"] for t in listed.json()["data"]] == [1, 3, 2, 5]
     listed = live.http().get(f"{live.base_url}/agent/tasks", params={"wait_reason": "no worker"}, timeout=30)
     assert [t["task_id"] for t in listed.json()["data"]] == [desktop]
+    # a status list narrows with the reason: with queued in it, the queued ones; without, none (never a 422)
+    listed = live.http().get(f"{live.base_url}/agent/tasks", params={"wait_reason": "no worker",
+                                                                    "status": "queued,running"}, timeout=30)
+    assert [t["task_id"] for t in listed.json()["data"]] == [desktop]
+    listed = live.http().get(f"{live.base_url}/agent/tasks", params={"wait_reason": "no worker",
+                                                                    "status": "running"}, timeout=30)
+    assert listed.status_code == 200 and listed.json()["data"] == []
     listed = live.http(other).get(f"{live.base_url}/agent/tasks",
                                   params={"wait_reason": "tenant max_running reached"}, timeout=30)
     assert [t["task_id"] for t in listed.json()["data"]] == [b_deferred]

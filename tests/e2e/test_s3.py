@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import boto3
 import pytest
 import redis as redis_lib
+import requests
 
 from lodestar.stack import S3Server
 from tests.conftest import LiveStack, Site, start_stack
@@ -44,7 +45,11 @@ def test_screenshots_go_to_s3_and_a_failing_store_fails_the_task(s3_stack: tuple
     assert not list(redis_lib.Redis.from_url(live.redis_url).scan_iter(match="*:shots"))
     shot = http.get(f"{live.base_url}/agent/tasks/{task_id}/screenshots/2", timeout=30)
     assert shot.status_code == 200 and shot.headers["Content-Type"] == "image/jpeg" and shot.content[:2] == b"\xff\xd8"
-    assert task["last_screenshot_url"].endswith(f"/agent/tasks/{task_id}/screenshots/3")
+    # the task's URL is the API's (signed, so it opens without a key), whichever store holds the bytes
+    signed = task["last_screenshot_url"]
+    assert signed.split("?")[0].endswith(f"/agent/tasks/{task_id}/screenshots/3") and "sig=" in signed
+    unauthenticated = requests.get(signed, timeout=30)
+    assert unauthenticated.status_code == 200 and unauthenticated.content[:2] == b"\xff\xd8"
 
     # When the bucket goes away
     s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys]})

@@ -5,10 +5,15 @@ functions: no network (names that would need DNS are given through the hosts map
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shared.netguard import (
+    DOMAIN_MAX_CHARS,
+    DOMAIN_PATTERN,
     NetworkGuard,
     address_refusal,
     clean_domain_patterns,
@@ -98,12 +103,14 @@ def test_normalize_host_drops_case_brackets_zone_and_trailing_dots() -> None:
 
 # --- allowed_domains patterns ----------------------------------------------------------------------------------------
 def test_patterns_are_normalized_once_each() -> None:
-    assert clean_domain_patterns(["Example.COM.", "*.Example.org", "example.com", "bücher.de", "127.1", "[::1]"]) == [
+    assert clean_domain_patterns(["Example.COM.", "*.Example.org", "example.com", "xn--bcher-kva.de", "127.1",
+                                  "[::1]"]) == [
         "example.com", "*.example.org", "xn--bcher-kva.de", "127.0.0.1", "::1"]
 
 
 @pytest.mark.parametrize("pattern", ["", "*", "*.", "**.a.com", "a.*.com", "*a.com", "https://a.com", "a.com/path",
                                      "a.com:443", "-a.com", "a-.com", "a b.com", "a_b.com", "*.127.0.0.1",
+                                     "bücher.de", " a.com", "::1", "[::ffff:1.2.3.4]", "[1::2::3]", "*.0x7f.1",
                                      "a." + "b" * 64 + ".com", ("a" * 60 + ".") * 5 + "com"])
 def test_a_bad_pattern_is_refused_naming_it(pattern: str) -> None:
     with pytest.raises(ValueError) as raised:
@@ -117,8 +124,31 @@ def test_a_bad_pattern_is_refused_naming_it(pattern: str) -> None:
     ("93.184.216.34", True), ("1572395042", True), ("93.184.216.35", False), ("xn--bcher-kva.de", True),
 ])
 def test_a_host_matches_a_name_exactly_or_a_wildcard_below_it(host: str, allowed: bool) -> None:
-    patterns = clean_domain_patterns(["example.com", "*.example.org", "93.184.216.34", "bücher.de"])
+    patterns = clean_domain_patterns(["example.com", "*.example.org", "93.184.216.34", "xn--bcher-kva.de"])
     assert domain_allowed(host, patterns) is allowed
+
+
+def test_an_international_name_is_refused_with_its_ascii_form() -> None:
+    with pytest.raises(ValueError, match=r"xn--bcher-kva\.de"):
+        clean_domain_patterns(["bücher.de"])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.from_regex(DOMAIN_PATTERN, fullmatch=True).filter(lambda p: len(p) <= DOMAIN_MAX_CHARS))
+def test_every_string_the_documented_pattern_matches_is_a_valid_pattern(pattern: str) -> None:
+    # The OpenAPI document gives DOMAIN_PATTERN as allowed_domains' items: what it allows, the API takes
+    (cleaned,) = clean_domain_patterns([pattern])
+    if pattern.startswith("["):
+        assert ipaddress.IPv6Address(pattern[1:-1]) == ipaddress.IPv6Address(cleaned)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.text(alphabet="ab1x.-*:[]ü_ /", max_size=12))
+def test_what_the_documented_pattern_refuses_is_refused(pattern: str) -> None:
+    if re.fullmatch(DOMAIN_PATTERN, pattern):
+        return
+    with pytest.raises(ValueError):
+        clean_domain_patterns([pattern])
 
 
 def test_no_patterns_allow_any_host() -> None:
