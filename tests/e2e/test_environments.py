@@ -12,12 +12,13 @@ the other slot (another display), reads both. Which slot runs a task is forced b
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import LiveStack, Site, start_stack
+from tests.conftest import LiveStack, Site, need, start_stack
 
 pytestmark = [pytest.mark.redis, pytest.mark.browser, pytest.mark.worker]
 
@@ -116,6 +117,8 @@ def test_a_browser_login_carries_over_to_another_worker_process(live: LiveStack,
 
 
 def test_a_desktop_home_carries_over_to_another_slot(live: LiveStack) -> None:
+    for program in ("openbox", "xterm", "git"):  # the window manager, the start-up terminal, the program setting
+        need(shutil.which(program) is not None, f"{program} is not installed (apt-get install {program})")
     # Given a persistent desktop task that writes a file and a program setting in its HOME (the start-up xterm's
     # shell; the window title says when the command is done)
     write = ("echo note-1 > ~/notes.txt && git config --global user.name ada && printf '\\033]0;saved-1\\007'")
