@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from api.errors import ApiError, unavailable
 from api.state import state
+from shared.schemas import KIND_DEFAULTED
 from shared.secrets import seal
 from shared.store import IN_PROGRESS, InProgress, new_id, new_task_id, now
 from shared.store.budgets import seconds_to_next_day
@@ -29,11 +30,17 @@ class Started:
 
 
 def new_task(params: Mapping[str, Any], batch_id: str | None = None) -> Task:
-    """A queued task of the caller's tenant from validated start parameters (its ``secrets`` sealed)."""
+    """A queued task of the caller's tenant from validated start parameters (its ``secrets`` sealed). A task that
+    names an environment of the tenant and gives no ``kind`` takes the environment's kind."""
     principal = g.principal
     sealed = seal(params["secrets"], state().settings.secrets_key) if params.get("secrets") else None
-    return Task.from_request(params, task_id=new_task_id(), tenant=principal.tenant, created_at=now(),
+    task = Task.from_request(params, task_id=new_task_id(), tenant=principal.tenant, created_at=now(),
                              batch_id=batch_id, default_webhook_url=principal.webhook_url, sealed_secrets=sealed)
+    if params.get(KIND_DEFAULTED) and task.environment_id:
+        env = state().store.environments.get(task.tenant, task.environment_id)
+        if env is not None and env.kind != task.kind:
+            task = replace(task, kind=env.kind)
+    return task
 
 
 def in_progress() -> ApiError:

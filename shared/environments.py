@@ -22,7 +22,8 @@ PERSISTENT_HELP = (
 ENVIRONMENT_ID_HELP = (
     "Start from a saved environment (Lightcone: \"restore a previous environment's state\"), on any worker of "
     "its kind: GET /agent/environments lists the tenant's. An unknown id (or another tenant's) is a 404 naming "
-    "this field, one of the other kind a 422 (\"\" names none); with persistent, the task saves back into it.")
+    "this field, one of the other kind a 422 (\"\" names none); without kind, the task takes the environment's; "
+    "with persistent, the task saves back into it.")
 
 
 

@@ -38,6 +38,9 @@ IGNORED_PARAMS = ("computer_id", "on_missing_computer", "keep_alive", "terminate
 ``persistent`` / ``save_session`` save the task's environment into ``environment_id`` when it completes
 (``shared/store/environments.py``)."""
 
+KIND_DEFAULTED = "_kind_defaulted"
+"""Set (True) in loaded start parameters whose ``kind`` was not given but defaulted."""
+
 HTTP_URL_PATTERN = (r"^[Hh][Tt][Tt][Pp][Ss]?://(?:[^\x00-\x20\x7f/?#@]*@)?"
                     r"(?:[A-Za-z0-9._~%!$&'()*+,;=-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?(?:[/?#][^\x00-\x20\x7f]*)?$")
 """An http(s) URL: scheme, optional user info, an ASCII host name or IPv4 address or [IPv6], an optional port, then
@@ -236,8 +239,9 @@ def make_start_schema(settings: Settings) -> Schema:
 
         @post_load
         def _defaults(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
-            if "kind" not in data:
+            if "kind" not in data:  # (a task naming an environment takes its kind: api/submission.py)
                 data["kind"] = "browser" if data.get("start_url") else s.default_kind
+                data[KIND_DEFAULTED] = True
             if data.get("allowed_domains"):
                 data["allowed_domains"] = clean_domain_patterns(data["allowed_domains"])
             return data

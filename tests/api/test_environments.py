@@ -106,6 +106,13 @@ def test_unknown_other_tenants_and_other_kinds_environments_are_refused(client: 
     assert task_json(client, start(client, environment_id=""))["environment_id"] is None  # "" names none
 
 
+def test_a_task_naming_an_environment_without_a_kind_takes_its_kind(client: FlaskClient) -> None:
+    env_id = task_json(client, start(client, persistent=True, kind="desktop"))["environment_id"]
+    assert task_json(client, start(client, environment_id=env_id))["kind"] == "desktop"
+    assert task_json(client, start(client, environment_id=env_id, start_url="https://example.com/"))["kind"] == (
+        "desktop")
+
+
 def test_a_refused_task_frees_its_idempotency_key(client: FlaskClient) -> None:
     first = start(client, persistent=True)
     env_id = task_json(client, first)["environment_id"]
