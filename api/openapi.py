@@ -15,6 +15,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import validate
 
 from api.routes.tasks import DEFAULT_WAIT, EPOCH_MAX, WAIT_REASON_PATTERN
+from shared.environments import EnvironmentListSchema, EnvironmentSchema
 from shared.models import BUILTIN, registry
 from shared.schemas import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -36,7 +37,7 @@ from shared.settings import Settings
 from shared.signing import EXPIRES_PATTERN, SIG_PATTERN
 from shared.states import Status
 from shared.store.listing import CURSOR_PATTERN
-from shared.task import OFFLINE_AGENTS
+from shared.task import KINDS, OFFLINE_AGENTS
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -50,9 +51,11 @@ _ERRORS = {
     400: "The body is not JSON (or not UTF-8)",
     401: "Missing or invalid API key",
     403: "The signed URL is malformed, tampered with, expired, or not for this task",
-    404: "No such task (or another tenant's), or no such screenshot",
-    409: "The task's status cannot reach what was asked (x-should-retry tells whether waiting helps), or an "
-         "idempotency key is still storing its task",
+    404: "No such task (or another tenant's), no such screenshot, or no such environment (or another tenant's; "
+         "at start: `error.fields` names environment_id)",
+    409: "The task's status cannot reach what was asked (x-should-retry tells whether waiting helps), an "
+         "idempotency key is still storing its task, or the environment is in use by a persistent task "
+         "(environment_in_use)",
     413: "The body is larger than LODESTAR_MAX_BODY_BYTES (or a batch has too many items)",
     422: "A field is invalid (`error.fields` names it), the body nests too deep or holds a number that is not finite",
     426: "A plain HTTP request to the WebSocket endpoint: connect with Upgrade: websocket",
@@ -144,7 +147,7 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
                 "operationId": "start", "summary": "Start a task (Lightcone: agent.tasks.start)",
                 "requestBody": _body(_ref("TaskStart")),
                 "responses": {"200": {"description": "The task, queued", "links": links, "content": {
-                    "application/json": {"schema": _ref("TaskStartResponse")}}}, **_errors(*AUTHED, *BODY, 409)}},
+                    "application/json": {"schema": _ref("TaskStartResponse")}}}, **_errors(*AUTHED, *BODY, 404, 409)}},
             "get": {
                 "operationId": "list", "summary": "List the tenant's tasks, newest first (Lodestar)",
                 "parameters": _list_parameters(settings),
@@ -204,7 +207,7 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
                                  "counts}"}), **_errors(*AUTHED)}}},
         "/agent/tasks/stream": {"post": {
             "operationId": "start_stream", "summary": "Start a task and stream its events (Lightcone: start_stream)",
-            "requestBody": _body(_ref("TaskStart")), "responses": {**_SSE, **_errors(*AUTHED, *BODY, 409)}}},
+            "requestBody": _body(_ref("TaskStart")), "responses": {**_SSE, **_errors(*AUTHED, *BODY, 404, 409)}}},
         "/agent/tasks/{id}": {"get": {
             "operationId": "retrieve_status", "summary": "A task's status and details", "parameters": [_ID],
             "responses": {**_ok(_ref("Task")), **_errors(*AUTHED, 404)}}},
@@ -250,6 +253,25 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
             "security": [{"bearer": []}, {"signedUrl": []}],
             "responses": {"200": {"description": "JPEG", "content": {"image/jpeg": {"schema": {
                 "type": "string", "format": "binary"}}}}, **_errors(*AUTHED, 403, 404, 422)}}},
+        "/agent/environments": {"get": {
+            "operationId": "list_environments",
+            "summary": "The tenant's saved environments (persistent tasks), last saved or taken first",
+            "parameters": [{"name": "kind", "in": "query", "schema": {"type": "string", "enum": list(KINDS)}},
+                           {"name": "limit", "in": "query", "schema": {
+                               "type": "integer", "minimum": 1, "maximum": settings.list_max_limit, "default": 50}},
+                           {"name": "cursor", "in": "query", "description": "next_cursor of the previous page",
+                            "schema": {"anyOf": [{"type": "string", "pattern": CURSOR_PATTERN}, _ABSENT]}}],
+            "responses": {**_ok(_ref("EnvironmentList")), **_errors(*AUTHED, 422)}}},
+        "/agent/environments/{id}": {
+            "get": {"operationId": "get_environment", "summary": "A saved environment", "parameters": [_ID],
+                    "responses": {**_ok(_ref("Environment")), **_errors(*AUTHED, 404)}},
+            "delete": {"operationId": "delete_environment",
+                       "summary": "Delete a saved environment and its state now (409 while a persistent task holds "
+                                  "it)", "parameters": [_ID],
+                       "responses": {**_ok({"type": "object", "required": ["environment_id", "deleted"],
+                                            "properties": {"environment_id": {"type": "string"},
+                                                           "deleted": {"type": "boolean"}}}),
+                                     **_errors(*AUTHED, 404, 409)}}},
         "/healthz": {"get": {"operationId": "healthz", "summary": "Redis reachable?", "security": [], "responses": {
             **_ok({"type": "object", "properties": {"status": {"type": "string"}, "redis": {"type": "string"}}},
                   "healthy"),
@@ -392,7 +414,8 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                          ("TaskList", TaskListSchema), ("StatusResponse", StatusResponseSchema),
                          ("Message", make_message_schema(settings)), ("CancelMany", make_cancel_schema(settings)),
                          ("CancelResult", CancelResultSchema), ("BatchOutcome", BatchOutcomeSchema),
-                         ("Error", ErrorSchema), ("Event", EventSchema)):
+                         ("Error", ErrorSchema), ("Event", EventSchema), ("Environment", EnvironmentSchema),
+                         ("EnvironmentList", EnvironmentListSchema)):
         spec.components.schema(name, schema=schema)
     for path, ops in operations(settings).items():
         spec.path(path=path, operations=ops)

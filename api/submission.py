@@ -4,15 +4,17 @@ store and enqueue (``TaskStore.submit``). The routes parse the request and answe
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from flask import g
+from redis.exceptions import RedisError
 
 from api.errors import ApiError, unavailable
 from api.state import state
+from shared.schemas import KIND_DEFAULTED
 from shared.secrets import seal
-from shared.store import IN_PROGRESS, InProgress, new_task_id, now
+from shared.store import IN_PROGRESS, InProgress, new_id, new_task_id, now
 from shared.store.budgets import seconds_to_next_day
 from shared.task import Task
 
@@ -28,11 +30,17 @@ class Started:
 
 
 def new_task(params: Mapping[str, Any], batch_id: str | None = None) -> Task:
-    """A queued task of the caller's tenant from validated start parameters (its ``secrets`` sealed)."""
+    """A queued task of the caller's tenant from validated start parameters (its ``secrets`` sealed). A task that
+    names an environment of the tenant and gives no ``kind`` takes the environment's kind."""
     principal = g.principal
     sealed = seal(params["secrets"], state().settings.secrets_key) if params.get("secrets") else None
-    return Task.from_request(params, task_id=new_task_id(), tenant=principal.tenant, created_at=now(),
+    task = Task.from_request(params, task_id=new_task_id(), tenant=principal.tenant, created_at=now(),
                              batch_id=batch_id, default_webhook_url=principal.webhook_url, sealed_secrets=sealed)
+    if params.get(KIND_DEFAULTED) and task.environment_id:
+        env = state().store.environments.get(task.tenant, task.environment_id)
+        if env is not None and env.kind != task.kind:
+            task = replace(task, kind=env.kind)
+    return task
 
 
 def in_progress() -> ApiError:
@@ -47,7 +55,8 @@ def start(tasks: list[Task]) -> list[Started]:
 
     Raises:
         ApiError: 429 when the tenant's daily budget is spent, or the new tasks do not fit under its
-            ``max_queued``; 503 when none could be stored; a RedisError (answered 503) when Redis is down before
+            ``max_queued``; 503 when none could be stored (a task refused for its environment is an item's
+            error: 404, 409 or 422, see ``_take_environments``); a RedisError (answered 503) when Redis is down before
             anything was written.
     """
     st = state()
@@ -55,24 +64,83 @@ def start(tasks: list[Task]) -> list[Started]:
     existing = st.store.claim_idempotency_keys(tasks)
     fresh = [task for task, earlier in zip(tasks, existing, strict=True) if earlier is None]
     _check_room(len(fresh))
+    fresh, refused = _take_environments(fresh)
     stored = st.store.submit(fresh, st.dispatcher.messages) if fresh else 0
     if stored and st.dispatcher.messages is None:  # the broker is not the store's Redis: send the messages now
         st.dispatcher.send_new(fresh[:stored])
-    if fresh and not stored and len(fresh) == len(tasks):
+    _let_go(fresh[stored:])
+    if fresh and not stored and len(fresh) + len(refused) == len(tasks):
         raise unavailable()
-    stored_ids = {task.task_id for task in fresh[:stored]}
+    stored_tasks = {task.task_id: task for task in fresh[:stored]}
     outcomes = []
     for task, earlier in zip(tasks, existing, strict=True):
         if isinstance(earlier, InProgress):
             outcomes.append(Started(None, error=in_progress()))
         elif earlier is not None:
             outcomes.append(Started(earlier, reused=True))
-        elif task.task_id in stored_ids:
-            outcomes.append(Started(task))
+        elif task.task_id in refused:
+            outcomes.append(Started(None, error=refused[task.task_id]))
+        elif task.task_id in stored_tasks:
+            outcomes.append(Started(stored_tasks[task.task_id]))
         else:
             outcomes.append(Started(None, error=ApiError(503, "queue_unavailable",
                                                          "not stored: Redis failed during the batch; resubmit")))
     return outcomes
+
+
+def _take_environments(tasks: list[Task]) -> tuple[list[Task], dict[str, ApiError]]:
+    """The tasks that may go on, with the environments they need: a persistent task takes (holds) its
+    ``environment_id``, or a new environment made for it; a task that only restores one must name an environment of
+    the tenant and of its kind. Returns them (with their ``environment_id`` set) and the refused ones' errors by
+    task id (their idempotency keys are freed): 404 (no such environment), 422 (another kind), 409 (a persistent
+    task holds it)."""
+    environments = state().store.environments
+    going: list[Task] = []
+    refused: dict[str, ApiError] = {}
+    for task in tasks:
+        env_id = task.environment_id
+        if task.persistent:
+            create = env_id is None
+            if create:
+                task = replace(task, environment_id=new_id("env"))
+            assert task.environment_id is not None
+            take = environments.take(task.environment_id, task.tenant, task.kind, task.task_id, create=create)
+            outcome, detail = take.outcome, take.detail
+        elif env_id is not None:
+            env = environments.get(task.tenant, env_id)
+            outcome, detail = ("missing", "") if env is None else ("kind", env.kind) if env.kind != task.kind else (
+                "ok", "")
+        else:
+            outcome, detail = "ok", ""
+        if outcome == "ok":
+            going.append(task)
+        else:
+            refused[task.task_id] = _environment_error(outcome, detail, env_id or "")
+    if refused:
+        state().store.forget_idempotency_keys([t for t in tasks if t.task_id in refused])
+    return going, refused
+
+
+def _environment_error(outcome: str, detail: str, env_id: str) -> ApiError:
+    if outcome == "missing":
+        return ApiError(404, "not_found", f"no environment {env_id} (or it expired)",
+                        fields={"environment_id": ["No such environment."]})
+    if outcome == "kind":
+        return ApiError(422, "invalid_request", f"environment {env_id} is a {detail} environment; start a {detail} "
+                        "task with it", fields={"environment_id": [f"A {detail} environment."]})
+    return ApiError(409, "environment_in_use", f"environment {env_id} is in use by task {detail}, which saves into "
+                    "it; start this task when that one has ended", fields={"environment_id": [f"In use by {detail}."]},
+                    headers={"x-should-retry": "false"})
+
+
+def _let_go(tasks: list[Task]) -> None:
+    """Let go of the environments of tasks that were not stored after all (Redis failed midway)."""
+    try:
+        for task in tasks:
+            if task.persistent and task.environment_id:
+                state().store.environments.release(task.environment_id, task.tenant, task.task_id)
+    except RedisError:  # the holds end by themselves: a holder never stored holds nothing after a minute
+        pass
 
 
 def check_daily_budget() -> None:

@@ -1,4 +1,4 @@
-"""Named binary artifacts of a task (step screenshots today; recordings and saved environments later) behind one
+"""Named binary artifacts of a task (step screenshots; saved environments, owned by the environment's id) behind one
 small interface, :class:`ArtifactStore`, with two backends chosen by ``LODESTAR_ARTIFACTS_URL``:
 
 - empty (the default, one machine): Redis, ``shared.store.artifacts.RedisArtifacts``: the task's
@@ -71,6 +71,10 @@ class ArtifactStore(Protocol):
         artifact exists."""
         ...
 
+    def delete(self, task_id: str, name: str) -> None:
+        """Delete the task's artifact ``name`` now (nothing happens when there is none)."""
+        ...
+
     def delete_task(self, task_id: str) -> int:
         """Delete every artifact of the task now; returns how many there were."""
         ...
@@ -96,8 +100,10 @@ def type_of(name: str) -> str:
 def lifecycle_days(settings: Settings) -> int:
     """Days after which the lifecycle rule deletes an object: the task's retention after its end plus its longest
     run (``max_duration_limit``), rounded up, plus one day because S3 counts from the next midnight UTC. An object
-    is written during its task's run, so it outlives the task's record."""
-    return math.ceil((settings.task_retention + settings.max_duration_limit) / 86400) + 1
+    is written during its task's run, so it outlives the task's record. A saved environment's blob is written again
+    at each save, so it outlives the environment's record when ``environment_retention`` is the longer retention."""
+    retention = max(settings.task_retention, settings.environment_retention)
+    return math.ceil((retention + settings.max_duration_limit) / 86400) + 1
 
 
 def lifecycle_rule(prefix: str, days: int) -> dict[str, Any]:
@@ -205,6 +211,10 @@ class S3Artifacts:
         """A presigned GET URL valid ``expires`` seconds (made locally: no request)."""
         return str(self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self.key(task_id, name)}, ExpiresIn=int(expires)))
+
+    def delete(self, task_id: str, name: str) -> None:
+        """DELETE the object (S3 answers 204 for a missing one too). Raises ArtifactError."""
+        self._call("delete", self.client.delete_object, Bucket=self.bucket, Key=self.key(task_id, name))
 
     def delete_task(self, task_id: str) -> int:
         """List the task's objects and delete them, 1000 a request. Raises ArtifactError."""

@@ -23,6 +23,7 @@ from marshmallow import (
     validates_schema,
 )
 
+from shared.environments import ENVIRONMENT_ID_HELP, PERSISTENT_HELP
 from shared.models import registry as model_registry
 from shared.netguard import DOMAIN_MAX_CHARS, DOMAIN_PATTERN, clean_domain_patterns
 from shared.output_schema import check_schema
@@ -32,11 +33,13 @@ from shared.states import PRIORITIES, ExitCode, Status
 from shared.task import DEFAULT_TEMPERATURE, DEFAULT_VIEWPORT, KINDS, OFFLINE_AGENTS
 
 IGNORED_PARAMS = ("computer_id", "on_missing_computer", "keep_alive", "terminate_on_completion", "harness_version",
-                  "stream_deltas", "agent_icon", "environment_id", "thread_id")
+                  "stream_deltas", "agent_icon", "thread_id")
 """Start parameters accepted for SDK compatibility that have no effect yet (stated in the OpenAPI description).
-``persistent`` / ``save_session`` keep a desktop task's session for the next task on its slot; browser contexts
-are never kept."""
+``persistent`` / ``save_session`` save the task's environment into ``environment_id`` when it completes
+(``shared/store/environments.py``)."""
 
+KIND_DEFAULTED = "_kind_defaulted"
+"""Set (True) in loaded start parameters whose ``kind`` was not given but defaulted."""
 
 HTTP_URL_PATTERN = (r"^[Hh][Tt][Tt][Pp][Ss]?://(?:[^\x00-\x20\x7f/?#@]*@)?"
                     r"(?:[A-Za-z0-9._~%!$&'()*+,;=-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?(?:[/?#][^\x00-\x20\x7f]*)?$")
@@ -170,9 +173,9 @@ def make_start_schema(settings: Settings) -> Schema:
             except ValueError as exc:
                 raise ValidationError(str(exc)) from None
 
-        persistent = StrictBool()
-        save_session = StrictBool()
-        environment_id = fields.Str(validate=validate.Length(max=255))
+        persistent = StrictBool(metadata={"description": PERSISTENT_HELP})
+        save_session = StrictBool(metadata={"description": "The same as persistent."})
+        environment_id = fields.Str(validate=validate.Length(max=255), metadata={"description": ENVIRONMENT_ID_HELP})
         computer_id = fields.Str(validate=validate.Length(max=255))
         on_missing_computer = fields.Str(validate=validate.OneOf(["fail", "restore", "create_new"]))
         keep_alive = StrictBool()
@@ -236,8 +239,9 @@ def make_start_schema(settings: Settings) -> Schema:
 
         @post_load
         def _defaults(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
-            if "kind" not in data:
+            if "kind" not in data:  # (a task naming an environment takes its kind: api/submission.py)
                 data["kind"] = "browser" if data.get("start_url") else s.default_kind
+                data[KIND_DEFAULTED] = True
             if data.get("allowed_domains"):
                 data["allowed_domains"] = clean_domain_patterns(data["allowed_domains"])
             return data
@@ -381,6 +385,9 @@ class TaskSchema(_Answer):
     max_cost_usd = fields.Float(allow_none=True, metadata={"description": "The task's budget in USD (exit code 8 "
                                 "when its next model call would go over it)."})
     output_schema = fields.Dict(allow_none=True, metadata={"description": "The JSON Schema the answer must match."})
+    persistent = fields.Bool(metadata={"description": "The task saves its environment when it completes."})
+    environment_id = fields.Str(allow_none=True, metadata={"description": (
+        "The saved environment the task starts from and (persistent) saves into; null when neither.")})
     queue_position = fields.Int(allow_none=True, metadata={"description": (
         "While queued: its place in the queue of its kind, across tenants (1: the next task a free worker of that "
         "kind takes), ordered as the broker serves them (priority, then created_at); approximate (a task handed "

@@ -183,6 +183,13 @@ class Settings:
     """Seconds an ended task's record, events and screenshots are kept."""
     screenshot_ttl: int = 24 * 3600
     """Seconds a screenshot is kept while its task is still running (refreshed at the end)."""
+    environment_retention: int = 0
+    """Seconds a saved environment (``persistent`` tasks; GET /agent/environments) is kept after its last save or
+    use; 0: ``task_retention``. Its blob goes with it (Redis: the same TTL; S3: the artifacts' lifecycle rule, which
+    ``lodestar artifacts lifecycle`` makes long enough for this too)."""
+    environment_max_bytes: int = 64 * 1024 * 1024
+    """The largest saved environment state, in bytes (a browser's storage state JSON, a desktop home's tar.gz): a
+    larger one is not saved (the task still completes; its ``error`` says why)."""
     event_stream_maxlen: int = 10_000
     """Most events kept per task (older ones are trimmed)."""
 

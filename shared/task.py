@@ -73,6 +73,11 @@ class Task:
     viewport_width: int = DEFAULT_VIEWPORT[0]
     viewport_height: int = DEFAULT_VIEWPORT[1]
     persistent: bool = False
+    """Save the environment's state into ``environment_id`` when the task completes (``shared/store/
+    environments.py``)."""
+    environment_id: str | None = None
+    """The saved environment the task starts from (restored when its environment opens), and, for a ``persistent``
+    task, the one it saves into (a new one, made at submit, when the request named none)."""
     start_url: str | None = None
     system_prompt: str | None = None
     context: list[dict[str, str]] = field(default_factory=list)
@@ -125,6 +130,8 @@ class Task:
         tenant's ``default_webhook_url`` applies when the request names none; ``sealed_secrets`` are the request's
         ``secrets`` once sealed (the values themselves never enter a record). Unknown parameters are ignored."""
         asked = {name: params[name] for name in _REQUEST_FIELDS if params.get(name) is not None}
+        if not asked.get("environment_id"):  # "" names none
+            asked.pop("environment_id", None)
         if sealed_secrets:
             asked["sealed_secrets"] = sealed_secrets
         asked["persistent"] = bool(params.get("persistent") or params.get("save_session"))
@@ -176,7 +183,7 @@ class Task:
             "last_screenshot_url": screenshot_url(self, steps) if steps else None,
             "metadata": self.metadata, "idempotency_key": self.idempotency_key, "usage": self.usage,
             "cost": self.cost, "allowed_domains": self.allowed_domains, "max_cost_usd": self.max_cost_usd,
-            "output_schema": self.output_schema,
+            "output_schema": self.output_schema, "persistent": self.persistent, "environment_id": self.environment_id,
             # where a queued task stands: filled in by the API from the store (``TaskStore.queue``)
             "queue_position": None, "wait_reason": None,
         }
@@ -204,7 +211,7 @@ _REQUEST_FIELDS = (
     "instruction", "kind", "model", "agent_type", "priority", "max_steps", "max_duration_seconds", "temperature",
     "screenshot_mode", "stream_mode", "viewport_width", "viewport_height", "start_url", "system_prompt", "context",
     "metadata", "idempotency_key", "webhook_url", "webhook_events", "allowed_domains", "output_schema",
-    "max_cost_usd",
+    "max_cost_usd", "environment_id",
 )
 """Start parameters that become record fields as they are."""
 

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from http.cookies import SimpleCookie
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,8 @@ def snapshot(store: TaskStore, task_id: str) -> tuple[dict[bytes, bytes], int]:
 
 @dataclass
 class Site:
-    """``tests/pages`` served on 127.0.0.1; ``hits`` records every ``/__submitted?...`` query (the page's effects)."""
+    """``tests/pages`` served on 127.0.0.1; ``hits`` records every ``/__submitted?...`` query (the page's effects);
+    ``/__login?user=<name>`` sets an HttpOnly session cookie that ``/__whoami`` reads back (``login.html``)."""
 
     base: str
     hits: list[dict[str, list[str]]]
@@ -175,6 +177,22 @@ def site() -> Iterator[Site]:
                 hits.append(urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query))
                 self.send_response(204)
                 self.end_headers()
+                return
+            if self.path.startswith("/__login"):  # /__login?user=<name>: an HttpOnly session cookie
+                user = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("user", [""])[0]
+                self.send_response(204)
+                self.send_header("Set-Cookie", f"session={urllib.parse.quote(user)}; HttpOnly; Path=/; Max-Age=86400")
+                self.end_headers()
+                return
+            if self.path.startswith("/__whoami"):  # the session cookie's user, or nothing
+                cookies = SimpleCookie(self.headers.get("Cookie", ""))
+                body = urllib.parse.unquote(cookies["session"].value).encode() if "session" in cookies else b""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
                 return
             if self.path.startswith("/__redirect"):  # /__redirect?to=<url>: a 302 to anywhere
                 self.send_response(302)

@@ -13,6 +13,7 @@ tunnelled through it, and WebRTC may not send UDP of its own.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import time
 from typing import Any
@@ -86,14 +87,27 @@ class BrowserHost:
         return self._browser
 
     def open(self, width: int, height: int, *, persistent: bool = False, owner: str = "",
-             egress: EgressRules | None = None) -> BrowserComputer:
+             egress: EgressRules | None = None, state: bytes | None = None) -> BrowserComputer:
         """A fresh, isolated browser context with one page at ``width`` x ``height`` CSS pixels, its requests under
         ``egress`` (the task's rules; None: the deployment's rules only, nothing reported) until it closes
-        (``persistent`` and ``owner`` are accepted for the ``Host`` protocol; browser contexts are never kept).
+        (``persistent`` and ``owner`` are accepted for the ``Host`` protocol; a context is never kept: a
+        persistent task's state is saved with :meth:`BrowserComputer.save_state`). ``state``: a saved environment's
+        Playwright storage state (JSON bytes: cookies, localStorage, IndexedDB, OPFS) the context starts with.
 
-        Takes the spare context :meth:`warm` prepared (never used by another task) when there is one: creating a
-        context costs ~130 ms that would otherwise delay the task's first step.
+        Takes the spare context :meth:`warm` prepared (never used by another task) when there is one and no
+        ``state`` is given: creating a context costs ~130 ms that would otherwise delay the task's first step.
+
+        Raises:
+            ValueError: ``state`` is not a storage state (JSON object).
         """
+        if state is not None:
+            storage = json.loads(state)
+            if not isinstance(storage, dict):
+                raise ValueError("the saved environment's storage state is not a JSON object")
+            restored = BrowserComputer(self.browser(), width, height, self.settings, self.proxy.gate(self.policy),
+                                       storage_state=storage)
+            restored.gate.open(egress or EgressRules())
+            return restored
         spare, self._spare = self._spare, None
         computer = None
         if spare is not None:
@@ -140,7 +154,8 @@ class BrowserComputer:
     """``Computer`` over one Playwright browser context, whose requests all go through ``gate`` (closed with the
     context). Follows the newest tab when a click opens one."""
 
-    def __init__(self, browser: Browser, width: int, height: int, settings: Settings, gate: Gate):
+    def __init__(self, browser: Browser, width: int, height: int, settings: Settings, gate: Gate,
+                 storage_state: dict[str, Any] | None = None):
         self.width = width
         self.height = height
         self.gate = gate
@@ -148,7 +163,8 @@ class BrowserComputer:
         self._quality = settings.screenshot_quality
         try:
             self._context: BrowserContext = browser.new_context(
-                viewport={"width": width, "height": height}, proxy={"server": gate.url, "bypass": BYPASS_NOTHING})
+                viewport={"width": width, "height": height}, proxy={"server": gate.url, "bypass": BYPASS_NOTHING},
+                storage_state=storage_state)  # type: ignore[arg-type]
         except BaseException:
             gate.close()
             raise
@@ -313,6 +329,12 @@ class BrowserComputer:
             locator.select_option(label=option, timeout=self._timeout_ms)
         except Exception as exc:
             raise ActionError(f'cannot select "{option}" in {target.describe()}: {str(exc).splitlines()[0]}') from exc
+
+    def save_state(self) -> bytes:
+        """The context's storage state as JSON bytes (Playwright's: cookies, every origin's localStorage, IndexedDB
+        and origin private file system), what :meth:`BrowserHost.open` restores from."""
+        state = self._context.storage_state(indexed_db=True, opfs=True)
+        return json.dumps(state, separators=(",", ":")).encode()
 
     def close(self) -> None:
         """Close the context and its gate: requests it still had in flight are cut."""

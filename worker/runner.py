@@ -24,7 +24,7 @@ from shared.settings import Settings
 from shared.states import EXIT_STATUS, ExitCode
 from shared.store import LeaseLost, TaskStore, now
 from shared.task import Task
-from worker import lifecycle, metrics
+from worker import environments, lifecycle, metrics
 from worker.agents import make_policy
 from worker.browser import BrowserHost
 from worker.computer import Computer, Observation
@@ -42,7 +42,7 @@ class Host(Protocol):
     """Owns the machines of one kind in a worker process (``BrowserHost``, ``DesktopHost``); started lazily."""
 
     def open(self, width: int, height: int, *, persistent: bool = False, owner: str = "",
-             egress: EgressRules | None = None) -> Computer: ...
+             egress: EgressRules | None = None, state: bytes | None = None) -> Computer: ...
     def close(self) -> None: ...
 
 
@@ -177,6 +177,12 @@ def _run(rt: Runtime, task: Task, keeper: LeaseKeeper) -> str:
         if secrets:
             outcome = replace(outcome, result=redact_value(outcome.result, secrets),
                               error=redact(outcome.error, secrets) if outcome.error else None)
+        # a completed persistent task saves its environment before its end is recorded (a task started once the
+        # end is seen starts from it), unless this worker lost the task meanwhile (another attempt runs it now)
+        if task.persistent and outcome.code == ExitCode.COMPLETED and not keeper.lost.is_set():
+            unsaved = environments.save(rt.store, task, computer)
+            if unsaved:
+                outcome = replace(outcome, error=unsaved)
         return end(rt, task, outcome)
     finally:
         control.close()
@@ -190,10 +196,12 @@ def _open_computer(rt: Runtime, task: Task) -> Computer:
     host = rt.hosts.get(task.kind)
     if host is None:
         raise RuntimeError(f"this worker cannot run kind={task.kind!r} tasks")
-    # a persistent desktop task leaves its session to the next task of the same tenant on the slot; the egress
-    # proxy's rules switch to this task's as its environment opens
-    return host.open(task.viewport_width, task.viewport_height, persistent=task.persistent, owner=task.tenant,
-                     egress=rules_for(rt.store, task))
+    # a task with an environment_id starts from its saved state (any worker of the kind: the blob is in the artifact
+    # store); a persistent task's state is saved when it completes, so nothing is left on the slot for the next task
+    # (a desktop session ends with its task, running programs included); the egress proxy's rules switch to this
+    # task's as its environment opens
+    return host.open(task.viewport_width, task.viewport_height, owner=task.tenant, egress=rules_for(rt.store, task),
+                     state=environments.state_to_restore(rt.store, task))
 
 
 def redacted(step: StepRecord, secrets: dict[str, str]) -> StepRecord:

@@ -6,11 +6,12 @@
 - ``artifacts.py`` step screenshots, by bearer key or signed URL
 - ``tenant.py``   the caller's tenant, webhook attempts and redelivery
 - ``metrics.py``  the fleet's Prometheus figures (no API key; ``LODESTAR_METRICS_TOKEN`` when set)
+- ``environments.py`` the tenant's saved environments (persistent tasks): list, read, delete
 """
 
 from __future__ import annotations
 
-from api.routes import artifacts, control, events, metrics, tasks, tenant
+from api.routes import artifacts, control, environments, events, metrics, tasks, tenant
 
-BLUEPRINTS = (tasks.bp, control.bp, events.bp, artifacts.bp, tenant.bp, metrics.bp)
+BLUEPRINTS = (tasks.bp, control.bp, events.bp, artifacts.bp, tenant.bp, environments.bp, metrics.bp)
 sock = events.sock

@@ -12,6 +12,7 @@
 - ``ratelimits.py`` model providers' rpm / tpm windows and retry-after blocks, shared by every worker
 - ``queueinfo.py`` queue positions, wait reasons, workers' heartbeats by kind
 - ``artifacts.py`` the Redis backend of the artifact store (``shared/artifacts.py``) and the choice of backend
+- ``environments.py`` saved environments of ``persistent`` tasks (records here, blobs in the artifact store)
 """
 
 from shared.store.budgets import BudgetState

@@ -74,6 +74,15 @@ class RedisArtifacts:
         check_name(name)
         return None
 
+    def delete(self, task_id: str, name: str) -> None:
+        """HDEL the artifact and its content type."""
+        field = field_of(name)
+        self._redis.hdel(self._keys.shots(task_id), field, f"{field}|type")
+
+    def keep(self, task_id: str, seconds: int) -> None:
+        """Keep the task's artifacts ``seconds`` from now (a saved environment's blob lives as long as its record)."""
+        self._redis.expire(self._keys.shots(task_id), seconds)
+
     def delete_task(self, task_id: str) -> int:
         """DEL the task's hash; returns how many artifacts it held."""
         key = self._keys.shots(task_id)

@@ -26,6 +26,7 @@ from shared.store import listing, submit
 from shared.store.artifacts import RedisArtifacts, open_artifacts
 from shared.store.budgets import Budgets
 from shared.store.deliveries import Deliveries, new_delivery_id
+from shared.store.environments import Environments
 from shared.store.ids import new_id, new_task_id, now, now_ms
 from shared.store.keys import Keys
 from shared.store.metrics import FleetMetrics, metric_field, webhook_outcome
@@ -100,6 +101,7 @@ class TaskStore:
         limits: the model providers' rate limits (``shared/store/ratelimits.py``).
         queue: queue positions, wait reasons, workers' heartbeats (``shared/store/queueinfo.py``).
         metrics: the fleet-wide counters and gauges ``GET /metrics`` exports (``shared/store/metrics.py``).
+        environments: saved environments of ``persistent`` tasks (``shared/store/environments.py``).
         artifacts: the tasks' named binary artifacts (step screenshots): in Redis, or in S3 when
             ``settings.artifacts_url`` says so (``shared/artifacts.py``); ``artifacts`` (an ArtifactStore) replaces it.
         redis: the client itself, for tests and operators' tools; application code goes through the methods.
@@ -118,6 +120,7 @@ class TaskStore:
         self.queue = QueueInfo(client, self.keys, settings, self.limits)
         self.artifacts = artifacts or open_artifacts(client, self.keys, settings)
         self.metrics = FleetMetrics(client, self.keys)
+        self.environments = Environments(client, self.keys, settings, self._scripts, self.artifacts)
 
     @classmethod
     def from_settings(cls, settings: Settings, retry_seconds: float = 0.0) -> TaskStore:
@@ -207,6 +210,12 @@ class TaskStore:
         """See :func:`shared.store.submit.claim_idempotency_keys` (window: ``settings.idempotency_window``)."""
         return submit.claim_idempotency_keys(self.redis, self.keys, tasks, self.settings.idempotency_window,
                                              self.get)
+
+    def forget_idempotency_keys(self, tasks: Sequence[Task]) -> None:
+        """Free the idempotency keys ``tasks`` claimed but were refused with (a retry may create them)."""
+        slots = [self.keys.idempotency(t.tenant, t.idempotency_key) for t in tasks if t.idempotency_key]
+        if slots:
+            self.redis.delete(*slots)
 
     def submit(self, tasks: Sequence[Task], messages: submit.Messages | None) -> int:
         """Store new tasks with their run messages (or, without ``messages``, in the dispatch outbox) atomically per

@@ -9,12 +9,17 @@
                              published on the pub/sub channel of the same name as "<seq> <json>" (``api/fanout.py``)
     P:task:{id}:inbox        list    injected messages, JSON {"content", "ts"}, oldest first
     P:task:{id}:shots        hash    the task's artifacts in Redis (``shared/store/artifacts.py``): step number -> JPEG
-                                     bytes, other artifacts by name (empty with an S3 artifact store)
+                                     bytes, other artifacts by name (empty with an S3 artifact store); a saved
+                                     environment's blob is in P:task:{environment id}:shots the same way
     P:task:{id}:lease        string  id of the worker holding the task (PX = lease_ttl)
     P:task:{id}:webhooks     list    webhook delivery attempts, JSON, oldest first
     P:t:{tenant}:status:{s}  zset    the tenant's task ids in status s, scored by created_at; likewise
                                      :meta:{key}={value} and :batch:{id} (list indexes; expired ids pruned lazily)
     P:t:{tenant}:deferred    list    queued task ids waiting for the tenant's running limit
+    P:t:{tenant}:environments zset   the tenant's saved environments, scored by their last save or take (epoch s)
+    P:env:{id}               hash    a saved environment (``shared/store/environments.py``): tenant, kind, times,
+                                     size_bytes, source_task_id, artifact (its blob's name in the artifact store,
+                                     owner: the environment's id), in_use_by / in_use_since (the task holding it)
     P:tenant:{tenant}        hash    tenant settings (name, max_queued, max_running, rate_limit, webhook_secret...)
     P:apikey:{sha256}        hash    a stored API key (tenant, name, key_id, created_at, revoked)
     P:apikeys                set     the digests of every stored key
@@ -112,6 +117,14 @@ class Keys:
         (value: the batch id) or "meta" (value: "key=value")."""
         base = f"{self.prefix}:t:{tenant}:{name}"
         return base if value is None else f"{base}:{value}"
+
+    def environment(self, env_id: str) -> str:
+        """A saved environment's record (a hash)."""
+        return f"{self.prefix}:env:{env_id}"
+
+    def environments(self, tenant: str) -> str:
+        """The tenant's environments by their last save or take (a sorted set)."""
+        return f"{self.prefix}:t:{tenant}:environments"
 
     def deferred(self, tenant: str) -> str:
         return f"{self.prefix}:t:{tenant}:deferred"

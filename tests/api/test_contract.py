@@ -41,6 +41,8 @@ def test_a_method_not_served_is_a_405_with_allow_listing_the_documented_ones(cli
                                                                              spec: dict[str, Any],
                                                                              method: str) -> None:
     for path, item in spec["paths"].items():
+        if method.lower() in item:  # served here (DELETE /agent/environments/{id})
+            continue
         resp = client.open(concrete(path), method=method, headers=AUTH)
         assert error_of(resp, 405)["type"] == "method_not_allowed", path
         allowed = {m.strip().lower() for m in resp.headers["Allow"].split(",")} - {"head", "options"}

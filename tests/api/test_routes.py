@@ -268,10 +268,12 @@ def test_no_value_of_any_wrong_type_causes_a_server_error(client: FlaskClient) -
         for value in odd_values:
             # When it is posted
             resp = client.post("/agent/tasks", json={**VALID, name: value}, headers=AUTH)
-            # Then the answer is a success or a 422 naming that field, never a 500
-            assert resp.status_code in (200, 422), (name, value, resp.status_code, resp.get_data(as_text=True))
-            if resp.status_code == 422:
-                assert name in error_of(resp, 422)["fields"], (name, value)
+            # Then the answer is a success or a 422 naming that field (a 404 for an environment_id that names no
+            # environment), never a 500
+            refused = (404, 422) if name == "environment_id" else (422,)
+            assert resp.status_code in (200, *refused), (name, value, resp.status_code, resp.get_data(as_text=True))
+            if resp.status_code in refused:
+                assert name in error_of(resp, resp.status_code)["fields"], (name, value)
 
 
 # --- start: accepted parameters and defaults ----------------------------------------------------------------------
@@ -318,6 +320,11 @@ def test_every_parameter_the_sdk_can_send_is_accepted(client: FlaskClient, store
     body = {name: SDK_VALUES[name] for name in sdk_params()}
     body["idempotency_key"] = f"order-{uuid.uuid4().hex}"
     body["agent_type"] = "scripted"
+    # (environment_id names a saved environment of the tenant: one an earlier persistent task made)
+    earlier = store.get(start(client, persistent=True))
+    assert earlier is not None and earlier.environment_id
+    client.post(f"/agent/tasks/{earlier.task_id}/cancel", headers=AUTH)  # it holds the environment until it ends
+    body["environment_id"] = earlier.environment_id
     # When it is posted
     resp = client.post("/agent/tasks", json=body, headers=AUTH)
     # Then the task is queued, with the parameters that have a meaning stored

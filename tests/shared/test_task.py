@@ -36,7 +36,8 @@ def test_every_field_round_trips_through_redis() -> None:
     # Given a task with every field set away from its default
     values = {"kind": "desktop", "model": "openai/x", "agent_type": "scripted", "priority": "high", "max_steps": 7,
               "max_duration_seconds": 9, "temperature": 0.7, "screenshot_mode": "base64", "stream_mode": "concise",
-              "viewport_width": 800, "viewport_height": 600, "persistent": True, "start_url": "https://a.test/",
+              "viewport_width": 800, "viewport_height": 600, "persistent": True, "environment_id": "env_1",
+              "start_url": "https://a.test/",
               "system_prompt": "be brief", "context": [{"role": "user", "content": "hi"}], "metadata": {"k": "v"},
               "idempotency_key": "k1", "webhook_url": "https://hook.test/", "webhook_events": "all",
               "allowed_domains": ["a.test", "*.b.test"], "batch_id": "batch_1", "sealed_secrets": {"pw": "gAAAA-t"},

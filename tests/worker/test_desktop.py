@@ -337,6 +337,34 @@ def test_every_key_in_the_table_can_be_pressed_on_the_display(host: Any) -> None
         computer.close()
 
 
+def test_a_saved_home_is_restored_before_the_start_up_program_runs(host: Any, tmp_path: Path) -> None:
+    from worker.desktop import DesktopError, session_pids
+
+    # Given a session left on the slot, whose HOME holds a file and a shell setting, saved as an environment's state
+    left = host.open(640, 480, persistent=True, owner="t1")
+    left_home, left_token = left.session.home, left.session.token
+    (left_home / "notes.txt").write_text("note 1")
+    (left_home / ".bashrc").write_text("export LODESTAR_RESTORED=yes\n")
+    state = left.save_state()
+    left.close()
+    # When the next task opens with that state
+    restored = host.open(640, 480, owner="t1", state=state)
+    try:
+        # Then the session left on the slot was ended (processes and HOME), and a fresh HOME holds the saved files
+        assert restored.session.home != left_home and not left_home.exists() and session_pids(left_token) == []
+        assert (restored.session.home / "notes.txt").read_text() == "note 1"
+        # And the start-up shell read the restored settings when it started
+        restored.type(f"echo ${{LODESTAR_RESTORED:-unset}} > {tmp_path}/restored.txt\n")
+        eventually(lambda: read(tmp_path / "restored.txt"), 5, "the shell writing the file")
+        assert read(tmp_path / "restored.txt") == "yes\n"
+    finally:
+        restored.close()
+    # And a state that is not a saved HOME fails the environment's start
+    with pytest.raises(DesktopError, match="cannot be restored"):
+        host.open(640, 480, owner="t1", state=b"not a tar.gz")
+    host.open(640, 480, owner="t1").close()  # the display is free again
+
+
 def test_a_persistent_session_is_left_to_the_next_task(host: Any, tmp_path: Path) -> None:
     from worker.desktop import session_pids
 

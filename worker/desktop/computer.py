@@ -16,6 +16,7 @@ from typing import Protocol
 from shared.settings import Settings
 from worker.computer import ActionError, Observation, Target
 from worker.desktop.display import Display
+from worker.desktop.homes import pack_home
 from worker.desktop.keys import to_x_keys, x_keysym
 from worker.desktop.session import DesktopSession, spawn
 from worker.desktop.windows import Windows
@@ -220,6 +221,14 @@ class DesktopComputer:
         """Always raises ``ActionError`` (see ``locate``)."""
         raise ActionError(f'select "{option}" in {target.describe()} needs an accessibility tree; desktop tasks take '
                           "coordinates and keys")
+
+    def save_state(self) -> bytes:
+        """The session's HOME as a tar.gz (``worker/desktop/homes.py``: files and settings; no running programs).
+
+        Raises:
+            OSError: HOME cannot be read.
+        """
+        return pack_home(self.session.home)
 
     def close(self) -> None:
         """End of the task: the host resets the session unless it is persistent. Idempotent."""

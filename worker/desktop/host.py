@@ -51,12 +51,14 @@ class DesktopHost:
 
     # -- the task's view -------------------------------------------------------------------------------------------
     def open(self, width: int, height: int, persistent: bool = False, owner: str = "",
-             egress: EgressRules | None = None) -> DesktopComputer:
+             egress: EgressRules | None = None, state: bytes | None = None) -> DesktopComputer:
         """A ``Computer`` on this host's display at ``width`` x ``height`` pixels, in a fresh session (or the one a
         persistent task of the same ``owner`` (tenant) left, if the size matches; another tenant's persistent
         session is reset first: its windows, processes and HOME never reach another tenant).
 
         ``persistent``: when this task ends, keep its session (windows, processes, HOME) for the next task here.
+        ``state``: a saved environment's HOME (``worker/desktop/homes.py``): the session is a fresh one whose HOME
+        holds it (a session left on the slot is ended first).
         ``egress``: the task's rules on the egress proxy, in force until the task ends (None: the deployment's only).
         The session's programs get the proxy through their environment (``http_proxy`` ...).
 
@@ -69,7 +71,7 @@ class DesktopHost:
         try:
             d = self._ensure_display(width, height)
             session = self._session
-            if session is not None and session.owner != owner:
+            if session is not None and (session.owner != owner or state is not None):
                 self._end_session(session)
                 session = None
             if session is not None and session.display != d.number:
@@ -77,7 +79,7 @@ class DesktopHost:
             if session is not None:
                 log.info("reusing the persistent desktop session on %s", d.name)
             else:
-                session = self._session = start_session(d, self.settings, proxy_env(self.gate.url))
+                session = self._session = start_session(d, self.settings, proxy_env(self.gate.url), state)
                 session.owner = owner
             session.persistent = persistent
             self.gate.open(egress or EgressRules())

@@ -16,6 +16,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any
 
 from shared.settings import Settings
 from worker.desktop.display import DesktopError, Display, base_env
+from worker.desktop.homes import unpack_home
 from worker.desktop.processes import alive, send_signal
 
 log = logging.getLogger(__name__)
@@ -76,19 +78,27 @@ def spawn(session: DesktopSession, argv: list[str]) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_session(d: Display, settings: Settings, extra_env: dict[str, str] | None = None) -> DesktopSession:
-    """A fresh session on ``d``: a new HOME and token, and the start-up program (``desktop_startup``, none when
-    empty) running, its first window shown and holding the keyboard focus (waited for: typing may start at once).
-    ``extra_env`` goes in the environment of every program of the session (the egress proxy's variables).
+def start_session(d: Display, settings: Settings, extra_env: dict[str, str] | None = None,
+                  home_state: bytes | None = None) -> DesktopSession:
+    """A fresh session on ``d``: a new HOME (holding ``home_state``, a saved environment's tar.gz, when given) and
+    token, and the start-up program (``desktop_startup``, none when empty) running, its first window shown and
+    holding the keyboard focus (waited for: typing may start at once). ``extra_env`` goes in the environment of
+    every program of the session (the egress proxy's variables).
 
     Raises:
-        DesktopError: the start-up program failed to start, exited, or showed no window within
-            ``desktop_start_timeout`` seconds (the session is ended first).
+        DesktopError: ``home_state`` is not a saved HOME, or the start-up program failed to start, exited, or
+            showed no window within ``desktop_start_timeout`` seconds (the session is ended first).
     """
     token = secrets.token_hex(12)
     home = Path(tempfile.mkdtemp(prefix=f"lodestar-home-{d.number}-"))
     env = {**base_env(d, home), **(extra_env or {}), SESSION_ENV: token}
     session = DesktopSession(token, home, env, d.number)
+    if home_state is not None:
+        try:
+            unpack_home(home, home_state)
+        except (tarfile.TarError, OSError) as exc:
+            shutil.rmtree(home, ignore_errors=True)
+            raise DesktopError(f"the saved environment's home folder cannot be restored: {exc}") from exc
     command = settings.desktop_startup.strip()
     if not command:
         return session
