@@ -158,9 +158,13 @@ class StubControl:
 
 
 def run_task(browsers: Any, site: Site, settings: Settings, model: str, instruction: str,
-             viewport: tuple[int, int], messages_at: dict[int, list[str]] | None = None,
+             viewport: tuple[int, int], messages_at: dict[int, list[str]] | None = None, submits: bool = False,
              **episode_fields: Any) -> tuple[Outcome, list[StepRecord]]:
-    """Run one task in-process: a fresh browser context on form.html, the adapter for ``model``, the real loop."""
+    """Run one task in-process: a fresh browser context on form.html, the adapter for ``model``, the real loop.
+
+    ``submits``: the task ends right after the form's Submit, whose ``fetch`` to the site may still be in flight
+    (closing the context cuts it, as a task's end does): the context stays open until the site has seen it (bounded
+    by ``Site.wait_for_hit``), so the test's check of the page's effect does not race the close."""
     episode = Episode(task_id="task_test", instruction=instruction, model=model, max_steps=10, **episode_fields)
     policy = make_policy(None, episode, settings=settings)
     computer = browsers.open(*viewport)
@@ -169,6 +173,8 @@ def run_task(browsers: Any, site: Site, settings: Settings, model: str, instruct
         computer.navigate(site.url("form.html"))
         outcome = run_episode(computer, policy, episode, StubControl(messages_at),  # type: ignore[arg-type]
                               lambda record, _obs: steps.append(record) is None, time.monotonic() + 60)
+        if submits and outcome.code == ExitCode.COMPLETED:
+            site.wait_for_hit(timeout=60)
     finally:
         computer.close()
     return outcome, steps
@@ -659,7 +665,7 @@ def test_northstar_fills_the_form_with_normalized_coordinates(fakes: Fakes, brow
     outcome, steps = run_task(browsers, site, provider_settings(fakes, site), NORTHSTAR,
                               "[northstar-1] Sign up as Ada Lovelace", (1000, 700),
                               messages_at={2: ["Use the full name, please."]}, temperature=0.35,
-                              system_prompt="Be brief.", context=context)
+                              system_prompt="Be brief.", context=context, submits=True)
     no_errors(session)
     assert (outcome.code, outcome.result) == (ExitCode.COMPLETED, "signed up"), outcome
     assert site.wait_for_hit()["name"] == ["Ada Lovelace"]
@@ -698,7 +704,7 @@ def test_openai_computer_tool_runs_a_batch_and_acknowledges_auto_approved_checks
     session = fakes.openai.script("[openai-ga]", [with_check, turns[1]])
     site.hits.clear()
     outcome, steps = run_task(browsers, site, provider_settings(fakes, site, auto_approve_safety_checks=True),
-                              OPENAI_GA, "[openai-ga] Sign up as Grace Hopper", (1100, 650))
+                              OPENAI_GA, "[openai-ga] Sign up as Grace Hopper", (1100, 650), submits=True)
     no_errors(session)
     assert (outcome.code, outcome.result) == (ExitCode.COMPLETED, "Signed up."), outcome
     assert site.wait_for_hit()["name"] == ["Grace Hopper"]
@@ -726,7 +732,7 @@ def test_openai_preview_tool_declares_the_display_and_truncates(fakes: Fakes, br
         checks={1: first, 2: continues, 3: continues, 4: continues}))
     site.hits.clear()
     outcome, steps = run_task(browsers, site, provider_settings(fakes, site), OPENAI_PREVIEW,
-                              "[openai-preview] Sign up as Alan Turing", (1024, 640))
+                              "[openai-preview] Sign up as Alan Turing", (1024, 640), submits=True)
     no_errors(session)
     assert outcome.code == ExitCode.COMPLETED and site.wait_for_hit()["name"] == ["Alan Turing"]
     assert landed(steps[0], lay.name) and landed(steps[2], lay.submit) and len(steps) == 4
@@ -764,7 +770,7 @@ def test_anthropic_scales_the_screenshot_resends_the_history_and_drops_old_image
     site.hits.clear()
     outcome, steps = run_task(browsers, site, provider_settings(fakes, site, model_screenshots_kept=2), CLAUDE,
                               "[claude-1] Sign up as Ada Lovelace", (1600, 900),
-                              messages_at={3: ["Thanks, almost there."]}, system_prompt="Be brief.")
+                              messages_at={3: ["Thanks, almost there."]}, system_prompt="Be brief.", submits=True)
     no_errors(session)
     assert (outcome.code, outcome.result) == (ExitCode.COMPLETED, "Signed up."), outcome
     assert site.wait_for_hit()["name"] == ["Ada Lovelace"]
@@ -820,7 +826,7 @@ def test_ui_tars_sends_a_smart_resized_screenshot_and_maps_its_pixels(
     session = fakes.chat.script("[tars-1]", ui_tars_form(fakes.chat, lay, "Ada", checks={1: first, 4: fourth}))
     site.hits.clear()
     outcome, steps = run_task(browsers, site, provider_settings(fakes, site), UI_TARS, "[tars-1] Sign up as Ada",
-                              (1000, 700))
+                              (1000, 700), submits=True)
     no_errors(session)
     assert (outcome.code, outcome.result) == (ExitCode.COMPLETED, "signed up"), outcome
     assert site.wait_for_hit()["name"] == ["Ada"] and landed(steps[0], lay.name) and landed(steps[2], lay.submit)
@@ -846,7 +852,7 @@ def test_qwen3_tool_calls_in_relative_coordinates(fakes: Fakes, browsers: Any, s
                                                      checks={1: first, 3: third}))
     site.hits.clear()
     outcome, steps = run_task(browsers, site, provider_settings(fakes, site), QWEN3, "[qwen-1] Sign up as Ada",
-                              (900, 600), system_prompt="Be brief.")
+                              (900, 600), system_prompt="Be brief.", submits=True)
     no_errors(session)
     assert outcome.code == ExitCode.COMPLETED and site.wait_for_hit()["name"] == ["Ada"]
     assert landed(steps[0], lay.name) and landed(steps[2], lay.submit)
