@@ -379,6 +379,7 @@ class TaskSchema(_Answer):
     max_cost_usd = fields.Float(allow_none=True, metadata={"description": "The task's budget in USD (exit code 8 "
                                 "when its next model call would go over it)."})
     output_schema = fields.Dict(allow_none=True, metadata={"description": "The JSON Schema the answer must match."})
+    batch_id = fields.Str(allow_none=True, metadata={"description": "The batch it was submitted in (null: none)."})
     queue_position = fields.Int(allow_none=True, metadata={"description": (
         "While queued: its place in the queue of its kind, across tenants (1: the next task a free worker of that "
         "kind takes), ordered as the broker serves them (priority, then created_at); approximate (a task handed "

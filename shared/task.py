@@ -176,7 +176,7 @@ class Task:
             "last_screenshot_url": screenshot_url(self, steps) if steps else None,
             "metadata": self.metadata, "idempotency_key": self.idempotency_key, "usage": self.usage,
             "cost": self.cost, "allowed_domains": self.allowed_domains, "max_cost_usd": self.max_cost_usd,
-            "output_schema": self.output_schema,
+            "output_schema": self.output_schema, "batch_id": self.batch_id,
             # where a queued task stands: filled in by the API from the store (``TaskStore.queue``)
             "queue_position": None, "wait_reason": None,
         }

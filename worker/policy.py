@@ -63,6 +63,11 @@ class StepRecord:
     """Injected user messages delivered to the policy at this step."""
     usage: dict[str, Any] | None = None
     """The decision's model usage (see :class:`Decision`), None for offline agents."""
+    human: bool = False
+    """A human took over (the console, while the task was paused): the step's one action is the user's, and its
+    screenshot was taken after it."""
+    request_id: str | None = None
+    """The id the API gave a human action (POST /agent/tasks/{id}/actions waits for the step carrying it)."""
 
 
 @dataclass

@@ -5,11 +5,13 @@
 - ``events.py``   events over SSE and WebSocket
 - ``artifacts.py`` step screenshots, by bearer key or signed URL
 - ``tenant.py``   the caller's tenant, webhook attempts and redelivery
+- ``takeover.py`` human actions in a paused task (takeover), share links
+- ``console.py``  the web console's pages (``/console``, ``/console/tasks/{id}``)
 """
 
 from __future__ import annotations
 
-from api.routes import artifacts, control, events, tasks, tenant
+from api.routes import artifacts, console, control, events, takeover, tasks, tenant
 
-BLUEPRINTS = (tasks.bp, control.bp, events.bp, artifacts.bp, tenant.bp)
+BLUEPRINTS = (tasks.bp, control.bp, events.bp, artifacts.bp, tenant.bp, takeover.bp, console.bp)
 sock = events.sock

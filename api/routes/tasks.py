@@ -12,7 +12,7 @@ from marshmallow import ValidationError
 from werkzeug.routing import BaseConverter
 
 from api import submission
-from api.auth import authenticate, load_task, task_bodies
+from api.auth import authenticate_or_shared, load_task, task_bodies
 from api.bodies import json_body, json_object, parse_json, raw_body
 from api.errors import ApiError, invalid, invalid_field, not_found, summarise
 from api.routes.events import sse
@@ -23,7 +23,7 @@ from shared.store.queueinfo import REASONS
 from shared.task import Task
 
 bp = Blueprint("tasks", __name__)
-bp.before_request(authenticate)
+bp.before_request(authenticate_or_shared)
 
 
 # --- start and batch -------------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ class Scripts:
     hand_deliveries: Script
     spend: Script
     block: Script
+    takeover: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:
