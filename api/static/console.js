@@ -221,6 +221,7 @@
         out.replaceChildren("Started ", el("a", {href: "/console/tasks/" + r.task_id, id: "started-link",
           text: r.task_id}), ` (${r.status}).`);
         loadList(false);
+        loadCounts();
       } catch (err) {
         out.textContent = "Could not start the task: " + err.message;
       }

@@ -93,7 +93,7 @@ def test_watch_pause_take_over_resume_replay_share(browser: Any, live: LiveStack
     expect(started).to_be_visible(timeout=LONG)
     task_id = started.inner_text()
     expect(page.locator(f'#task-rows tr[data-task-id="{task_id}"]')).to_be_visible(timeout=LONG)
-    expect(page.locator("#counts")).to_contain_text("running", timeout=LONG)
+    expect(page.locator('#counts li[data-status="running"] strong')).not_to_have_text("0", timeout=LONG)
     snap(page, "tasks-page")
 
     # Then its page shows the screenshot and the step log as the steps arrive
@@ -203,3 +203,38 @@ def test_another_tenant_cannot_reach_the_task(browser: Any, live: LiveStack, sit
     stranger = new_page(browser)
     stranger.goto(f"{live.base_url}/console/tasks/{task_id}")
     expect(stranger.get_by_label("API key")).to_be_visible(timeout=LONG)
+
+
+def test_filters_batch_progress_and_bulk_cancel(browser: Any, live: LiveStack, site: Site) -> None:
+    from playwright.sync_api import expect
+
+    # Given a batch of two long tasks tagged with metadata, and another task outside it
+    http = live.http()
+    long_script = f'goto {site.url("counter.html")}\n' + "\n".join(["wait 1"] * 120)
+    batch = http.post(f"{live.base_url}/agent/tasks/batch", timeout=30, json=[
+        {"instruction": long_script, "agent_type": "scripted", "metadata": {"run": "console-bulk"}}
+        for _ in range(2)]).json()
+    ids = [row["task_id"] for row in batch["tasks"]]
+    outside = http.post(f"{live.base_url}/agent/tasks", timeout=30, json={
+        "instruction": 'done "outside"', "agent_type": "scripted"}).json()["task_id"]
+    page = new_page(browser)
+    sign_in(page, live, live.key)
+    # When the user filters by the batch and its metadata
+    page.get_by_label("Batch", exact=True).fill(batch["batch_id"])
+    page.get_by_label("Metadata (key=value)").fill("run=console-bulk")
+    page.get_by_role("button", name="Apply filters").click()
+    # Then only the batch's tasks are listed, with the batch's progress bar
+    for task_id in ids:
+        expect(page.locator(f'#task-rows tr[data-task-id="{task_id}"]')).to_be_visible(timeout=LONG)
+    expect(page.locator(f'#task-rows tr[data-task-id="{outside}"]')).to_have_count(0)
+    expect(page.locator("#batches")).to_contain_text(f"Batch {batch['batch_id']}: 0 of 2 ended", timeout=LONG)
+    snap(page, "tasks-page-filtered")
+    # When they cancel the filtered tasks (and confirm)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Cancel the filtered tasks").click()
+    # Then both are cancelled, the other task is not, and the progress bar shows the batch ended
+    expect(page.locator("#list-message")).to_have_text("Cancelled 2 task(s).", timeout=LONG)
+    for task_id in ids:
+        assert live.wait_ended(task_id)["status"] == "cancelled"
+    assert live.wait_ended(outside)["status"] == "completed"
+    expect(page.locator("#batches")).to_contain_text("2 of 2 ended", timeout=LONG)
