@@ -51,6 +51,8 @@ def authenticate_or_shared() -> None:
         ApiError: as :func:`check_share_link`; as :func:`authenticate`.
     """
     g.shared = False
+    if request.endpoint in SHAREABLE:
+        _check_expires()  # as the document says, whichever credential the request carries
     if request.endpoint in SHAREABLE and "Authorization" not in request.headers and request.args.get("sig"):
         g.tenant = check_share_link(str((request.view_args or {}).get("task_id", "")))
         g.principal = None
@@ -66,14 +68,20 @@ def check_share_link(task_id: str) -> str:
         ApiError: 422 when ``expires`` is not epoch seconds; 403 when the link is malformed, tampered with, for
             another task, of a task that does not exist, or expired.
     """
+    _check_expires()
     expires, sig = request.args.get("expires"), request.args.get("sig")
-    if expires is not None and not re.fullmatch(EXPIRES_PATTERN, expires):
-        raise invalid_field("expires", "expires must be the epoch seconds of a signed URL", "Not a valid expiry.")
     task = state().store.get(task_id)
     reason = state().signer.refusal(task.tenant if task else None, share_resource(task_id), expires, sig)
     if reason or task is None:
         raise ApiError(403, "forbidden", reason or "invalid link signature")
     return task.tenant
+
+
+def _check_expires() -> None:
+    """Raises ApiError 422 naming ``expires`` when the query has one that is not epoch seconds."""
+    expires = request.args.get("expires")
+    if expires is not None and not re.fullmatch(EXPIRES_PATTERN, expires):
+        raise invalid_field("expires", "expires must be the epoch seconds of a signed URL", "Not a valid expiry.")
 
 
 def load_task(task_id: str) -> Task:

@@ -148,7 +148,8 @@ def _list_parameters(settings: Settings) -> list[dict[str, Any]]:
          "schema": {"anyOf": [{"type": "string", "pattern": CURSOR_PATTERN}, _ABSENT]}},
         {"name": "wait_reason", "in": "query", "schema": {"type": "string"},
          "description": "Queued tasks whose wait_reason starts with this: \"tenant max_running reached\", \"no "
-                        "worker\", \"rate limited\" or \"queued behind\" (implies status=queued); every queued task "
+                        "worker\", \"rate limited\" or \"queued behind\" (implies status=queued; statuses without "
+                        "queued match nothing); every queued task "
                         "in a page carries its queue_position and wait_reason"},
     ]
 
@@ -251,11 +252,13 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
             "parameters": [_ID], "responses": {**_ok(_ref("StatusResponse")), **_errors(*AUTHED, 404, 409)}}},
         "/agent/tasks/{id}/events": {"get": {
             "operationId": "events", "summary": "(Re)attach to a task's event stream, replaying after Last-Event-ID",
-            "description": _SHARE_READ, "security": [{"bearer": []}, {"signedUrl": []}],
+            "description": "The console's read-only page of a shared task reads it with the share link's expires "
+                           "and sig in the query instead of the key (POST /agent/tasks/{id}/share; a bad or expired "
+                           "link is a 403).",
             "parameters": [_ID, {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer",
                                                                                       "minimum": 0}},
                            {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0},
-                            "description": "The same as Last-Event-ID (the header wins)"}, _SHARED],
+                            "description": "The same as Last-Event-ID (the header wins)"}],
             "responses": {**_SSE, **_errors(*AUTHED, 403, 404, 422)}}},
         "/agent/tasks/{id}/actions": {"post": {
             "operationId": "act", "summary": "Human takeover: perform one action in a paused task's environment",
@@ -336,6 +339,9 @@ def _task_start_rules(schema: dict[str, Any], settings: Settings) -> None:
     if not models.known(settings.default_model):
         model_rule["required"] = ["model"]
     schema["anyOf"] = [{"required": ["agent_type"]}, model_rule]
+    budget = schema["properties"]["max_cost_usd"]  # validate.Range(min_inclusive=False): above 0, not 0 itself
+    budget.pop("minimum", None)
+    budget["exclusiveMinimum"] = 0
     metadata = schema["properties"]["metadata"]
     metadata.pop("maxLength", None)  # apispec's rendering of Length on a Dict
     metadata.update(maxProperties=settings.max_metadata_keys, propertyNames={"minLength": 1, "maxLength": 64})

@@ -39,7 +39,7 @@ def tasks_page() -> Response:
 def task_page(task_id: str) -> Response:
     """One task's page. With a share link's ``expires`` and ``sig``: read-only, checked here (403 page when the
     link is bad or expired, 422 when ``expires`` is malformed); without: the page asks for the key."""
-    shared = bool(request.args.get("sig") or request.args.get("expires"))
+    shared = "sig" in request.args or "expires" in request.args
     if shared:
         try:
             check_share_link(task_id)

@@ -16,6 +16,7 @@ from api.errors import ApiError, invalid, invalid_field, not_found
 from api.state import state
 from shared.console import ActionSchema, make_share_schema
 from shared.signing import share_resource
+from shared.states import Status
 from shared.store import new_id
 from shared.task import Task
 
@@ -37,6 +38,14 @@ def _check_viewport(task: Task, action: dict) -> None:
                                 f"Must be less than {task.viewport_height}.")
 
 
+def _not_paused(status: str, outcome: str) -> ApiError:
+    """409 for an action on a task that is not paused ("not_paused") or that no worker holds ("released")."""
+    why = ("no worker holds it any more (released after LODESTAR_PAUSE_TIMEOUT): resume it, then pause it again"
+           if outcome == "released" else "actions are taken only while the task is paused")
+    return ApiError(409, "conflict", f"cannot act on a task that is {status}: {why}",
+                    headers={"x-should-retry": "false"})
+
+
 @bp.post("/agent/tasks/<task_id>/actions")
 def human_action(task_id: str) -> Response:
     """Perform one action (the ``Action`` schema's JSON form) in a paused task's environment, through its worker;
@@ -48,23 +57,22 @@ def human_action(task_id: str) -> Response:
             ended while the action waited; 504 when its worker did not answer within ``takeover_timeout``.
     """
     task = load_task(task_id)
+    st = state()
+    store, hub = st.store, st.events
+    if task.status != Status.PAUSED:  # before the body's own rules: acting is only for paused tasks
+        raise _not_paused(str(task.status), "not_paused")
     try:
         action = _action_schema.load(json_object())
     except ValidationError as exc:
         raise invalid(exc) from None
     _check_viewport(task, action)
-    st = state()
-    store, hub = st.store, st.events
     after = store.last_seq(task_id)
     request_id = new_id("act")
     handed = store.takeover.submit(task_id, request_id, action)
     if handed.outcome == "missing":
         raise not_found(f"task {task_id}")
     if handed.outcome != "queued":
-        why = ("no worker holds it any more (released after LODESTAR_PAUSE_TIMEOUT): resume it, then pause it again"
-               if handed.outcome == "released" else "actions are taken only while the task is paused")
-        raise ApiError(409, "conflict", f"cannot act on a task that is {handed.status}: {why}",
-                       headers={"x-should-retry": "false"})
+        raise _not_paused(handed.status, handed.outcome)
     deadline = time.monotonic() + st.settings.takeover_timeout
     for delivery in hub.frames(task_id, after, keepalive=min(1.0, st.settings.takeover_timeout)):
         if delivery is not None:

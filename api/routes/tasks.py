@@ -189,12 +189,18 @@ def _time_arg(name: str) -> float | None:
                         "Not a valid time.")
 
 
+def _status_args() -> tuple[str, ...]:
+    """The ``status`` query parameters (comma-separated, repeatable)."""
+    return tuple(s for raw in request.args.getlist("status") for s in raw.split(",") if s)
+
+
 def filter_from_args() -> TaskFilter:
     """The list filter of the query string: ``status`` (comma-separated, repeatable), ``kind``, ``model``,
     ``batch_id``, ``metadata.<key>`` or ``metadata[<key>]``, ``created_after``, ``created_before``,
-    ``wait_reason`` (queued tasks whose wait reason starts with it; implies ``status=queued``)."""
+    ``wait_reason`` (queued tasks whose wait reason starts with it; implies ``status=queued``: with statuses that
+    leave out queued, nothing matches)."""
     args = request.args
-    statuses = tuple(s for raw in args.getlist("status") for s in raw.split(",") if s)
+    statuses = _status_args()
     unknown = [s for s in statuses if s not in {str(x) for x in Status}]
     if unknown:
         raise invalid_field("status", f"unknown status {unknown[0]!r}",
@@ -207,8 +213,6 @@ def filter_from_args() -> TaskFilter:
         if not any(r.startswith(wait_reason) or wait_reason.startswith(r) for r in REASONS):
             raise invalid_field("wait_reason", f"unknown wait_reason {wait_reason!r}",
                                 f"Must start like one of: {', '.join(REASONS)}.")
-        if statuses and statuses != ("queued",):
-            raise invalid_field("wait_reason", "wait_reason filters queued tasks only", "Use status=queued.")
         statuses = ("queued",)
     return TaskFilter(statuses=statuses, kind=args.get("kind") or None, model=args.get("model") or None,
                       metadata=metadata, batch_id=args.get("batch_id") or None,
@@ -225,6 +229,9 @@ def list_tasks() -> Response:
         raise invalid_field("limit", f"limit must be an integer from 1 to {max_limit}",
                             f"Must be between 1 and {max_limit}.")
     flt = filter_from_args()
+    asked = _status_args()
+    if flt.wait_reason is not None and asked and "queued" not in asked:  # only queued tasks have a wait reason
+        return jsonify({"data": [], "next_cursor": None, "has_more": False})
     try:
         page, cursor = state().store.list_tasks(g.tenant, flt, int(limit_raw), request.args.get("cursor"))
     except ValueError:
