@@ -342,6 +342,14 @@ def _task_start_rules(schema: dict[str, Any], settings: Settings) -> None:
     budget = schema["properties"]["max_cost_usd"]  # validate.Range(min_inclusive=False): above 0, not 0 itself
     budget.pop("minimum", None)
     budget["exclusiveMinimum"] = 0
+    # a budget needs an offline agent or a model with a price (LODESTAR_MODEL_PRICES)
+    budgeted: list[dict[str, Any]] = [{"required": ["agent_type"]}, {"not": {"required": ["max_cost_usd"]}}]
+    if models.prices:
+        budgeted.append({"required": ["model"], "properties": {"model": {"pattern": glob_pattern([*models.prices])}}})
+        default = models.resolve(settings.default_model)
+        if default is not None and default.price_input is not None:
+            budgeted.append({"not": {"required": ["model"]}})
+    schema["allOf"] = [{"anyOf": budgeted}]
     metadata = schema["properties"]["metadata"]
     metadata.pop("maxLength", None)  # apispec's rendering of Length on a Dict
     metadata.update(maxProperties=settings.max_metadata_keys, propertyNames={"minLength": 1, "maxLength": 64})
