@@ -31,6 +31,7 @@ from shared.schemas import (
     make_message_schema,
     make_start_schema,
 )
+from shared.secrets import NAME
 from shared.settings import Settings
 from shared.signing import EXPIRES_PATTERN, SIG_PATTERN
 from shared.states import Status
@@ -350,6 +351,9 @@ def _task_start_rules(schema: dict[str, Any], settings: Settings) -> None:
         if default is not None and default.price_input is not None:
             budgeted.append({"not": {"required": ["model"]}})
     schema["allOf"] = [{"anyOf": budgeted}]
+    secrets = schema["properties"]["secrets"]  # apispec renders Length on a Dict as maxLength
+    secrets["maxProperties"] = secrets.pop("maxLength", 50)
+    secrets["propertyNames"] = {"pattern": f"^{NAME.pattern}$"}
     metadata = schema["properties"]["metadata"]
     metadata.pop("maxLength", None)  # apispec's rendering of Length on a Dict
     metadata.update(maxProperties=settings.max_metadata_keys, propertyNames={"minLength": 1, "maxLength": 64})
