@@ -354,6 +354,8 @@ def _task_start_rules(schema: dict[str, Any], settings: Settings) -> None:
     secrets = schema["properties"]["secrets"]  # apispec renders Length on a Dict as maxLength
     secrets["maxProperties"] = secrets.pop("maxLength", 50)
     secrets["propertyNames"] = {"pattern": f"^{NAME.pattern}$"}
+    if not settings.secrets_key:  # nothing to seal them with: only an empty object is accepted
+        secrets["maxProperties"] = 0
     metadata = schema["properties"]["metadata"]
     metadata.pop("maxLength", None)  # apispec's rendering of Length on a Dict
     metadata.update(maxProperties=settings.max_metadata_keys, propertyNames={"minLength": 1, "maxLength": 64})

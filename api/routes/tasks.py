@@ -151,7 +151,11 @@ class TaskIdConverter(BaseConverter):
 
 @bp.get("/agent/tasks/<task:task_id>")
 def retrieve_status(task_id: str) -> Response:
-    return jsonify(task_bodies([load_task(task_id)])[0])
+    """The task; through a share link (``g.shared``), without its idempotency key (the owner's client's)."""
+    body = task_bodies([load_task(task_id)])[0]
+    if g.get("shared"):
+        body["idempotency_key"] = None
+    return jsonify(body)
 
 
 DEFAULT_WAIT = 30.0

@@ -94,6 +94,7 @@
   function tasksPage() {
     let cursor = null;
     let started = false;
+    let lastFingerprint = null;
 
     function filterQuery() {
       const q = new URLSearchParams();
@@ -144,8 +145,20 @@
         return;
       }
       const rows = $("task-rows");
+      const fingerprint = JSON.stringify(data.data.map((t) => [t.task_id, t.status, t.steps_taken]));
+      if (!append && fingerprint === lastFingerprint) {  // unchanged: keep the rows (and the focus) as they are
+        await loadBatches(data.data);
+        return;
+      }
+      lastFingerprint = append ? null : fingerprint;
+      const focused = document.activeElement && rows.contains(document.activeElement) ?
+        document.activeElement.closest("tr").dataset.taskId : null;
       if (!append) rows.replaceChildren();
       for (const task of data.data) rows.append(row(task));
+      if (focused) {  // a refresh must not take the keyboard user's place away
+        const again = rows.querySelector(`tr[data-task-id="${CSS.escape(focused)}"] a`);
+        if (again) again.focus();
+      }
       cursor = data.next_cursor;
       $("more").hidden = !data.has_more;
       await loadBatches(data.data);
@@ -189,6 +202,7 @@
     $("filters").addEventListener("submit", (event) => {
       event.preventDefault();
       cursor = null;
+      lastFingerprint = null;
       loadList(false);
     });
     $("more").addEventListener("click", () => loadList(true));
