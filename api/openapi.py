@@ -8,6 +8,7 @@ Served at GET /openapi.json. :func:`operations` is the one table of paths; a tes
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from apispec import APISpec
@@ -36,6 +37,7 @@ from shared.settings import Settings
 from shared.signing import EXPIRES_PATTERN, SIG_PATTERN
 from shared.states import Status
 from shared.store.listing import CURSOR_PATTERN
+from shared.store.queueinfo import REASONS
 from shared.task import OFFLINE_AGENTS
 
 
@@ -128,6 +130,15 @@ def _console_operations() -> dict[str, dict[str, dict[str, Any]]]:
     }
 
 
+def _prefix_pattern(reasons: tuple[str, ...]) -> str:
+    """A ``pattern`` matching what the list's ``wait_reason`` filter takes: the start of a reason, or a reason
+    followed by anything (``api.routes.tasks.filter_from_args``)."""
+    def starts(text: str) -> str:  # any prefix of text, the empty one included: a(b(c)?)?
+        return "".join(f"(?:{re.escape(c)}" for c in text) + ")?" * len(text)
+
+    return "^(?:" + "|".join([*(starts(r) for r in reasons), *(re.escape(r) + r"[\s\S]*" for r in reasons)]) + ")$"
+
+
 def _list_parameters(settings: Settings) -> list[dict[str, Any]]:
     time = {"anyOf": [{"type": "number", "minimum": 0, "maximum": EPOCH_MAX},
                       {"type": "string", "format": "date-time"}, _ABSENT]}
@@ -147,7 +158,7 @@ def _list_parameters(settings: Settings) -> list[dict[str, Any]]:
                                                     "maximum": settings.list_max_limit, "default": 50}},
         {"name": "cursor", "in": "query", "description": "next_cursor of the previous page",
          "schema": {"anyOf": [{"type": "string", "pattern": CURSOR_PATTERN}, _ABSENT]}},
-        {"name": "wait_reason", "in": "query", "schema": {"type": "string"},
+        {"name": "wait_reason", "in": "query", "schema": {"type": "string", "pattern": _prefix_pattern(REASONS)},
          "description": "Queued tasks whose wait_reason starts with this: \"tenant max_running reached\", \"no "
                         "worker\", \"rate limited\" or \"queued behind\" (implies status=queued; statuses without "
                         "queued match nothing); every queued task "
@@ -187,7 +198,7 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
                            "call would go over it fails with exit code 8 (GET /agent/batches/{id} shows "
                            "max_cost_usd and spent_usd).",
             "requestBody": _body({"anyOf": [batch_items, {"type": "object", "required": ["tasks"], "properties": {
-                "tasks": batch_items, "max_cost_usd": {"type": "number", "exclusiveMinimum": 0,
+                "tasks": batch_items, "max_cost_usd": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1e9,
                                                        "description": "the batch's budget in USD"}}}]}),
             "responses": {"200": {"description": "The batch's outcome", "links": {"batch_summary": {
                 "operationId": "batch_summary", "parameters": {"id": "$response.body#/batch_id"}}},
@@ -350,7 +361,9 @@ def _task_start_rules(schema: dict[str, Any], settings: Settings) -> None:
         default = models.resolve(settings.default_model)
         if default is not None and default.price_input is not None:
             budgeted.append({"not": {"required": ["model"]}})
-    schema["allOf"] = [{"anyOf": budgeted}]
+    heuristic = {"required": ["agent_type"], "properties": {"agent_type": {"const": "heuristic"}}}
+    # the heuristic agent gives no structured answer: no output_schema with it
+    schema["allOf"] = [{"anyOf": budgeted}, {"anyOf": [{"not": heuristic}, {"not": {"required": ["output_schema"]}}]}]
     secrets = schema["properties"]["secrets"]  # apispec renders Length on a Dict as maxLength
     secrets["maxProperties"] = secrets.pop("maxLength", 50)
     secrets["propertyNames"] = {"pattern": f"^{NAME.pattern}$"}
