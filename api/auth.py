@@ -1,17 +1,23 @@
 """Who a request acts for: the bearer key resolved to a tenant, the tenant's rate limit, and the tenant check on
-every task a request names (another tenant's task is a 404, as if it did not exist)."""
+every task a request names (another tenant's task is a 404, as if it did not exist). A console share link (signed,
+``shared/signing.py``) stands in for the key on the reads of one task: its record and its events."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 from flask import g, request
 
-from api.errors import ApiError, not_found
+from api.errors import ApiError, invalid_field, not_found
 from api.state import state
 from shared import logs
+from shared.signing import EXPIRES_PATTERN, share_resource
 from shared.task import Task
+
+SHAREABLE = frozenset({"tasks.retrieve_status", "events.task_events"})
+"""Endpoints a share link opens without the key (``expires`` and ``sig`` of ``share:<task id>`` in the query)."""
 
 
 def authenticate() -> None:
@@ -36,6 +42,48 @@ def authenticate() -> None:
         if wait:
             raise ApiError(429, "too_many_requests", f"rate limit of {principal.rate_limit} exceeded",
                            headers={"retry-after": str(wait), "x-should-retry": "true"})
+
+
+def authenticate_or_shared() -> None:
+    """``before_request`` of the blueprints holding :data:`SHAREABLE` endpoints: a request to one of them with no
+    ``Authorization`` header and a ``sig`` acts for the task's tenant when the share link is good (``g.shared``);
+    every other request goes through :func:`authenticate`.
+
+    Raises:
+        ApiError: as :func:`check_share_link`; as :func:`authenticate`.
+    """
+    g.shared = False
+    if request.endpoint in SHAREABLE:
+        _check_expires()  # as the document says, whichever credential the request carries
+    if request.endpoint in SHAREABLE and "Authorization" not in request.headers and request.args.get("sig"):
+        g.tenant = check_share_link(str((request.view_args or {}).get("task_id", "")))
+        g.principal = None
+        g.shared = True
+        return
+    authenticate()
+
+
+def check_share_link(task_id: str) -> str:
+    """The tenant of task ``task_id`` when the request's ``expires`` and ``sig`` are a good share link of it.
+
+    Raises:
+        ApiError: 422 when ``expires`` is not epoch seconds; 403 when the link is malformed, tampered with, for
+            another task, of a task that does not exist, or expired.
+    """
+    _check_expires()
+    expires, sig = request.args.get("expires"), request.args.get("sig")
+    task = state().store.get(task_id)
+    reason = state().signer.refusal(task.tenant if task else None, share_resource(task_id), expires, sig)
+    if reason or task is None:
+        raise ApiError(403, "forbidden", reason or "invalid link signature")
+    return task.tenant
+
+
+def _check_expires() -> None:
+    """Raises ApiError 422 naming ``expires`` when the query has one that is not epoch seconds."""
+    expires = request.args.get("expires")
+    if expires is not None and not re.fullmatch(EXPIRES_PATTERN, expires):
+        raise invalid_field("expires", "expires must be the epoch seconds of a signed URL", "Not a valid expiry.")
 
 
 def load_task(task_id: str) -> Task:

@@ -15,6 +15,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import validate
 
 from api.routes.tasks import DEFAULT_WAIT, EPOCH_MAX, WAIT_REASON_PATTERN
+from shared.console import ActionResultSchema, ActionSchema, ShareResponseSchema, make_share_schema
 from shared.environments import EnvironmentListSchema, EnvironmentSchema
 from shared.models import BUILTIN, registry
 from shared.schemas import (
@@ -61,6 +62,7 @@ _ERRORS = {
     426: "A plain HTTP request to the WebSocket endpoint: connect with Upgrade: websocket",
     429: "The tenant's rate limit, its max queued tasks, or its daily budget spent (retry-after says when to retry)",
     503: "Redis, the queue or the artifact store is unavailable (retry-after)",
+    504: "The paused task's worker did not perform the action in time (LODESTAR_TAKEOVER_TIMEOUT)",
 }
 
 
@@ -105,6 +107,29 @@ _SSE = {"200": {
 
 
 _ABSENT = {"type": "string", "maxLength": 0, "description": "empty: as if absent"}
+_SHARED = {"name": "expires", "in": "query", "schema": {"type": "string", "pattern": EXPIRES_PATTERN},
+           "description": "Share links (POST /agent/tasks/{id}/share): epoch seconds the link expires at, with sig"}
+_SHARE_READ = "Also opened without a key by a share link's expires and sig (POST /agent/tasks/{id}/share)."
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+
+
+def _console_operations() -> dict[str, dict[str, dict[str, Any]]]:
+    """The web console's pages: HTML, no key (the page asks for it; a share link opens a task's page read-only)."""
+    page = {"200": {"description": "The page", "content": _HTML}, **_errors()}
+    return {
+        "/console": {"get": {"operationId": "console", "summary": "The web console: sign in, then your tasks",
+                             "security": [], "responses": page}},
+        "/console/tasks/{id}": {"get": {
+            "operationId": "console_task", "summary": "The console page of one task",
+            "description": "Without a share link the page asks for the key (kept in the browser's session "
+                           "storage). With a share link's expires and sig it opens read-only; a bad or expired "
+                           "link is a 403 page, a malformed expires a 422 page.",
+            "security": [], "parameters": [_ID, _SHARED, {"name": "sig", "in": "query", "schema": {
+                "type": "string"}, "description": "Share links: the signature"}],
+            "responses": {**page, "403": {"description": "The share link is bad or expired", "content": _HTML},
+                          "404": {"description": "Never: an unknown task's page says so itself", "content": _HTML},
+                          "422": {"description": "expires is not epoch seconds", "content": _HTML}}}},
+    }
 
 
 def _list_parameters(settings: Settings) -> list[dict[str, Any]]:
@@ -209,8 +234,9 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
             "operationId": "start_stream", "summary": "Start a task and stream its events (Lightcone: start_stream)",
             "requestBody": _body(_ref("TaskStart")), "responses": {**_SSE, **_errors(*AUTHED, *BODY, 404, 409)}}},
         "/agent/tasks/{id}": {"get": {
-            "operationId": "retrieve_status", "summary": "A task's status and details", "parameters": [_ID],
-            "responses": {**_ok(_ref("Task")), **_errors(*AUTHED, 404)}}},
+            "operationId": "retrieve_status", "summary": "A task's status and details", "parameters": [_ID, _SHARED],
+            "description": _SHARE_READ, "security": [{"bearer": []}, {"signedUrl": []}],
+            "responses": {**_ok(_ref("Task")), **_errors(*AUTHED, 403, 404, 422)}}},
         "/agent/tasks/{id}/messages": {"post": {
             "operationId": "inject_message", "summary": "Send the agent a message (kept until its next step)",
             "description": "With an Idempotency-Key, a retry with the same key for the task delivers nothing more "
@@ -231,11 +257,32 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
             "parameters": [_ID], "responses": {**_ok(_ref("StatusResponse")), **_errors(*AUTHED, 404, 409)}}},
         "/agent/tasks/{id}/events": {"get": {
             "operationId": "events", "summary": "(Re)attach to a task's event stream, replaying after Last-Event-ID",
+            "description": "The console's read-only page of a shared task reads it with the share link's expires "
+                           "and sig in the query instead of the key (POST /agent/tasks/{id}/share; a bad or expired "
+                           "link is a 403).",
             "parameters": [_ID, {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer",
                                                                                       "minimum": 0}},
                            {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0},
                             "description": "The same as Last-Event-ID (the header wins)"}],
-            "responses": {**_SSE, **_errors(*AUTHED, 404, 422)}}},
+            "responses": {**_SSE, **_errors(*AUTHED, 403, 404, 422)}}},
+        "/agent/tasks/{id}/actions": {"post": {
+            "operationId": "act", "summary": "Human takeover: perform one action in a paused task's environment",
+            "description": "Only while the task is paused (else 409) and a worker holds it (a paused task released "
+                           "after LODESTAR_PAUSE_TIMEOUT: 409, resume it first). The task's worker performs the "
+                           "action through the agent's own action path, records it as a step marked human (its "
+                           "step event carries human: true and request_id) and the call answers once it has: the "
+                           "step, the result and the screenshot after it. 504 when the worker does not answer "
+                           "within LODESTAR_TAKEOVER_TIMEOUT seconds. The agent is told what the user did at its "
+                           "next step after the task is resumed.",
+            "parameters": [_ID], "requestBody": _body(_ref("Action")),
+            "responses": {**_ok(_ref("ActionResult")), **_errors(*AUTHED, *BODY, 404, 409, 504)}}},
+        "/agent/tasks/{id}/share": {"post": {
+            "operationId": "share", "summary": "A signed, expiring, read-only link to the task's console page",
+            "description": "The link opens the task's console page, record and events without a key until it "
+                           "expires (no controls); the body is optional.",
+            "parameters": [_ID], "requestBody": {"required": False, "content": {"application/json": {
+                "schema": _ref("Share")}}},
+            "responses": {**_ok(_ref("ShareResponse")), **_errors(*AUTHED, *BODY, 404)}}},
         "/agent/tasks/{id}/ws": {"get": {
             "operationId": "events_ws", "summary": "The same events over a WebSocket, one JSON text message each",
             "parameters": [_ID], "responses": {"101": {"description": "Switching protocols"},
@@ -292,6 +339,7 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
                 **_errors()}}},
         "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document", "security": [],
                                   "responses": {**_ok({"type": "object"}, "OpenAPI 3.1 JSON"), **_errors()}}},
+        **_console_operations(),
     }
 
 
@@ -406,6 +454,7 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                                      "LODESTAR_METRICS_TOKEN, when the deployment sets one (GET /metrics only)"})
     spec.components.security_scheme("signedUrl", {
         "type": "apiKey", "in": "query", "name": "sig", "description": "The signature of a signed screenshot URL "
+        "or a console share link "
         f"(with its expires; {SIG_PATTERN}), as the API hands them out: no bearer key needed"})
     assert plugin.converter is not None  # set by APISpec's init_spec
     plugin.converter.add_attribute_function(exclusive_bounds)
@@ -415,7 +464,9 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                          ("Message", make_message_schema(settings)), ("CancelMany", make_cancel_schema(settings)),
                          ("CancelResult", CancelResultSchema), ("BatchOutcome", BatchOutcomeSchema),
                          ("Error", ErrorSchema), ("Event", EventSchema), ("Environment", EnvironmentSchema),
-                         ("EnvironmentList", EnvironmentListSchema)):
+                         ("EnvironmentList", EnvironmentListSchema), ("Action", ActionSchema),
+                         ("ActionResult", ActionResultSchema), ("Share", make_share_schema(settings)),
+                         ("ShareResponse", ShareResponseSchema)):
         spec.components.schema(name, schema=schema)
     for path, ops in operations(settings).items():
         spec.path(path=path, operations=ops)

@@ -164,7 +164,8 @@ def _up(args: argparse.Namespace) -> int:
     settings = _settings()
     from lodestar.stack import up
 
-    return up(args.port or settings.api_port, args.concurrency or settings.worker_concurrency, Path(args.data_dir))
+    return up(args.port or settings.api_port, args.concurrency or settings.worker_concurrency, Path(args.data_dir),
+              verbose=args.verbose)
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -238,7 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="API port (default LODESTAR_API_PORT, 8000)")
     p.add_argument("--concurrency", type=int, help="slots per worker (one Chromium, or one Xvfb display, each; "
                    "default LODESTAR_WORKER_CONCURRENCY, 1)")
-    p.add_argument("--data-dir", default="var", help="where the embedded Redis keeps its files")
+    p.add_argument("--data-dir", default="var", help="where the embedded Redis keeps its files, and logs/ the "
+                   "processes' logs")
+    p.add_argument("--verbose", action="store_true", help="the API's and workers' logs in this terminal instead of "
+                   "files under the data folder")
     p.set_defaults(func=_up)
 
     p = sub.add_parser("api", help="serve the HTTP API (gunicorn, gevent)")

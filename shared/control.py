@@ -1,9 +1,13 @@
-"""The control channel between API and worker: pause, resume, cancel and injected messages.
+"""The control channel between API and worker: pause, resume, cancel, injected messages and human actions.
 
 State first, notice second: ``send_<command>`` writes the desired state to the task record in Redis and then
 publishes a notice on the task's pub/sub channel (one Lua call, see ``TaskStore.apply``). The worker's
 :class:`ControlChannel` subscribes before it reads the state, so nothing sent before it started is lost (pub/sub
 alone is fire-and-forget), and re-reads only the part a notice names (``handle_<command>``).
+
+Human takeover: while a task is paused, the API queues actions for its worker (``TaskStore.takeover``, an ``action``
+notice); :meth:`ControlChannel.wait_while_paused` returns when one arrives, and the loop performs it
+(``worker/loop.py``) and waits again.
 """
 
 from __future__ import annotations
@@ -53,11 +57,13 @@ def send_cancel(store: TaskStore, task_id: str) -> ApplyResult:
 # --- worker side: handle_<command> ------------------------------------------------------------------------------------
 @dataclass
 class ControlState:
-    """What the worker knows of the user's wishes. ``pending`` messages have not reached the policy yet."""
+    """What the worker knows of the user's wishes. ``pending`` messages have not reached the policy yet;
+    ``actions``: human actions ``{"id", "action"}`` waiting to be performed (only while paused)."""
 
     status: str = Status.RUNNING
     delivered: int = 0
     pending: list[str] = field(default_factory=list)
+    actions: list[dict] = field(default_factory=list)
 
     @property
     def paused(self) -> bool:
@@ -97,6 +103,10 @@ class LocalControl:
         messages, self.state.pending = self.state.pending, []
         self.state.delivered += len(messages)
         return messages
+
+    def take_actions(self) -> list[dict]:
+        """Nobody takes over a local episode: always empty."""
+        return []
 
 
 class HandBack(Exception):
@@ -138,7 +148,7 @@ class ControlChannel:
         self._resync = False
         self._handlers: dict[str, Callable[[], None]] = {
             "pause": self.handle_status, "resume": self.handle_status,
-            "cancel": self.handle_status, "message": self.handle_message,
+            "cancel": self.handle_status, "message": self.handle_message, "action": self.handle_actions,
         }
         self.sync()
 
@@ -146,6 +156,8 @@ class ControlChannel:
         """Read status and undelivered messages from Redis (after subscribing: nothing is missed)."""
         self.state.status, self.state.delivered = self.store.control_snapshot(self.task_id)
         self.handle_message()
+        if self.state.paused:
+            self.handle_actions()
         return self.state
 
     def handle_status(self) -> None:
@@ -154,6 +166,9 @@ class ControlChannel:
     def handle_message(self) -> None:
         start = self.state.delivered + len(self.state.pending)
         self.state.pending.extend(m["content"] for m in self.store.inbox(self.task_id, start))
+
+    def handle_actions(self) -> None:
+        self.state.actions.extend(self.store.takeover.take(self.task_id))
 
     def _dispatch(self, message: dict | None) -> bool:
         if message is None or message.get("type") != "message":
@@ -199,11 +214,13 @@ class ControlChannel:
         return self.state
 
     def wait_while_paused(self, deadline: float, on_tick: Callable[[], None] | None = None) -> ControlState:
-        """Block while the task is paused, until ``deadline`` (``time.monotonic()`` seconds).
+        """Block while the task is paused, until ``deadline`` (``time.monotonic()`` seconds) or a human action
+        arrives (``state.actions``: the caller performs them, then waits again).
 
         ``on_tick`` runs about once a second (e.g. a heartbeat). Returns the state that ended the wait.
         """
-        while self.state.paused and not self.state.stop and time.monotonic() < deadline:
+        while (self.state.paused and not self.state.stop and not self.state.actions
+               and time.monotonic() < deadline):
             timeout = max(0.0, min(1.0, deadline - time.monotonic()))
             if not self._dispatch(self._next_notice(timeout)):
                 with contextlib.suppress(RedisError):
@@ -226,7 +243,9 @@ class ControlChannel:
             store.append_event(task_id, {"type": "status", "status": str(Status.PAUSED), "reason": "ask_user",
                                          "question": question})
         self.refresh()
-        while self.state.paused and not self.state.pending and time.monotonic() < deadline:
+        # a human action ends the wait too: the caller's checkpoint performs it and holds while the task is paused
+        while (self.state.paused and not self.state.pending and not self.state.actions
+               and time.monotonic() < deadline):
             self.wait_while_paused(min(deadline, time.monotonic() + 1.0))
         if self.state.paused and self.state.pending:
             store.transition(task_id, Status.RUNNING, reason="answered")
@@ -240,6 +259,11 @@ class ControlChannel:
             self.state.delivered += len(messages)
             self.store.set_delivered(self.task_id, self.state.delivered)
         return messages
+
+    def take_actions(self) -> list[dict]:
+        """Hand the waiting human actions to the caller (each is taken once)."""
+        actions, self.state.actions = self.state.actions, []
+        return actions
 
     def close(self) -> None:
         try:

@@ -388,6 +388,7 @@ class TaskSchema(_Answer):
     persistent = fields.Bool(metadata={"description": "The task saves its environment when it completes."})
     environment_id = fields.Str(allow_none=True, metadata={"description": (
         "The saved environment the task starts from and (persistent) saves into; null when neither.")})
+    batch_id = fields.Str(allow_none=True, metadata={"description": "The batch it was submitted in (null: none)."})
     queue_position = fields.Int(allow_none=True, metadata={"description": (
         "While queued: its place in the queue of its kind, across tenants (1: the next task a free worker of that "
         "kind takes), ordered as the broker serves them (priority, then created_at); approximate (a task handed "

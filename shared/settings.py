@@ -118,6 +118,14 @@ class Settings:
     url_ttl: int = 3600
     """Seconds a signed screenshot URL stays valid (at least; the expiry is rounded up to the next minute so that
     the URL of a screenshot is stable for a while and browsers can cache it)."""
+    share_ttl: int = 86400
+    """Seconds a console share link (POST /agent/tasks/{id}/share) stays valid when the request gives no
+    ``expires_in``."""
+    share_max_ttl: int = 30 * 86400
+    """Longest ``expires_in`` a share link may ask for, in seconds."""
+    takeover_timeout: float = 30.0
+    """Seconds POST /agent/tasks/{id}/actions waits for the paused task's worker to perform a human action and
+    answer before it answers 504 (the action is then withdrawn if the worker has not taken it)."""
 
     # --- Task limits and defaults (the documented Lightcone defaults) -----------------
     default_model: str = task.DEFAULT_MODEL

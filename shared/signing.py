@@ -1,9 +1,10 @@
 """Signed, expiring URLs for artifacts: a link that opens one thing of one tenant until it expires, without the
-bearer key (an ``<img src>`` in a page, a screenshot linked from a webhook, later the console's share links).
+bearer key (an ``<img src>`` in a page, a screenshot linked from a webhook, the console's share links).
 
 A signed URL carries ``expires`` (epoch seconds) and ``sig``: the URL-safe base64 (no padding, 43 characters) of
 HMAC-SHA256, keyed by the deployment's signing key, over ``"lodestar-url-v1\\n<tenant>\\n<resource>\\n<expires>"``.
-``resource`` names what the link opens, e.g. ``screenshot:<task id>:<step>``; the tenant is the owner's, read
+``resource`` names what the link opens, e.g. ``screenshot:<task id>:<step>``, or ``share:<task id>`` (the read-only
+console page of a task, its record and its events: :func:`share_resource`); the tenant is the owner's, read
 from the task when the link is checked, so one tenant's link never opens another's task even with the same id
 in the path. Example::
 
@@ -141,3 +142,9 @@ class UrlSigner:
 def screenshot_resource(task_id: str, step: int) -> str:
     """The signed ``resource`` of a step's screenshot: ``"screenshot:<task id>:<step>"``."""
     return f"screenshot:{task_id}:{step}"
+
+
+def share_resource(task_id: str) -> str:
+    """The signed ``resource`` of a share link: ``"share:<task id>"`` (the task's console page, record and events,
+    read-only)."""
+    return f"share:{task_id}"

@@ -184,6 +184,7 @@ class Task:
             "metadata": self.metadata, "idempotency_key": self.idempotency_key, "usage": self.usage,
             "cost": self.cost, "allowed_domains": self.allowed_domains, "max_cost_usd": self.max_cost_usd,
             "output_schema": self.output_schema, "persistent": self.persistent, "environment_id": self.environment_id,
+            "batch_id": self.batch_id,
             # where a queued task stands: filled in by the API from the store (``TaskStore.queue``)
             "queue_position": None, "wait_reason": None,
         }

@@ -244,3 +244,14 @@ def test_a_fresh_api_only_install_serves_the_api(redis_url: str, tmp_path: Path)
                             text=True, timeout=60)
     assert worker.returncode == 2
     assert worker.stderr.startswith("lodestar worker needs the worker extra: pip install 'lodestar[worker]'")
+
+
+def test_the_consoles_templates_and_assets_ship_with_the_package() -> None:
+    # Given the console's files (api/templates, api/static: what api/routes/console.py serves)
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    files = [p.relative_to(ROOT / "api") for folder in ("templates", "static")
+             for p in (ROOT / "api" / folder).rglob("*") if p.is_file()]
+    assert {"templates/console_task.html", "static/console.js"} <= {str(f) for f in files}
+    # Then every one of them matches a package-data glob of the api package (a wheel carries it)
+    unshipped = [str(f) for f in files if not any(f.match(glob) for glob in package_data["api"])]
+    assert unshipped == []

@@ -101,6 +101,18 @@ class Action:
     target: Target | None = None
     value: Any = None
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Action:
+        """The action of its JSON form (:meth:`to_dict`'s shape, e.g. ``{"type": "click", "x": 200, "y": 150}``;
+        ``target`` as ``{"by", "name", "role"?, "exact"?, "nth"?}``), as the API validated it
+        (``shared.schemas.ActionSchema``). Raises ValueError (TypeError inside) for a field it does not know."""
+        fields = dict(data)
+        target = fields.pop("target", None)
+        try:
+            return cls(**fields, target=Target(**target) if isinstance(target, dict) else None)
+        except TypeError as exc:
+            raise ValueError(f"not an action: {exc}") from None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for events: only the fields that are set (``value``: whenever it is not None)."""
         out: dict[str, Any] = {"type": self.type}

@@ -9,6 +9,11 @@ Two hooks serve model-backed policies (``worker/providers``): a ``Decision.ask_u
 until the user resumes it or answers with a message (``ControlChannel.ask``), and a ``Decision.error`` (a malformed
 model answer) makes the step a failed step, counted towards ``MAX_FAILED_STEPS``.
 
+Human takeover: while the task is paused, actions a user sends (the console; ``POST /agent/tasks/{id}/actions``)
+are performed at the checkpoint that holds the task, through the same allowlist (:func:`execute`), each recorded as
+a step marked ``human`` with the screenshot taken after it; the agent is told what the user did with its next
+observation (as a message) and sees the result on the screen.
+
 A task with an ``output_schema`` ends only on a final answer that matches it (:func:`check_answer`): an answer that
 does not is a failed step whose error (the validation errors) the model reads at its next turn, ``answer_retries``
 times, then the task fails with exit code 1.
@@ -68,6 +73,7 @@ class Control(Protocol):
     def wait_while_paused(self, deadline: float) -> ControlState: ...
     def ask(self, question: str, deadline: float) -> ControlState: ...
     def take_messages(self) -> list[str]: ...
+    def take_actions(self) -> list[dict[str, Any]]: ...
 
 
 StepCallback = Callable[[StepRecord, Observation], bool]
@@ -102,8 +108,21 @@ def run_episode(
     last = episode.max_steps if last_step is None else last_step
     failed_in_a_row = 0
     retries_left = answer_retries
+    notes: list[str] = []  # what the user did while the task was paused, told to the agent at its next step
+
+    def take_over() -> None:
+        nonlocal step, last
+        for request in control.take_actions():
+            record, seen = human_step(computer, request, step)
+            on_step(record, seen)  # a task ended meanwhile is seen by the checkpoint
+            result = record.results[0]
+            notes.append(f"While the task was paused, the user took over: {describe(record.actions[0])}: "
+                         + ("ok" if result.ok else f"failed ({result.error})"))
+            step += 1
+            last += 1  # the user's steps do not use up the agent's
+
     while True:
-        stopped = _checkpoint(control, deadline, clock, fresh=False)
+        stopped = _checkpoint(control, deadline, clock, fresh=False, take_over=take_over)
         if stopped:
             return stopped
         if step > last:
@@ -112,7 +131,8 @@ def run_episode(
         began = time.perf_counter()
         observation = computer.observe(accessibility=policy.needs_accessibility)
         observed = time.perf_counter()
-        episode.new_messages = control.take_messages()
+        episode.new_messages = notes + control.take_messages()
+        notes = []
         episode.messages.extend(episode.new_messages)
         try:
             decision = policy.decide(observation, episode)
@@ -122,7 +142,9 @@ def run_episode(
         if decision.ask_user is not None:
             control.ask(decision.ask_user, deadline)
 
-        stopped = _checkpoint(control, deadline, clock, fresh=True)  # a pause or cancel sent while it decided
+        # a pause or cancel sent while it decided (the decision still runs after a takeover: a script's next line
+        # must; a model sees the user's steps at its next turn)
+        stopped = _checkpoint(control, deadline, clock, fresh=True, take_over=take_over)
         if stopped:
             return stopped
 
@@ -168,13 +190,59 @@ def run_episode(
             return Outcome(ExitCode.FAILED, error=f"{MAX_FAILED_STEPS} failed steps in a row; last: {last_error}")
 
 
-def _checkpoint(control: Control, deadline: float, clock: Callable[[], float], fresh: bool) -> Outcome | None:
-    """Honour the user's wishes before going on: hold while paused; return the outcome that ends the episode
-    (cancelled, or timed out, also while paused), else None. ``fresh`` reads the status from Redis instead of
-    trusting that every pub/sub notice has arrived (one round trip: used right before acting)."""
+def describe(action: Action) -> str:
+    """One line for a human action: ``click at (200, 150)``, ``type "hello"``, ``key Enter``..."""
+    if action.type == "type":
+        return f'type "{action.text}"'
+    if action.type == "key":
+        return f"key {action.keys}"
+    if action.type == "navigate":
+        return f"navigate to {action.url}"
+    if action.type == "scroll":
+        return f"scroll by ({action.dx}, {action.dy})"
+    if action.target is not None:
+        return f"{action.type} {action.target.describe()}"
+    if action.x is not None and action.y is not None:
+        return f"{action.type} at ({action.x}, {action.y})"
+    return action.type
+
+
+def human_step(computer: Computer, request: dict[str, Any], step: int) -> tuple[StepRecord, Observation]:
+    """Perform a user's action (``{"id", "action"}``, the action in its JSON form) through the allowlist, then
+    look at the screen: the step record (marked ``human``) and the observation after the action. An action that
+    cannot be read, or ``done`` / ``fail`` (a user cannot end the agent's task this way), is a failed step."""
+    try:
+        action = Action.from_dict(request.get("action") or {})
+    except ValueError as exc:
+        action, result = Action("wait"), ActionResult(False, error=str(exc))
+    else:
+        if action.type in ("done", "fail"):
+            result = ActionResult(False, error=f"a human action cannot be {action.type!r}")
+        else:
+            result = execute(computer, action)
+    observation = computer.observe(accessibility=False)
+    record = StepRecord(step, [action], [result], f"human takeover: {describe(action)}", observation.url,
+                        human=True, request_id=request.get("id"))
+    return record, observation
+
+
+def _checkpoint(control: Control, deadline: float, clock: Callable[[], float], fresh: bool,
+                take_over: Callable[[], None] | None = None) -> Outcome | None:
+    """Honour the user's wishes before going on: hold while paused, performing the user's actions as they come
+    (``take_over``); return the outcome that ends the episode (cancelled, or timed out, also while paused), else
+    None. ``fresh`` reads the status from Redis instead of trusting that every pub/sub notice has arrived (one
+    round trip: used right before acting)."""
     state = control.refresh() if fresh else control.poll()
-    if state.paused:
-        state = control.wait_while_paused(deadline)
+    while True:
+        if state.actions and take_over is not None:
+            take_over()
+            state = control.poll()
+            continue
+        if state.paused and not state.stop:
+            state = control.wait_while_paused(deadline)
+            if state.actions and take_over is not None:
+                continue
+        break
     if state.stop:
         return Outcome(ExitCode.CANCELLED, error="cancelled by the user")
     if state.paused or clock() >= deadline:

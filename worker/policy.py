@@ -65,6 +65,11 @@ class StepRecord:
     """The decision's model usage (see :class:`Decision`), None for offline agents."""
     timings: dict[str, float] | None = None
     """Seconds the step's phases took: ``{"observe", "decide", "act"}`` (the worker's step latency metric)."""
+    human: bool = False
+    """A human took over (the console, while the task was paused): the step's one action is the user's, and its
+    screenshot was taken after it."""
+    request_id: str | None = None
+    """The id the API gave a human action (POST /agent/tasks/{id}/actions waits for the step carrying it)."""
 
 
 @dataclass

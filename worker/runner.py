@@ -213,7 +213,8 @@ def redacted(step: StepRecord, secrets: dict[str, str]) -> StepRecord:
 
 def record_step(store: TaskStore, task: Task, holder: str, step: StepRecord, observation: Observation) -> bool:
     """Store the step's screenshot, bump ``steps_taken`` and append the ``step`` event (with the attempt it belongs
-    to, and the step's model usage, already on the record since its call returned: ``worker/metering.py``) in one
+    to, ``human`` and ``request_id`` for a user's action, and the step's model usage, already on the record since
+    its call returned: ``worker/metering.py``) in one
     round trip, if ``holder`` (this worker) still holds the lease. Returns False when the task is no longer running
     or paused (cancelled under us).
 
@@ -229,6 +230,8 @@ def record_step(store: TaskStore, task: Task, holder: str, step: StepRecord, obs
     }
     if step.usage is not None:  # this step's model usage (the task's running sums were updated by the meter)
         event["usage"] = step.usage
+    if step.human:  # a user's action from the console (takeover): the API's POST .../actions waits for this event
+        event.update(human=True, request_id=step.request_id)
     fields = {"steps_taken": step.step, "message": thought, "current_url": step.url}
     return store.record_step(task.task_id, step.step, observation.screenshot, fields, event, holder=holder).ok
 

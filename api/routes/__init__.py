@@ -7,11 +7,14 @@
 - ``tenant.py``   the caller's tenant, webhook attempts and redelivery
 - ``metrics.py``  the fleet's Prometheus figures (no API key; ``LODESTAR_METRICS_TOKEN`` when set)
 - ``environments.py`` the tenant's saved environments (persistent tasks): list, read, delete
+- ``takeover.py`` human actions in a paused task (takeover), share links
+- ``console.py``  the web console's pages (``/console``, ``/console/tasks/{id}``)
 """
 
 from __future__ import annotations
 
-from api.routes import artifacts, control, environments, events, metrics, tasks, tenant
+from api.routes import artifacts, console, control, environments, events, metrics, takeover, tasks, tenant
 
-BLUEPRINTS = (tasks.bp, control.bp, events.bp, artifacts.bp, tenant.bp, environments.bp, metrics.bp)
+BLUEPRINTS = (tasks.bp, control.bp, events.bp, artifacts.bp, tenant.bp, environments.bp, metrics.bp, takeover.bp,
+              console.bp)
 sock = events.sock

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 from flask_sock import Sock
 
-from api.auth import authenticate, base_url, load_task
+from api.auth import authenticate_or_shared, base_url, load_task
 from api.errors import ApiError, invalid_field
 from api.fanout import Delivery
 from api.sockets import socket_writer
@@ -22,7 +22,7 @@ from shared.store import TaskStore
 from shared.task import Task
 
 bp = Blueprint("events", __name__)
-bp.before_request(authenticate)
+bp.before_request(authenticate_or_shared)
 sock = Sock()  # the WebSocket route lives on the blueprint; create_app calls sock.init_app
 
 

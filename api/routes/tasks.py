@@ -12,7 +12,7 @@ from marshmallow import ValidationError
 from werkzeug.routing import BaseConverter
 
 from api import submission
-from api.auth import authenticate, load_task, task_bodies
+from api.auth import authenticate_or_shared, load_task, task_bodies
 from api.bodies import json_body, json_object, parse_json, raw_body
 from api.errors import ApiError, invalid, invalid_field, not_found, summarise
 from api.routes.events import sse
@@ -23,7 +23,7 @@ from shared.store.queueinfo import REASONS
 from shared.task import Task
 
 bp = Blueprint("tasks", __name__)
-bp.before_request(authenticate)
+bp.before_request(authenticate_or_shared)
 
 
 # --- start and batch -------------------------------------------------------------------------------------------------
@@ -152,7 +152,11 @@ class TaskIdConverter(BaseConverter):
 
 @bp.get("/agent/tasks/<task:task_id>")
 def retrieve_status(task_id: str) -> Response:
-    return jsonify(task_bodies([load_task(task_id)])[0])
+    """The task; through a share link (``g.shared``), without its idempotency key (the owner's client's)."""
+    body = task_bodies([load_task(task_id)])[0]
+    if g.get("shared"):
+        body["idempotency_key"] = None
+    return jsonify(body)
 
 
 DEFAULT_WAIT = 30.0
@@ -190,13 +194,18 @@ def _time_arg(name: str) -> float | None:
                         "Not a valid time.")
 
 
+def _status_args() -> tuple[str, ...]:
+    """The ``status`` query parameters (comma-separated, repeatable)."""
+    return tuple(s for raw in request.args.getlist("status") for s in raw.split(",") if s)
+
+
 def filter_from_args() -> TaskFilter:
     """The list filter of the query string: ``status`` (comma-separated, repeatable), ``kind``, ``model``,
     ``batch_id``, ``metadata.<key>`` or ``metadata[<key>]``, ``created_after``, ``created_before``,
     ``wait_reason`` (queued tasks whose wait reason starts with it: it narrows ``status`` to queued, and a
     status list without queued then matches nothing)."""
     args = request.args
-    statuses = tuple(s for raw in args.getlist("status") for s in raw.split(",") if s)
+    statuses = _status_args()
     unknown = [s for s in statuses if s not in {str(x) for x in Status}]
     if unknown:
         raise invalid_field("status", f"unknown status {unknown[0]!r}",
@@ -234,6 +243,7 @@ def _prefixes(text: str) -> str:
 WAIT_REASON_PATTERN = "^(?:" + "|".join([_prefixes(r) + "|" + _literal(r) + r"[\s\S]*" for r in REASONS]) + ")?$"
 """What the list's ``wait_reason`` filter takes (the OpenAPI document's ``pattern``, ECMA 262 and Python alike):
 empty, a prefix of a reason in ``REASONS`` ("queued"), or a reason and more ("queued behind 3")."""
+
 
 @bp.get("/agent/tasks")
 def list_tasks() -> Response:

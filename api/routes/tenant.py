@@ -8,6 +8,7 @@ from api.auth import authenticate, load_task
 from api.errors import ApiError
 from api.state import state
 from shared import webhooks
+from shared.states import Status
 
 bp = Blueprint("tenant", __name__)
 bp.before_request(authenticate)
@@ -39,6 +40,6 @@ def tenant_info() -> Response:
     store = state().store
     info = store.tenants.tenant(g.tenant)
     info["webhook_secret"] = store.tenants.webhook_secret(g.tenant)
-    info["counts"] = {s: store.count(g.tenant, s) for s in ("queued", "running", "paused")}
+    info["counts"] = {str(s): store.count(g.tenant, s) for s in Status}  # ended ones: until they expire
     info["spent_today_usd"] = round(store.budgets.day_spent(g.tenant), 8)
     return jsonify(info)

@@ -11,6 +11,7 @@
 - ``budgets.py``   what model calls cost as they return; task, batch and daily budgets
 - ``ratelimits.py`` model providers' rpm / tpm windows and retry-after blocks, shared by every worker
 - ``queueinfo.py`` queue positions, wait reasons, workers' heartbeats by kind
+- ``takeover.py``  human actions for the workers of paused tasks (the console's takeover)
 - ``artifacts.py`` the Redis backend of the artifact store (``shared/artifacts.py``) and the choice of backend
 - ``environments.py`` saved environments of ``persistent`` tasks (records here, blobs in the artifact store)
 """

@@ -34,6 +34,7 @@ from shared.store.queueinfo import QueueInfo, queue_score
 from shared.store.ratelimits import ProviderLimits
 from shared.store.recovery import Recovery
 from shared.store.scripts import Scripts
+from shared.store.takeover import Takeover
 from shared.store.tenants import Tenants
 from shared.task import Task, encode_fields
 
@@ -102,6 +103,7 @@ class TaskStore:
         queue: queue positions, wait reasons, workers' heartbeats (``shared/store/queueinfo.py``).
         metrics: the fleet-wide counters and gauges ``GET /metrics`` exports (``shared/store/metrics.py``).
         environments: saved environments of ``persistent`` tasks (``shared/store/environments.py``).
+        takeover: human actions for the workers of paused tasks (``shared/store/takeover.py``).
         artifacts: the tasks' named binary artifacts (step screenshots): in Redis, or in S3 when
             ``settings.artifacts_url`` says so (``shared/artifacts.py``); ``artifacts`` (an ArtifactStore) replaces it.
         redis: the client itself, for tests and operators' tools; application code goes through the methods.
@@ -118,6 +120,7 @@ class TaskStore:
         self.budgets = Budgets(client, self.keys, settings, self._scripts)
         self.limits = ProviderLimits(client, self.keys, settings, self._scripts)
         self.queue = QueueInfo(client, self.keys, settings, self.limits)
+        self.takeover = Takeover(client, self.keys, settings, self._scripts)
         self.artifacts = artifacts or open_artifacts(client, self.keys, settings)
         self.metrics = FleetMetrics(client, self.keys)
         self.environments = Environments(client, self.keys, settings, self._scripts, self.artifacts)

@@ -8,6 +8,8 @@
     P:task:{id}:events       stream  the event log; entry ids are "0-<seq>", seq = 1, 2, 3 ... Each entry is also
                              published on the pub/sub channel of the same name as "<seq> <json>" (``api/fanout.py``)
     P:task:{id}:inbox        list    injected messages, JSON {"content", "ts"}, oldest first
+    P:task:{id}:actions      list    human actions for the worker of a paused task, JSON {"id", "action"}
+                                     (``shared/store/takeover.py``)
     P:task:{id}:shots        hash    the task's artifacts in Redis (``shared/store/artifacts.py``): step number -> JPEG
                                      bytes, other artifacts by name (empty with an S3 artifact store); a saved
                                      environment's blob is in P:task:{environment id}:shots the same way
@@ -84,6 +86,10 @@ class Keys:
 
     def inbox(self, task_id: str) -> str:
         return f"{self.prefix}:task:{task_id}:inbox"
+
+    def actions(self, task_id: str) -> str:
+        """Human actions waiting for the worker of a paused task (``shared/store/takeover.py``)."""
+        return f"{self.prefix}:task:{task_id}:actions"
 
     def shots(self, task_id: str) -> str:
         return f"{self.prefix}:task:{task_id}:shots"

@@ -45,6 +45,7 @@ class Scripts:
     spend: Script
     block: Script
     environment: Script
+    takeover: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:

