@@ -247,6 +247,15 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
             "security": [{"bearer": []}, {"signedUrl": []}],
             "responses": {"200": {"description": "JPEG", "content": {"image/jpeg": {"schema": {
                 "type": "string", "format": "binary"}}}}, **_errors(*AUTHED, 403, 404, 422)}}},
+        "/agent/tasks/{id}/trajectory": {"get": {
+            "operationId": "trajectory", "summary": "The task's episode as one portable JSON record (Lodestar)",
+            "description": "The task's parameters and outcome, then each step: its screenshot (a signed URL), its "
+                           "ARIA snapshot when one was taken, the model's native action and the normalized "
+                           "actions, the results, the URL, the elements its clicks hit, observe / decide / act "
+                           "timings and model usage. Complete once the task ended. `lodestar export --batch ID "
+                           "out.zip` writes a batch's as an archive (docs/trajectories.md).",
+            "parameters": [_ID],
+            "responses": {**_ok(_ref("Trajectory")), **_errors(*AUTHED, 404)}}},
         "/healthz": {"get": {"operationId": "healthz", "summary": "Redis reachable?", "security": [], "responses": {
             **_ok({"type": "object", "properties": {"status": {"type": "string"}, "redis": {"type": "string"}}},
                   "healthy"),
@@ -255,6 +264,23 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
         "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document", "security": [],
                                   "responses": {**_ok({"type": "object"}, "OpenAPI 3.1 JSON"), **_errors()}}},
     }
+
+
+_NULLABLE_OBJECT = {"type": ["object", "null"]}
+TRAJECTORY_STEP = {"type": "object", "required": ["step", "url", "screenshot", "actions", "results"], "properties": {
+    "step": {"type": "integer"}, "attempt": {"type": ["integer", "null"]}, "ts": {"type": ["number", "null"]},
+    "url": {"type": ["string", "null"]},
+    "screenshot": {"type": "object", "required": ["step", "url"], "properties": {
+        "step": {"type": "integer"}, "url": {"type": "string"}}},
+    "aria": {"type": ["string", "null"], "description": "The ARIA snapshot the policy read (Playwright's YAML)"},
+    "native_action": {"description": "The model's own action(s) (tool calls or action text); null for offline "
+                                     "agents"},
+    "actions": {"type": "array", "items": {"type": "object"}, "description": "Normalized actions (Action JSON)"},
+    "results": {"type": "array", "items": {"type": "object"}},
+    "elements": {"type": "array", "items": _NULLABLE_OBJECT, "description": "What each click hit: {role, name}"},
+    "thought": {"type": ["string", "null"]}, "messages": {"type": "array", "items": {"type": "string"}},
+    "timings": {"type": "object", "description": "observe_ms, decide_ms, act_ms"}, "usage": _NULLABLE_OBJECT}}
+"""One step of a trajectory (``shared/trajectory.py``)."""
 
 
 def glob_pattern(globs: list[str]) -> str:
@@ -322,6 +348,10 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                          ("CancelResult", CancelResultSchema), ("BatchOutcome", BatchOutcomeSchema),
                          ("Error", ErrorSchema), ("Event", EventSchema)):
         spec.components.schema(name, schema=schema)
+    spec.components.schema("Trajectory", component={
+        "type": "object", "required": ["format", "task", "steps"], "properties": {
+            "format": {"type": "string"}, "task": _ref("Task"),
+            "steps": {"type": "array", "items": TRAJECTORY_STEP}}})
     for path, ops in operations(settings).items():
         spec.path(path=path, operations=ops)
     document = spec.to_dict()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import g
+from marshmallow import ValidationError
 
 from api.errors import ApiError, unavailable
 from api.state import state
@@ -28,11 +29,40 @@ class Started:
 
 
 def new_task(params: Mapping[str, Any], batch_id: str | None = None) -> Task:
-    """A queued task of the caller's tenant from validated start parameters (its ``secrets`` sealed)."""
+    """A queued task of the caller's tenant from validated start parameters (its ``secrets`` sealed; a replay's
+    environment taken from its recording: :func:`replay_params`).
+
+    Raises:
+        marshmallow.ValidationError: ``replay_of`` names no ended task of the caller's tenant.
+    """
+    if params.get("replay_of"):
+        params = replay_params(params)
     principal = g.principal
     sealed = seal(params["secrets"], state().settings.secrets_key) if params.get("secrets") else None
     return Task.from_request(params, task_id=new_task_id(), tenant=principal.tenant, created_at=now(),
                              batch_id=batch_id, default_webhook_url=principal.webhook_url, sealed_secrets=sealed)
+
+
+def replay_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The start parameters of a replay: ``replay_of`` must name an ended task of the caller's tenant (another
+    tenant's is as unknown as a missing one); the replay runs in the recording's environment (its kind, start URL
+    and viewport, and its allowed_domains unless the request gives some), has one step more than the recording
+    (a last step to finish in) and runs the replay agent (``agent_type: "replay"``, no model, no cost).
+
+    Raises:
+        marshmallow.ValidationError: on ``replay_of``.
+    """
+    source_id = params["replay_of"]
+    source = state().store.get(source_id)
+    if source is None or source.tenant != g.tenant:
+        raise ValidationError({"replay_of": [f"no task {source_id} (or it expired)"]})
+    if not source.ended:
+        raise ValidationError({"replay_of": [f"task {source_id} is {source.status}: only an ended task's "
+                                             "recording can be replayed"]})
+    return {**params, "kind": source.kind, "start_url": source.start_url, "viewport_width": source.viewport_width,
+            "viewport_height": source.viewport_height, "max_steps": source.steps_taken + 1, "agent_type": "replay",
+            "allowed_domains": params.get("allowed_domains") or source.allowed_domains, "output_schema": None,
+            "max_cost_usd": None}
 
 
 def in_progress() -> ApiError:
@@ -95,4 +125,4 @@ def _check_room(new: int) -> None:
                        headers={"retry-after": "5"})
 
 
-__all__ = ["IN_PROGRESS", "Started", "in_progress", "new_task", "start"]
+__all__ = ["IN_PROGRESS", "Started", "in_progress", "new_task", "replay_params", "start"]

@@ -81,6 +81,11 @@ def screenshot_name(step: int) -> str:
     return f"screenshots/{int(step)}.jpg"
 
 
+def aria_name(step: int) -> str:
+    """The artifact name of a step's ARIA snapshot, where one was taken: ``aria/<step>.yaml`` (UTF-8 text)."""
+    return f"aria/{int(step)}.yaml"
+
+
 def check_name(name: str) -> str:
     """``name`` if it is a valid artifact name. Raises ValueError otherwise."""
     if not NAME.fullmatch(name) or len(name) > 200:

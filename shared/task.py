@@ -92,6 +92,8 @@ class Task:
     parsed answer instead of text."""
     max_cost_usd: float | None = None
     """The most USD the task's model calls may cost; the call that would go over it is not made (exit code 8)."""
+    replay_of: str | None = None
+    """The recorded task this one replays (same tenant): its actions repeated with no model (``worker/replay.py``)."""
     # -- where it stands ---------------------------------------------------------------------------------------------
     status: Status = Status.QUEUED
     exit_code: int | None = None
@@ -176,7 +178,7 @@ class Task:
             "last_screenshot_url": screenshot_url(self, steps) if steps else None,
             "metadata": self.metadata, "idempotency_key": self.idempotency_key, "usage": self.usage,
             "cost": self.cost, "allowed_domains": self.allowed_domains, "max_cost_usd": self.max_cost_usd,
-            "output_schema": self.output_schema,
+            "output_schema": self.output_schema, "replay_of": self.replay_of,
             # where a queued task stands: filled in by the API from the store (``TaskStore.queue``)
             "queue_position": None, "wait_reason": None,
         }
@@ -204,7 +206,7 @@ _REQUEST_FIELDS = (
     "instruction", "kind", "model", "agent_type", "priority", "max_steps", "max_duration_seconds", "temperature",
     "screenshot_mode", "stream_mode", "viewport_width", "viewport_height", "start_url", "system_prompt", "context",
     "metadata", "idempotency_key", "webhook_url", "webhook_events", "allowed_domains", "output_schema",
-    "max_cost_usd",
+    "max_cost_usd", "replay_of",
 )
 """Start parameters that become record fields as they are."""
 

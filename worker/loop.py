@@ -109,13 +109,16 @@ def run_episode(
         if step > last:
             return Outcome(ExitCode.MAX_STEPS, error=f"max_steps ({episode.max_steps}) reached without finishing")
 
+        began = time.perf_counter()
         observation = computer.observe(accessibility=policy.needs_accessibility)
+        observed = time.perf_counter()
         episode.new_messages = control.take_messages()
         episode.messages.extend(episode.new_messages)
         try:
             decision = policy.decide(observation, episode)
         except PolicyError as exc:
             return Outcome(exc.code, error=str(exc))
+        decided = time.perf_counter()
         if decision.ask_user is not None:
             control.ask(decision.ask_user, deadline)
 
@@ -125,6 +128,7 @@ def run_episode(
 
         results = []
         terminal = None
+        acting = time.perf_counter()
         for action in decision.actions:
             if action.type in ("done", "fail"):
                 terminal = action
@@ -141,8 +145,10 @@ def run_episode(
             if wrong is not None:  # the model reads it at its next turn, as the step's error
                 hint = "; answer again with JSON that matches the schema" if retries_left > 0 else ""
                 results.append(ActionResult(False, error=wrong + hint))
+        timings = {"observe_ms": _ms(observed - began), "decide_ms": _ms(decided - observed),
+                   "act_ms": _ms(time.perf_counter() - acting)}
         record = StepRecord(step, list(decision.actions), results, decision.thought, observation.url,
-                            episode.new_messages, usage=decision.usage)
+                            episode.new_messages, usage=decision.usage, native=decision.native, timings=timings)
         episode.history.append(record)
         if not on_step(record, observation):
             return Outcome(ExitCode.CANCELLED, error="the task was ended while its step ran")
@@ -161,6 +167,10 @@ def run_episode(
         if failed_in_a_row >= MAX_FAILED_STEPS:
             last_error = results[-1].error
             return Outcome(ExitCode.FAILED, error=f"{MAX_FAILED_STEPS} failed steps in a row; last: {last_error}")
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
 
 
 def _checkpoint(control: Control, deadline: float, clock: Callable[[], float], fresh: bool) -> Outcome | None:

@@ -5,11 +5,12 @@
 - ``events.py``   events over SSE and WebSocket
 - ``artifacts.py`` step screenshots, by bearer key or signed URL
 - ``tenant.py``   the caller's tenant, webhook attempts and redelivery
+- ``trajectory.py`` a task's trajectory (the episode as one JSON record: ``shared/trajectory.py``)
 """
 
 from __future__ import annotations
 
-from api.routes import artifacts, control, events, tasks, tenant
+from api.routes import artifacts, control, events, tasks, tenant, trajectory
 
-BLUEPRINTS = (tasks.bp, control.bp, events.bp, artifacts.bp, tenant.bp)
+BLUEPRINTS = (tasks.bp, control.bp, events.bp, artifacts.bp, tenant.bp, trajectory.bp)
 sock = events.sock

@@ -30,10 +30,10 @@ bp.before_request(authenticate)
 def _start_one() -> tuple[Task, bool]:
     """Validate, store and enqueue the request's task; returns ``(task, reused)``."""
     try:
-        params = state().start_schema.load(json_object())
+        task = submission.new_task(state().start_schema.load(json_object()))
     except ValidationError as exc:
         raise invalid(exc) from None
-    outcome = submission.start([submission.new_task(params)])[0]
+    outcome = submission.start([task])[0]
     if outcome.error is not None:
         raise outcome.error
     assert outcome.task is not None
