@@ -181,16 +181,25 @@ class BrowserComputer:
         """JPEG bytes of the viewport through CDP's fast path.
 
         Right after a navigation the page may not have painted a frame yet and CDP answers "Unable to capture
-        screenshot": wait for an animation frame and try again (at most three times).
+        screenshot": wait for an animation frame and try again (at most three times). Right after a click on a link
+        the old document may be gone before the new one commits ("Not attached to an active page"): wait for the new
+        one's DOMContentLoaded first.
         """
         params = {"format": "jpeg", "quality": self._quality, "optimizeForSpeed": True}
         for attempt in range(3):
             try:
                 return base64.b64decode(self._cdp.send("Page.captureScreenshot", params)["data"])
             except Exception as exc:
-                if "Unable to capture screenshot" not in str(exc) or attempt == 2:
-                    raise
-                self._page.evaluate("() => new Promise(resolve => requestAnimationFrame(() => resolve(null)))")
+                mid_navigation = "Not attached to an active page" in str(exc)  # a click on a link: the old
+                if not (mid_navigation or "Unable to capture screenshot" in str(exc)) or attempt == 2:  # document
+                    raise  # is gone, the new one not committed yet
+                try:  # each wait bounded: a page that never commits or paints fails the step, not the worker
+                    if mid_navigation:
+                        self._page.wait_for_load_state("domcontentloaded", timeout=max(self._timeout_ms, 30_000))
+                    self._page.wait_for_function("() => new Promise(r => requestAnimationFrame(() => r(true)))",
+                                                 timeout=self._timeout_ms)
+                except PlaywrightError as waited:
+                    log.debug("waiting for a frame to capture failed: %s", waited)
         raise AssertionError("unreachable")
 
     def observe(self, accessibility: bool = True) -> Observation:

@@ -13,7 +13,8 @@ divergence ends the task with exit code 9 (``ExitCode.REPLAY_DIVERGED``) and ``e
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,8 @@ from worker.policy import Decision, Episode, PolicyError
 Element = dict[str, str]
 """An element as the accessibility tree names it: ``{"role", "name"}``."""
 ElementCheck = Callable[[int, int, Element | None], None]
+SETTLE_SECONDS = 5.0
+"""How long a replay waits for the page to reach a recorded URL before it calls the step diverged."""
 
 
 class ElementProbe:
@@ -48,6 +51,20 @@ class ElementProbe:
         self.seen.append(element)
         if self._check is not None:
             self._check(x, y, element)
+
+    def settle_url(self, allowed: Collection[str], timeout: float = SETTLE_SECONDS) -> str:
+        """The page's URL once it is one of ``allowed``, or after ``timeout`` seconds: a navigation started by the
+        previous action may not have committed yet (polled every 0.1 s through the computer's ``wait``)."""
+        deadline = time.monotonic() + timeout
+        url = self._current_url()
+        while url not in allowed and time.monotonic() < deadline:
+            self._computer.wait(0.1)
+            url = self._current_url()
+        return url
+
+    def _current_url(self) -> str:
+        page = getattr(self._computer, "page", None)
+        return str(page.url) if page is not None else self._computer.observe(accessibility=False).url
 
     def click(self, x: int, y: int, button: str = "left", count: int = 1) -> None:
         self._probe(x, y)
@@ -108,16 +125,21 @@ def describe(element: Element | None) -> str:
 class ReplayPolicy:
     """Repeats ``steps`` (a recorded task's, oldest first) from ``start`` (the steps a previous attempt of this
     replay already ran), one recorded step per step, with no model. Before each step the page's URL must be the
-    recorded one; each click must hit the recorded element (:meth:`check_element`, given to the
-    :class:`ElementProbe`); an action that succeeded in the recording must succeed again. The first divergence
-    raises ``PolicyError`` with exit code 9 naming the recorded step. Once the steps run out without a
-    ``done`` / ``fail``, the replay completes."""
+    recorded one (or the next step's: a navigation may commit sooner than it did; ``settle`` waits up to
+    :data:`SETTLE_SECONDS` for a navigation in flight); each click must hit the recorded element
+    (:meth:`check_element`, given to the :class:`ElementProbe`); an action that succeeded in the recording must
+    succeed again. The first divergence raises ``PolicyError`` with exit code 9 naming the recorded step. Once the
+    steps run out without a ``done`` / ``fail``, the replay completes."""
 
     needs_accessibility = False
 
-    def __init__(self, source: str, steps: Sequence[RecordedStep], start: int = 0):
+    def __init__(self, source: str, steps: Sequence[RecordedStep], start: int = 0,
+                 settle: Callable[[Collection[str]], str] | None = None):
         self.source = source
         self.steps = list(steps)
+        self.settle = settle
+        """Waits for the page to reach one of the URLs given and returns the URL then (``ElementProbe.settle_url``);
+        None: the observation's URL is final."""
         self._next = start
         self._current: RecordedStep | None = None
         self._expected: list[Element | None] = []
@@ -137,8 +159,15 @@ class ReplayPolicy:
             return Decision([Action("done", text=f"replayed {len(self.steps)} steps of {self.source}")],
                             thought="end of the recording")
         step = self.steps[self._next]
-        if observation.url != step.url:
-            raise self._diverged(step, f"the page is {observation.url}, the recording was at {step.url}")
+        # a navigation the previous action started commits a little sooner or later than it did when recorded:
+        # the URL may be the one recorded at this step or at the next, once the page settles
+        later = self.steps[self._next + 1].url if self._next + 1 < len(self.steps) else step.url
+        allowed = {step.url, later}
+        url = observation.url
+        if url not in allowed and self.settle is not None:
+            url = self.settle(allowed)
+        if url not in allowed:
+            raise self._diverged(step, f"the page is {url}, the recording was at {step.url}")
         self._next += 1
         self._current = step
         self._expected = list(step.elements)

@@ -155,6 +155,8 @@ def _run(rt: Runtime, task: Task, keeper: LeaseKeeper) -> str:
             log.exception("environment for %s failed to start", task_id)
             return _environment_failed(rt, task, f"environment failed: {exc}")
         probe = ElementProbe(computer, check=policy.check_element if isinstance(policy, ReplayPolicy) else None)
+        if isinstance(policy, ReplayPolicy):
+            policy.settle = probe.settle_url
         agent_computer = cast(Computer, SecretsComputer(cast(Computer, probe), secrets) if secrets else probe)
 
         def on_step(step: StepRecord, observation: Observation) -> bool:
