@@ -34,6 +34,7 @@ from shared.settings import Settings
 from shared.signing import EXPIRES_PATTERN, SIG_PATTERN
 from shared.states import Status
 from shared.store.listing import CURSOR_PATTERN
+from shared.store.queueinfo import REASONS
 from shared.task import OFFLINE_AGENTS
 
 
@@ -48,9 +49,9 @@ _ERRORS = {
     400: "The body is not JSON (or not UTF-8)",
     401: "Missing or invalid API key",
     403: "The signed URL is malformed, tampered with, expired, or not for this task",
-    404: "No such task (or another tenant's), or no such screenshot",
-    409: "The task's status cannot reach what was asked (x-should-retry tells whether waiting helps), or an "
-         "idempotency key is still storing its task",
+    404: "No such task (or another tenant's), no such screenshot, or (start) replay_of names no task of yours",
+    409: "The task's status cannot reach what was asked (x-should-retry tells whether waiting helps), an "
+         "idempotency key is still storing its task, or (start) replay_of names a task that has not ended",
     413: "The body is larger than LODESTAR_MAX_BODY_BYTES (or a batch has too many items)",
     422: "A field is invalid (`error.fields` names it), the body nests too deep or holds a number that is not finite",
     426: "A plain HTTP request to the WebSocket endpoint: connect with Upgrade: websocket",
@@ -121,9 +122,10 @@ def _list_parameters(settings: Settings) -> list[dict[str, Any]]:
                                                     "maximum": settings.list_max_limit, "default": 50}},
         {"name": "cursor", "in": "query", "description": "next_cursor of the previous page",
          "schema": {"anyOf": [{"type": "string", "pattern": CURSOR_PATTERN}, _ABSENT]}},
-        {"name": "wait_reason", "in": "query", "schema": {"type": "string"},
+        {"name": "wait_reason", "in": "query", "schema": {"type": "string", "pattern": prefix_pattern(REASONS)},
          "description": "Queued tasks whose wait_reason starts with this: \"tenant max_running reached\", \"no "
-                        "worker\", \"rate limited\" or \"queued behind\" (implies status=queued); every queued task "
+                        "worker\", \"rate limited\" or \"queued behind\" (implies status=queued: with other "
+                        "statuses only, nothing matches); every queued task "
                         "in a page carries its queue_position and wait_reason"},
     ]
 
@@ -141,7 +143,7 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
                 "operationId": "start", "summary": "Start a task (Lightcone: agent.tasks.start)",
                 "requestBody": _body(_ref("TaskStart")),
                 "responses": {"200": {"description": "The task, queued", "links": links, "content": {
-                    "application/json": {"schema": _ref("TaskStartResponse")}}}, **_errors(*AUTHED, *BODY, 409)}},
+                    "application/json": {"schema": _ref("TaskStartResponse")}}}, **_errors(*AUTHED, *BODY, 404, 409)}},
             "get": {
                 "operationId": "list", "summary": "List the tenant's tasks, newest first (Lodestar)",
                 "parameters": _list_parameters(settings),
@@ -201,7 +203,7 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
                                  "counts}"}), **_errors(*AUTHED)}}},
         "/agent/tasks/stream": {"post": {
             "operationId": "start_stream", "summary": "Start a task and stream its events (Lightcone: start_stream)",
-            "requestBody": _body(_ref("TaskStart")), "responses": {**_SSE, **_errors(*AUTHED, *BODY, 409)}}},
+            "requestBody": _body(_ref("TaskStart")), "responses": {**_SSE, **_errors(*AUTHED, *BODY, 404, 409)}}},
         "/agent/tasks/{id}": {"get": {
             "operationId": "retrieve_status", "summary": "A task's status and details", "parameters": [_ID],
             "responses": {**_ok(_ref("Task")), **_errors(*AUTHED, 404)}}},
@@ -283,6 +285,21 @@ TRAJECTORY_STEP = {"type": "object", "required": ["step", "url", "screenshot", "
 """One step of a trajectory (``shared/trajectory.py``)."""
 
 
+def prefix_pattern(words: tuple[str, ...]) -> str:
+    """A JSON Schema ``pattern`` of the strings that are a prefix of one of ``words`` or start with one (what the
+    list's ``wait_reason`` filter accepts), the empty string included."""
+    def esc(c: str) -> str:  # ECMA 262 and Python alike (re.escape's "\ " is not valid ECMA with the u flag)
+        return "\\" + c if c in r"\^$.|?*+()[]{}/-" else c
+
+    def prefixes(word: str) -> str:
+        out = ""
+        for c in reversed(word):
+            out = f"(?:{esc(c)}{out})?"
+        return out
+    starts = ("".join(esc(c) for c in w) + r"[\s\S]*" for w in words)
+    return "^(?:" + "|".join([*(prefixes(w) for w in words), *starts]) + ")$"
+
+
 def glob_pattern(globs: list[str]) -> str:
     """A JSON Schema ``pattern`` (ECMA 262 and Python alike) matching what any of the fnmatch ``globs`` matches."""
     alternatives = []
@@ -316,6 +333,9 @@ def _task_start_rules(schema: dict[str, Any], settings: Settings) -> None:
     if not models.known(settings.default_model):
         model_rule["required"] = ["model"]
     schema["anyOf"] = [{"required": ["agent_type"]}, model_rule]
+    budget = schema["properties"]["max_cost_usd"]  # Range(min_inclusive=False): apispec writes minimum 0
+    budget.pop("minimum", None)
+    budget["exclusiveMinimum"] = 0
     metadata = schema["properties"]["metadata"]
     metadata.pop("maxLength", None)  # apispec's rendering of Length on a Dict
     metadata.update(maxProperties=settings.max_metadata_keys, propertyNames={"minLength": 1, "maxLength": 64})

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import g
-from marshmallow import ValidationError
 
 from api.errors import ApiError, unavailable
 from api.state import state
@@ -33,7 +32,7 @@ def new_task(params: Mapping[str, Any], batch_id: str | None = None) -> Task:
     environment taken from its recording: :func:`replay_params`).
 
     Raises:
-        marshmallow.ValidationError: ``replay_of`` names no ended task of the caller's tenant.
+        ApiError: 404 or 409 on ``replay_of`` (:func:`replay_params`).
     """
     if params.get("replay_of"):
         params = replay_params(params)
@@ -50,15 +49,18 @@ def replay_params(params: Mapping[str, Any]) -> dict[str, Any]:
     (a last step to finish in) and runs the replay agent (``agent_type: "replay"``, no model, no cost).
 
     Raises:
-        marshmallow.ValidationError: on ``replay_of``.
+        ApiError: 404 naming ``replay_of`` when it names no task of the caller's; 409 (``x-should-retry: true``)
+            when that task has not ended yet.
     """
     source_id = params["replay_of"]
     source = state().store.get(source_id)
     if source is None or source.tenant != g.tenant:
-        raise ValidationError({"replay_of": [f"no task {source_id} (or it expired)"]})
+        reason = f"no task {source_id} (or it expired)"
+        raise ApiError(404, "not_found", f"replay_of: {reason}", fields={"replay_of": [reason]})
     if not source.ended:
-        raise ValidationError({"replay_of": [f"task {source_id} is {source.status}: only an ended task's "
-                                             "recording can be replayed"]})
+        reason = f"task {source_id} is {source.status}: only an ended task's recording can be replayed"
+        raise ApiError(409, "conflict", f"replay_of: {reason}", fields={"replay_of": [reason]},
+                       headers={"x-should-retry": "true"})
     return {**params, "kind": source.kind, "start_url": source.start_url, "viewport_width": source.viewport_width,
             "viewport_height": source.viewport_height, "max_steps": source.steps_taken + 1, "agent_type": "replay",
             "allowed_domains": params.get("allowed_domains") or source.allowed_domains, "output_schema": None,

@@ -205,7 +205,8 @@ def make_start_schema(settings: Settings) -> Schema:
             "(no cost) in its environment (kind, start_url, viewport), checking before each step that the page is "
             "still as recorded (the URL, and the accessible name of the element a click hits); the first "
             "divergence fails the task with exit code 9 and the step number in `error`. An unknown id (or "
-            "another tenant's) is a 422 naming replay_of. The instruction is kept as a label.")})
+            "another tenant's) is a 404 naming replay_of, a task not ended yet a 409. The instruction is kept as a "
+            "label.")})
         secrets = fields.Dict(
             keys=fields.Str(validate=validate.Regexp(NAME.pattern + "$", error="a secret's name is a letter or _ then "
                                                                                "letters, digits or _ (64 at most)")),

@@ -109,6 +109,9 @@ def start_batch() -> tuple[Response, int]:
             messages = cast(dict[str, Any], exc.messages)
             errors.append({"index": i, "error": {"type": "invalid_request", "message": summarise(messages),
                                                  "fields": messages}})
+        except ApiError as exc:  # replay_of names no ended task of the caller's
+            errors.append({"index": i, "error": {"type": exc.kind, "message": exc.message,
+                                                 "fields": exc.fields or {}}})
     accepted: list[dict[str, Any]] = []
     if budget is not None and valid:
         state().store.budgets.set_batch_budget(batch_id, budget)
@@ -192,7 +195,8 @@ def _time_arg(name: str) -> float | None:
 def filter_from_args() -> TaskFilter:
     """The list filter of the query string: ``status`` (comma-separated, repeatable), ``kind``, ``model``,
     ``batch_id``, ``metadata.<key>`` or ``metadata[<key>]``, ``created_after``, ``created_before``,
-    ``wait_reason`` (queued tasks whose wait reason starts with it; implies ``status=queued``)."""
+    ``wait_reason`` (queued tasks whose wait reason starts with it; implies ``status=queued``: given with other
+    statuses only, nothing matches)."""
     args = request.args
     statuses = tuple(s for raw in args.getlist("status") for s in raw.split(",") if s)
     unknown = [s for s in statuses if s not in {str(x) for x in Status}]
@@ -207,9 +211,8 @@ def filter_from_args() -> TaskFilter:
         if not any(r.startswith(wait_reason) or wait_reason.startswith(r) for r in REASONS):
             raise invalid_field("wait_reason", f"unknown wait_reason {wait_reason!r}",
                                 f"Must start like one of: {', '.join(REASONS)}.")
-        if statuses and statuses != ("queued",):
-            raise invalid_field("wait_reason", "wait_reason filters queued tasks only", "Use status=queued.")
-        statuses = ("queued",)
+        if not statuses or "queued" in statuses:  # only queued tasks have a wait reason: none of the others match
+            statuses = ("queued",)
     return TaskFilter(statuses=statuses, kind=args.get("kind") or None, model=args.get("model") or None,
                       metadata=metadata, batch_id=args.get("batch_id") or None,
                       created_after=_time_arg("created_after"), created_before=_time_arg("created_before"),

@@ -176,19 +176,27 @@ def test_a_replay_stops_at_the_first_step_whose_url_differs(live: LiveStack, pag
 
 
 def test_replay_of_must_name_an_ended_task_of_the_caller(live: LiveStack) -> None:
-    # an unknown id, and another tenant's task, are the same 422 naming replay_of (no tenant learns of another's)
+    # an unknown id, and another tenant's task, are the same 404 naming replay_of (no tenant learns of another's)
     unknown = start(live, instruction="replay", replay_of="task_does_not_exist")
-    assert unknown.status_code == 422 and "replay_of" in unknown.json()["error"]["fields"], unknown.text
-    theirs = start(live, live.other_key, instruction='done "x"', agent_type="scripted").json()["task_id"]
-    live.wait_ended(theirs, key=live.other_key)
+    assert unknown.status_code == 404, unknown.text
+    assert unknown.json()["error"]["fields"] == {"replay_of": ["no task task_does_not_exist (or it expired)"]}
+    theirs = start(live, live.other_key, instruction="wait 0.2\nwait 0.2", agent_type="scripted").json()["task_id"]
     stolen = start(live, instruction="replay", replay_of=theirs)
-    assert stolen.status_code == 422, stolen.text
+    assert stolen.status_code == 404, stolen.text
     assert stolen.json()["error"]["fields"] == {"replay_of": [f"no task {theirs} (or it expired)"]}
+    # its owner cannot replay it before it ended (409, waiting helps), and can once it has
+    early = start(live, live.other_key, instruction="replay", replay_of=theirs)
+    if early.status_code == 409:  # (it may have ended already on a fast machine)
+        assert early.headers["x-should-retry"] == "true" and "replay_of" in early.json()["error"]["fields"]
+    live.wait_ended(theirs, key=live.other_key)
+    again = start(live, live.other_key, instruction="replay", replay_of=theirs)
+    assert again.status_code == 200, again.text
+    assert live.wait_ended(again.json()["task_id"], key=live.other_key)["exit_code"] == 0
     # in a batch, the item is rejected on its own, naming the field
     batch = live.http().post(f"{live.base_url}/agent/tasks/batch", timeout=30, json=[
         {"instruction": "replay", "replay_of": theirs}, {"instruction": 'done "ok"', "agent_type": "scripted"}])
-    assert batch.status_code == 200 and batch.json()["accepted"] == 1
-    assert "replay_of" in batch.json()["errors"][0]["error"]["fields"]
+    assert batch.status_code == 200 and batch.json()["accepted"] == 1, batch.text
+    assert batch.json()["errors"][0]["error"]["fields"] == {"replay_of": [f"no task {theirs} (or it expired)"]}
     # and another tenant's trajectory is a 404, as its task is
     assert live.http().get(f"{live.base_url}/agent/tasks/{theirs}/trajectory", timeout=30).status_code == 404
     assert live.http(live.other_key).get(f"{live.base_url}/agent/tasks/{theirs}/trajectory",
