@@ -325,14 +325,23 @@ def glob_pattern(globs: list[str]) -> str:
 
 
 def _task_start_rules(schema: dict[str, Any], settings: Settings) -> None:
-    """What apispec cannot say about TaskStart: a task needs an offline agent_type or a model the registry knows;
-    metadata keys are 1 to 64 characters and at most ``max_metadata_keys``."""
+    """What apispec cannot say about TaskStart: a task needs an offline agent_type or a model the registry knows (and
+    a max_cost_usd a model with a price); metadata keys are 1 to 64 characters and at most ``max_metadata_keys``."""
     models = registry(settings)
     known = glob_pattern([*models.entries, *(pattern for pattern, _ in BUILTIN)])
     model_rule: dict[str, Any] = {"properties": {"model": {"pattern": known}}}
     if not models.known(settings.default_model):
         model_rule["required"] = ["model"]
     schema["anyOf"] = [{"required": ["agent_type"]}, model_rule]
+    # a budget needs a price: max_cost_usd with a model (no agent_type) whose name LODESTAR_MODEL_PRICES prices
+    budgeted: list[dict[str, Any]] = [{"not": {"required": ["max_cost_usd"]}}, {"required": ["agent_type"]}]
+    if models.prices:
+        priced: dict[str, Any] = {"properties": {"model": {"pattern": glob_pattern(list(models.prices))}}}
+        default = models.resolve(settings.default_model)
+        if default is None or default.price_input is None:
+            priced["required"] = ["model"]
+        budgeted.append(priced)
+    schema["allOf"] = [{"anyOf": budgeted}]
     budget = schema["properties"]["max_cost_usd"]  # Range(min_inclusive=False): apispec writes minimum 0
     budget.pop("minimum", None)
     budget["exclusiveMinimum"] = 0
