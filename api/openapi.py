@@ -326,7 +326,8 @@ def glob_pattern(globs: list[str]) -> str:
 
 def _task_start_rules(schema: dict[str, Any], settings: Settings) -> None:
     """What apispec cannot say about TaskStart: a task needs an offline agent_type or a model the registry knows (and
-    a max_cost_usd a model with a price); metadata keys are 1 to 64 characters and at most ``max_metadata_keys``."""
+    a max_cost_usd a model with a price; an output_schema no heuristic agent); metadata keys are 1 to 64 characters
+    and at most ``max_metadata_keys``."""
     models = registry(settings)
     known = glob_pattern([*models.entries, *(pattern for pattern, _ in BUILTIN)])
     model_rule: dict[str, Any] = {"properties": {"model": {"pattern": known}}}
@@ -341,7 +342,10 @@ def _task_start_rules(schema: dict[str, Any], settings: Settings) -> None:
         if default is None or default.price_input is None:
             priced["required"] = ["model"]
         budgeted.append(priced)
-    schema["allOf"] = [{"anyOf": budgeted}]
+    # a structured answer needs a model or the scripted agent: not the heuristic agent
+    structured = [{"not": {"required": ["output_schema"]}},
+                  {"not": {"required": ["agent_type"], "properties": {"agent_type": {"const": "heuristic"}}}}]
+    schema["allOf"] = [{"anyOf": budgeted}, {"anyOf": structured}]
     budget = schema["properties"]["max_cost_usd"]  # Range(min_inclusive=False): apispec writes minimum 0
     budget.pop("minimum", None)
     budget["exclusiveMinimum"] = 0
