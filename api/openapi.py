@@ -30,6 +30,7 @@ from shared.schemas import (
     make_message_schema,
     make_start_schema,
 )
+from shared.secrets import NAME as SECRET_NAME
 from shared.settings import Settings
 from shared.signing import EXPIRES_PATTERN, SIG_PATTERN
 from shared.states import Status
@@ -349,6 +350,14 @@ def _task_start_rules(schema: dict[str, Any], settings: Settings) -> None:
     budget = schema["properties"]["max_cost_usd"]  # Range(min_inclusive=False): apispec writes minimum 0
     budget.pop("minimum", None)
     budget["exclusiveMinimum"] = 0
+    # a host name, "*." and a host name, or an IP address (clean_domain_patterns: IDNA, which no pattern can say;
+    # "hostname" is what a generator should draw)
+    schema["properties"]["allowed_domains"]["items"]["format"] = "hostname"
+    # secrets: names as shared.secrets.NAME, at most 50; none on a deployment with no LODESTAR_SECRETS_KEY
+    secrets = schema["properties"]["secrets"]
+    secrets.pop("maxLength", None)  # apispec's rendering of Length on a Dict
+    secrets.update(maxProperties=50 if settings.secrets_key else 0,
+                   propertyNames={"pattern": "^" + SECRET_NAME.pattern + "$"})
     metadata = schema["properties"]["metadata"]
     metadata.pop("maxLength", None)  # apispec's rendering of Length on a Dict
     metadata.update(maxProperties=settings.max_metadata_keys, propertyNames={"minLength": 1, "maxLength": 64})
