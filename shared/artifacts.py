@@ -82,8 +82,9 @@ def screenshot_name(step: int) -> str:
 
 
 def aria_name(step: int) -> str:
-    """The artifact name of a step's ARIA snapshot, where one was taken: ``aria/<step>.yaml`` (UTF-8 text)."""
-    return f"aria/{int(step)}.yaml"
+    """The artifact name of a step's ARIA snapshot, where one was taken: ``aria/<step>.yaml.gz`` (UTF-8 text,
+    gzipped: snapshots shrink about tenfold, and they stay in Redis as long as the screenshots)."""
+    return f"aria/{int(step)}.yaml.gz"
 
 
 def check_name(name: str) -> str:

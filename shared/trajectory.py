@@ -3,13 +3,14 @@
 Each step is recorded once, by the worker, as the task's ``step`` event (``worker/runner.py``: the normalized
 actions, the model's native action, the results, the URL, the elements clicked, observe / decide / act timings, the
 model usage) plus its screenshot and, where the policy asked for one, its ARIA snapshot in the artifact store
-(``screenshots/<n>.jpg``, ``aria/<n>.yaml``). Nothing else is stored for trajectories: :func:`trajectory` reads the
+(``screenshots/<n>.jpg``, ``aria/<n>.yaml.gz``). Nothing else is stored for trajectories: :func:`trajectory` reads the
 events and artifacts back. Served by ``GET /agent/tasks/{id}/trajectory``; replays (``replay_of``) read the steps
 with :func:`step_events`. The format is described in ``docs/trajectories.md``.
 """
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +61,7 @@ def trajectory(store: TaskStore, task: Task, screenshot_url: Callable[[Task, int
         steps.append({
             "step": n, "attempt": event.get("attempt"), "ts": event.get("ts"), "url": event.get("url"),
             "screenshot": {"step": n, "url": screenshot_url(task, n)},
-            "aria": aria.data.decode("utf-8", "replace") if aria else None,
+            "aria": gzip.decompress(aria.data).decode("utf-8", "replace") if aria else None,
             "native_action": event.get("native"),
             "actions": event.get("actions") or [],
             "results": event.get("results") or [],

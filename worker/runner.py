@@ -9,6 +9,7 @@ holds its lease (fencing).
 
 from __future__ import annotations
 
+import gzip
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -254,7 +255,8 @@ def record_step(store: TaskStore, task: Task, holder: str, step: StepRecord, obs
         event["elements"] = step.elements
     extra = []
     if observation.accessibility:  # in the artifact store, not the event log: snapshots can be large
-        extra.append((aria_name(step.step), observation.accessibility.encode(), "text/yaml; charset=utf-8"))
+        packed = gzip.compress(observation.accessibility.encode(), compresslevel=1)  # ~0.2 ms for 20 KB
+        extra.append((aria_name(step.step), packed, "application/gzip"))
         event["aria"] = True
     fields = {"steps_taken": step.step, "message": thought, "current_url": step.url}
     return store.record_step(task.task_id, step.step, observation.screenshot, fields, event, holder=holder,
