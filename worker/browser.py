@@ -184,12 +184,13 @@ class BrowserComputer:
         Right after a navigation the page may not have painted a frame yet and CDP answers "Unable to capture
         screenshot": wait for an animation frame and try again (at most three times). Right after a click on a link
         the old document may be gone before the new one commits ("Not attached to an active page"): wait for the new
-        one's DOMContentLoaded first. The first capture after a click or key press goes through Playwright's own
-        screenshot instead (see below).
+        one's DOMContentLoaded first. The first capture after a click on a link (:meth:`expect_navigation`, called
+        by the click probe of ``worker/replay.py``) or an Enter key press goes through Playwright's own screenshot
+        instead (see below).
         """
-        if self._may_navigate:  # a click or key may have started a navigation: a CDP capture sent on this
-            self._may_navigate = False  # session while the page swaps documents can wait forever; Playwright's
-            try:  # own capture follows the swap, with a timeout (~16 ms slower)
+        if self._may_navigate:  # a click on a link or Enter may have started a navigation: a CDP capture sent
+            self._may_navigate = False  # on this session while the page swaps documents can wait forever;
+            try:  # Playwright's own capture follows the swap, with a timeout (~16 ms slower)
                 return self._page.screenshot(type="jpeg", quality=self._quality, timeout=max(self._timeout_ms, 30_000))
             except PlaywrightError as exc:
                 log.debug("screenshot after an action failed (%s); capturing through CDP", exc)
@@ -246,12 +247,14 @@ class BrowserComputer:
         return named_ancestor(tree.get("nodes", []), hit["backendNodeId"])
 
     # -- acting -------------------------------------------------------------------------------------------------
-    def click(self, x: int, y: int, button: str = "left", count: int = 1) -> None:
+    def expect_navigation(self) -> None:
+        """The next action may navigate (a click on a link): the screenshot after it takes the safe path."""
         self._may_navigate = True
+
+    def click(self, x: int, y: int, button: str = "left", count: int = 1) -> None:
         self._page.mouse.click(x, y, button=button, click_count=count)  # type: ignore[arg-type]
 
     def double_click(self, x: int, y: int) -> None:
-        self._may_navigate = True
         self._page.mouse.dblclick(x, y)
 
     def scroll(self, x: int, y: int, dx: int, dy: int) -> None:
@@ -262,7 +265,7 @@ class BrowserComputer:
         self._page.keyboard.type(text)
 
     def key(self, keys: str) -> None:
-        self._may_navigate = True
+        self._may_navigate = self._may_navigate or "Enter" in keys  # Enter submits forms
         self._page.keyboard.press(keys)
 
     def move(self, x: int, y: int) -> None:

@@ -32,7 +32,8 @@ SETTLE_SECONDS = 5.0
 class ElementProbe:
     """Wraps a ``Computer``: each ``click`` / ``double_click`` first reads the element under the point (when the
     computer can: ``element_at``; browsers) into :attr:`seen`, and hands it to ``check`` (a replay's), which may
-    refuse the click by raising ``ActionError``. Every other call goes through unchanged."""
+    refuse the click by raising ``ActionError``; before a click on a link it tells the computer a navigation may
+    follow (``expect_navigation``). Every other call goes through unchanged."""
 
     def __init__(self, computer: Computer, check: ElementCheck | None = None):
         self._computer = computer
@@ -49,6 +50,8 @@ class ElementProbe:
     def _probe(self, x: int, y: int) -> None:
         element = self._element_at(x, y) if self._element_at is not None else None
         self.seen.append(element)
+        if element is not None and element.get("role") == "link" and hasattr(self._computer, "expect_navigation"):
+            self._computer.expect_navigation()  # the next screenshot must follow the page to its new document
         if self._check is not None:
             self._check(x, y, element)
 
