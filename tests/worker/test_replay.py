@@ -156,3 +156,21 @@ def test_native_actions_of_each_answer_shape() -> None:
     calls = [{"id": "f", "function": {"name": "click", "arguments": "{}"}}]
     assert native_of({"choices": [{"message": {"content": None, "tool_calls": calls}}]}) == calls
     assert native_of({"output": [{"type": "message"}]}) is None and native_of({}) is None
+
+
+def test_the_probe_warns_the_computer_before_a_click_on_a_link() -> None:
+    class LinkComputer(FakeComputer):
+        expected = 0
+
+        def element_at(self, x: int, y: int) -> dict[str, str] | None:
+            return {"role": "link", "name": "Go on"} if x == 1 else {"role": "button", "name": "OK"}
+
+        def expect_navigation(self) -> None:
+            self.expected += 1
+
+    inner = LinkComputer()
+    probe = ElementProbe(inner)  # type: ignore[arg-type]
+    probe.click(2, 2)
+    assert inner.expected == 0
+    probe.click(1, 1)
+    assert inner.expected == 1 and inner.clicks == [(2, 2), (1, 1)]
