@@ -39,6 +39,7 @@ from shared.signing import EXPIRES_PATTERN, SIG_PATTERN
 from shared.states import Status
 from shared.store.listing import CURSOR_PATTERN
 from shared.task import KINDS, OFFLINE_AGENTS
+from shared.trajectory import STEP_SCHEMA
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -52,11 +53,11 @@ _ERRORS = {
     400: "The body is not JSON (or not UTF-8)",
     401: "Missing or invalid API key",
     403: "The signed URL is malformed, tampered with, expired, or not for this task",
-    404: "No such task (or another tenant's), no such screenshot, or no such environment (or another tenant's; "
-         "at start: `error.fields` names environment_id)",
+    404: "No such task (or another tenant's), no such screenshot, no such environment (or another tenant's; at "
+         "start: `error.fields` names environment_id), or (start) replay_of names no task of yours",
     409: "The task's status cannot reach what was asked (x-should-retry tells whether waiting helps), an "
-         "idempotency key is still storing its task, or the environment is in use by a persistent task "
-         "(environment_in_use)",
+         "idempotency key is still storing its task, the environment is in use by a persistent task "
+         "(environment_in_use), or (start) replay_of names a task that has not ended",
     413: "The body is larger than LODESTAR_MAX_BODY_BYTES (or a batch has too many items)",
     422: "A field is invalid (`error.fields` names it), the body nests too deep or holds a number that is not finite",
     426: "A plain HTTP request to the WebSocket endpoint: connect with Upgrade: websocket",
@@ -319,6 +320,15 @@ def operations(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
                                             "properties": {"environment_id": {"type": "string"},
                                                            "deleted": {"type": "boolean"}}}),
                                      **_errors(*AUTHED, 404, 409)}}},
+        "/agent/tasks/{id}/trajectory": {"get": {
+            "operationId": "trajectory", "summary": "The task's episode as one portable JSON record (Lodestar)",
+            "description": "The task's parameters and outcome, then each step: its screenshot (a signed URL), its "
+                           "ARIA snapshot when one was taken, the model's native action and the normalized "
+                           "actions, the results, the URL, the elements its clicks hit, observe / decide / act "
+                           "timings and model usage. Complete once the task ended. `lodestar export --batch ID "
+                           "out.zip` writes a batch's as an archive (docs/trajectories.md).",
+            "parameters": [_ID],
+            "responses": {**_ok(_ref("Trajectory")), **_errors(*AUTHED, 404)}}},
         "/healthz": {"get": {"operationId": "healthz", "summary": "Redis reachable?", "security": [], "responses": {
             **_ok({"type": "object", "properties": {"status": {"type": "string"}, "redis": {"type": "string"}}},
                   "healthy"),
@@ -468,6 +478,10 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                          ("ActionResult", ActionResultSchema), ("Share", make_share_schema(settings)),
                          ("ShareResponse", ShareResponseSchema)):
         spec.components.schema(name, schema=schema)
+    spec.components.schema("Trajectory", component={
+        "type": "object", "required": ["format", "task", "steps"], "properties": {
+            "format": {"type": "string"}, "task": _ref("Task"),
+            "steps": {"type": "array", "items": STEP_SCHEMA}}})
     for path, ops in operations(settings).items():
         spec.path(path=path, operations=ops)
     document = spec.to_dict()

@@ -30,8 +30,15 @@ class Started:
 
 
 def new_task(params: Mapping[str, Any], batch_id: str | None = None) -> Task:
-    """A queued task of the caller's tenant from validated start parameters (its ``secrets`` sealed). A task that
-    names an environment of the tenant and gives no ``kind`` takes the environment's kind."""
+    """A queued task of the caller's tenant from validated start parameters (its ``secrets`` sealed; a replay's
+    environment taken from its recording: :func:`replay_params`). A task that names an environment of the tenant
+    and gives no ``kind`` takes the environment's kind.
+
+    Raises:
+        ApiError: 404 or 409 on ``replay_of`` (:func:`replay_params`).
+    """
+    if params.get("replay_of"):
+        params = replay_params(params)
     principal = g.principal
     sealed = seal(params["secrets"], state().settings.secrets_key) if params.get("secrets") else None
     task = Task.from_request(params, task_id=new_task_id(), tenant=principal.tenant, created_at=now(),
@@ -41,6 +48,31 @@ def new_task(params: Mapping[str, Any], batch_id: str | None = None) -> Task:
         if env is not None and env.kind != task.kind:
             task = replace(task, kind=env.kind)
     return task
+
+
+def replay_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The start parameters of a replay: ``replay_of`` must name an ended task of the caller's tenant (another
+    tenant's is as unknown as a missing one); the replay runs in the recording's environment (its kind, start URL
+    and viewport, and its allowed_domains unless the request gives some), has one step more than the recording
+    (a last step to finish in) and runs the replay agent (``agent_type: "replay"``, no model, no cost).
+
+    Raises:
+        ApiError: 404 naming ``replay_of`` when it names no task of the caller's; 409 (``x-should-retry: true``)
+            when that task has not ended yet.
+    """
+    source_id = params["replay_of"]
+    source = state().store.get(source_id)
+    if source is None or source.tenant != g.tenant:
+        reason = f"no task {source_id} (or it expired)"
+        raise ApiError(404, "not_found", f"replay_of: {reason}", fields={"replay_of": [reason]})
+    if not source.ended:
+        reason = f"task {source_id} is {source.status}: only an ended task's recording can be replayed"
+        raise ApiError(409, "conflict", f"replay_of: {reason}", fields={"replay_of": [reason]},
+                       headers={"x-should-retry": "true"})
+    return {**params, "kind": source.kind, "start_url": source.start_url, "viewport_width": source.viewport_width,
+            "viewport_height": source.viewport_height, "max_steps": source.steps_taken + 1, "agent_type": "replay",
+            "allowed_domains": params.get("allowed_domains") or source.allowed_domains, "output_schema": None,
+            "max_cost_usd": None}
 
 
 def in_progress() -> ApiError:
@@ -163,4 +195,4 @@ def _check_room(new: int) -> None:
                        headers={"retry-after": "5"})
 
 
-__all__ = ["IN_PROGRESS", "Started", "in_progress", "new_task", "start"]
+__all__ = ["IN_PROGRESS", "Started", "in_progress", "new_task", "replay_params", "start"]

@@ -7,6 +7,7 @@
 - ``lodestar submit``   submit a file of tasks in batches and follow them to the end
 - ``lodestar tasks``    list, get, wait for and cancel tasks, stream their events
 - ``lodestar keys``     create, list and revoke API keys; set tenant limits
+- ``lodestar export``   a batch's trajectories as one archive (JSONL + screenshots; docs/trajectories.md)
 - ``lodestar bench miniwob``  run MiniWoB++ episodes through the API and print the success table
 - ``lodestar bench chaos``    faults during a few thousand tasks; exits 1 if a task was lost, run twice or has gaps
 - ``lodestar eval miniwob``   evaluate an agent or model (or compare two) on MiniWoB++: intervals, report, chart
@@ -180,6 +181,12 @@ def _tasks(args: argparse.Namespace) -> int:
     return tasks(args)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from lodestar.export import export
+
+    return export(args)
+
+
 def _keys(args: argparse.Namespace) -> int:
     from lodestar.client import keys
 
@@ -287,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tasks", help="list, get, wait for, cancel tasks, or stream their events (HTTP client)")
     add_tasks_arguments(p)
     p.set_defaults(func=_tasks)
+
+    from lodestar.export import add_export_arguments
+
+    p = sub.add_parser("export", help="a batch's trajectories as one archive: tasks.jsonl, steps.jsonl, a folder "
+                                      "per task (HTTP client; docs/trajectories.md)")
+    add_export_arguments(p)
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("keys", help="create, list and revoke API keys; set tenant limits (needs LODESTAR_REDIS_URL)")
     add_keys_arguments(p)

@@ -85,6 +85,12 @@ def screenshot_name(step: int) -> str:
     return f"screenshots/{int(step)}.jpg"
 
 
+def aria_name(step: int) -> str:
+    """The artifact name of a step's ARIA snapshot, where one was taken: ``aria/<step>.yaml.gz`` (UTF-8 text,
+    gzipped: snapshots shrink about tenfold, and they stay in Redis as long as the screenshots)."""
+    return f"aria/{int(step)}.yaml.gz"
+
+
 def check_name(name: str) -> str:
     """``name`` if it is a valid artifact name. Raises ValueError otherwise."""
     if not NAME.fullmatch(name) or len(name) > 200:

@@ -205,6 +205,13 @@ def make_start_schema(settings: Settings) -> Schema:
                                         "LODESTAR_MODEL_PRICES). The call that would go over it is not made: the "
                                         "task fails with exit code 8. Offline agents cost 0.")})
 
+        replay_of = fields.Str(validate=validate.Length(1, 128), metadata={"description": (
+            "Lodestar: the id of an ended task of yours to replay: its recorded actions are repeated with no model "
+            "(no cost) in its environment (kind, start_url, viewport), checking before each step that the page is "
+            "still as recorded (the URL, and the accessible name of the element a click hits); the first "
+            "divergence fails the task with exit code 9 and the step number in `error`. An unknown id (or "
+            "another tenant's) is a 404 naming replay_of, a task not ended yet a 409. The instruction is kept as a "
+            "label.")})
         secrets = fields.Dict(
             keys=fields.Str(validate=validate.Regexp(r"\A" + NAME.pattern + r"\Z", error=(
                 "a secret's name is a letter or _ then letters, digits or _ (64 at most)"))),
@@ -389,6 +396,8 @@ class TaskSchema(_Answer):
     environment_id = fields.Str(allow_none=True, metadata={"description": (
         "The saved environment the task starts from and (persistent) saves into; null when neither.")})
     batch_id = fields.Str(allow_none=True, metadata={"description": "The batch it was submitted in (null: none)."})
+    replay_of = fields.Str(allow_none=True, metadata={"description": "The recorded task this one replays (null "
+                           "when it is not a replay)."})
     queue_position = fields.Int(allow_none=True, metadata={"description": (
         "While queued: its place in the queue of its kind, across tenants (1: the next task a free worker of that "
         "kind takes), ordered as the broker serves them (priority, then created_at); approximate (a task handed "
@@ -458,9 +467,12 @@ class ErrorSchema(_Answer):
 class EventSchema(_Answer):
     """One event in an SSE ``data:`` line (``id:`` is ``seq``). ``type``: status | step | message | blocked | end.
     Step events carry ``step``, ``actions``, ``results``, ``thought``, ``url``, ``messages``, ``usage`` (model
-    tasks: this step's tokens and cost) and ``screenshot_url`` (url mode: a signed URL that loads without the bearer
-    key until it expires) or ``screenshot`` (a base64 data URL); a blocked event (the egress proxy refused a request:
-    ``url``, ``host``, ``port``, ``method``, ``reason``) comes once per refused host and port;
+    tasks: this step's tokens and cost), ``native`` (model tasks: the model's own action), ``timings``
+    (``observe_ms``, ``decide_ms``, ``act_ms``), ``elements`` (what each click hit: ``{role, name}``), ``aria``
+    (true: the step's ARIA snapshot is in its trajectory) and ``screenshot_url`` (url mode: a signed URL that
+    loads without the bearer key until it expires) or ``screenshot`` (a base64 data URL); a blocked event (the
+    egress proxy refused a request: ``url``, ``host``, ``port``, ``method``, ``reason``) comes once per refused host
+    and port;
     a status event for a model's question carries ``reason: "ask_user"`` and ``question``; the end event carries
     ``status``, ``exit_code``, ``result`` (text, or the JSON answer of a task with an ``output_schema``) and
     ``error``."""

@@ -72,6 +72,9 @@ class ExitCode(IntEnum):
     BUDGET_EXCEEDED = 8
     """A budget would be exceeded by the next model call: the task's ``max_cost_usd``, its batch's
     ``max_cost_usd`` or its tenant's daily budget; ``error`` names which (status ``failed``)."""
+    REPLAY_DIVERGED = 9
+    """A replay (``replay_of``) found the page no longer as recorded: another URL, or another element where a step
+    clicked; ``error`` names the step (status ``failed``). See ``docs/trajectories.md``."""
 
 
 EXIT_STATUS: dict[ExitCode, Status] = {
@@ -84,6 +87,7 @@ EXIT_STATUS: dict[ExitCode, Status] = {
     ExitCode.WORKER_LOST: Status.FAILED,
     ExitCode.POLICY_ERROR: Status.FAILED,
     ExitCode.BUDGET_EXCEEDED: Status.FAILED,
+    ExitCode.REPLAY_DIVERGED: Status.FAILED,
 }
 """The terminal status each exit code ends in."""
 

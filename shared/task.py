@@ -97,6 +97,8 @@ class Task:
     parsed answer instead of text."""
     max_cost_usd: float | None = None
     """The most USD the task's model calls may cost; the call that would go over it is not made (exit code 8)."""
+    replay_of: str | None = None
+    """The recorded task this one replays (same tenant): its actions repeated with no model (``worker/replay.py``)."""
     # -- where it stands ---------------------------------------------------------------------------------------------
     status: Status = Status.QUEUED
     exit_code: int | None = None
@@ -185,6 +187,7 @@ class Task:
             "cost": self.cost, "allowed_domains": self.allowed_domains, "max_cost_usd": self.max_cost_usd,
             "output_schema": self.output_schema, "persistent": self.persistent, "environment_id": self.environment_id,
             "batch_id": self.batch_id,
+            "replay_of": self.replay_of,
             # where a queued task stands: filled in by the API from the store (``TaskStore.queue``)
             "queue_position": None, "wait_reason": None,
         }
@@ -212,7 +215,7 @@ _REQUEST_FIELDS = (
     "instruction", "kind", "model", "agent_type", "priority", "max_steps", "max_duration_seconds", "temperature",
     "screenshot_mode", "stream_mode", "viewport_width", "viewport_height", "start_url", "system_prompt", "context",
     "metadata", "idempotency_key", "webhook_url", "webhook_events", "allowed_domains", "output_schema",
-    "max_cost_usd", "environment_id",
+    "max_cost_usd", "environment_id", "replay_of",
 )
 """Start parameters that become record fields as they are."""
 

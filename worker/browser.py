@@ -161,6 +161,7 @@ class BrowserComputer:
         self.gate = gate
         self._timeout_ms = settings.action_timeout * 1000
         self._quality = settings.screenshot_quality
+        self._may_navigate = False
         try:
             self._context: BrowserContext = browser.new_context(
                 viewport={"width": width, "height": height}, proxy={"server": gate.url, "bypass": BYPASS_NOTHING},
@@ -197,16 +198,33 @@ class BrowserComputer:
         """JPEG bytes of the viewport through CDP's fast path.
 
         Right after a navigation the page may not have painted a frame yet and CDP answers "Unable to capture
-        screenshot": wait for an animation frame and try again (at most three times).
+        screenshot": wait for an animation frame and try again (at most three times). Right after a click on a link
+        the old document may be gone before the new one commits ("Not attached to an active page"): wait for the new
+        one's DOMContentLoaded first. The first capture after a click on a link (:meth:`expect_navigation`, called
+        by the click probe of ``worker/replay.py``) or an Enter key press goes through Playwright's own screenshot
+        instead (see below).
         """
+        if self._may_navigate:  # a click on a link or Enter may have started a navigation: a CDP capture sent
+            self._may_navigate = False  # on this session while the page swaps documents can wait forever;
+            try:  # Playwright's own capture follows the swap, with a timeout (~16 ms slower)
+                return self._page.screenshot(type="jpeg", quality=self._quality, timeout=max(self._timeout_ms, 30_000))
+            except PlaywrightError as exc:
+                log.debug("screenshot after an action failed (%s); capturing through CDP", exc)
         params = {"format": "jpeg", "quality": self._quality, "optimizeForSpeed": True}
         for attempt in range(3):
             try:
                 return base64.b64decode(self._cdp.send("Page.captureScreenshot", params)["data"])
             except Exception as exc:
-                if "Unable to capture screenshot" not in str(exc) or attempt == 2:
-                    raise
-                self._page.evaluate("() => new Promise(resolve => requestAnimationFrame(() => resolve(null)))")
+                mid_navigation = "Not attached to an active page" in str(exc)  # a click on a link: the old
+                if not (mid_navigation or "Unable to capture screenshot" in str(exc)) or attempt == 2:  # document
+                    raise  # is gone, the new one not committed yet
+                try:  # each wait bounded: a page that never commits or paints fails the step, not the worker
+                    if mid_navigation:
+                        self._page.wait_for_load_state("domcontentloaded", timeout=max(self._timeout_ms, 30_000))
+                    self._page.wait_for_function("() => new Promise(r => requestAnimationFrame(() => r(true)))",
+                                                 timeout=self._timeout_ms)
+                except PlaywrightError as waited:
+                    log.debug("waiting for a frame to capture failed: %s", waited)
         raise AssertionError("unreachable")
 
     def observe(self, accessibility: bool = True) -> Observation:
@@ -230,7 +248,25 @@ class BrowserComputer:
             accessibility=aria,
         )
 
+    def element_at(self, x: int, y: int) -> dict[str, str] | None:
+        """The element under viewport point ``x``, ``y`` as the accessibility tree names it: ``{"role", "name"}``
+        of the nearest clickable or field ancestor (``CLICKABLE_ROLES``, ``FIELD_ROLES``; the same names
+        ``get_by_role`` and the ARIA snapshot use), else of the nearest named one; None when nothing there has a
+        name. Two CDP calls (~5-10 ms)."""
+        try:
+            hit = self._cdp.send("DOM.getNodeForLocation", {"x": x, "y": y, "ignorePointerEventsNone": True})
+            tree = self._cdp.send("Accessibility.getPartialAXTree",
+                                  {"backendNodeId": hit["backendNodeId"], "fetchRelatives": True})
+        except Exception as exc:  # no node there (outside the page), or a page mid-navigation
+            log.debug("element_at(%s, %s) failed: %s", x, y, exc)
+            return None
+        return named_ancestor(tree.get("nodes", []), hit["backendNodeId"])
+
     # -- acting -------------------------------------------------------------------------------------------------
+    def expect_navigation(self) -> None:
+        """The next action may navigate (a click on a link): the screenshot after it takes the safe path."""
+        self._may_navigate = True
+
     def click(self, x: int, y: int, button: str = "left", count: int = 1) -> None:
         self._page.mouse.click(x, y, button=button, click_count=count)  # type: ignore[arg-type]
 
@@ -245,6 +281,7 @@ class BrowserComputer:
         self._page.keyboard.type(text)
 
     def key(self, keys: str) -> None:
+        self._may_navigate = self._may_navigate or "Enter" in keys  # Enter submits forms
         self._page.keyboard.press(keys)
 
     def move(self, x: int, y: int) -> None:
@@ -344,3 +381,25 @@ class BrowserComputer:
             log.debug("context close failed: %s", exc)
         finally:
             self.gate.close()
+
+
+_ROLES_WANTED = frozenset((*CLICKABLE_ROLES, *FIELD_ROLES))
+
+
+def named_ancestor(nodes: list[dict[str, Any]], backend_id: int) -> dict[str, str] | None:
+    """From CDP ``Accessibility.getPartialAXTree`` ``nodes`` (with relatives) of DOM node ``backend_id``: the
+    ``{"role", "name"}`` of the nearest node, it or an ancestor, with a clickable or field role; else of the nearest
+    one with a name; None when none has a name."""
+    by_id = {n.get("nodeId"): n for n in nodes}
+    node = next((n for n in nodes if n.get("backendDOMNodeId") == backend_id), nodes[0] if nodes else None)
+    first_named = None
+    while node is not None:
+        if not node.get("ignored"):
+            role = str((node.get("role") or {}).get("value") or "")
+            name = str((node.get("name") or {}).get("value") or "").strip()
+            if role in _ROLES_WANTED:
+                return {"role": role, "name": name}
+            if name and first_named is None and role not in ("StaticText", "RootWebArea"):
+                first_named = {"role": role, "name": name}
+        node = by_id.get(node.get("parentId"))
+    return first_named

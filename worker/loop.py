@@ -138,7 +138,7 @@ def run_episode(
             decision = policy.decide(observation, episode)
         except PolicyError as exc:
             return Outcome(exc.code, error=str(exc))
-        timings = {"observe": observed - began, "decide": time.perf_counter() - observed}
+        decided = time.perf_counter()
         if decision.ask_user is not None:
             control.ask(decision.ask_user, deadline)
 
@@ -159,7 +159,6 @@ def run_episode(
             results.append(result)
             if not result.ok:
                 break
-        timings["act"] = time.perf_counter() - acting
         if decision.error is not None and all(r.ok for r in results):
             results.append(ActionResult(False, error=decision.error))
         answer, wrong = None, None
@@ -168,8 +167,10 @@ def run_episode(
             if wrong is not None:  # the model reads it at its next turn, as the step's error
                 hint = "; answer again with JSON that matches the schema" if retries_left > 0 else ""
                 results.append(ActionResult(False, error=wrong + hint))
+        timings = {"observe_ms": _ms(observed - began), "decide_ms": _ms(decided - observed),
+                   "act_ms": _ms(time.perf_counter() - acting)}
         record = StepRecord(step, list(decision.actions), results, decision.thought, observation.url,
-                            episode.new_messages, usage=decision.usage, timings=timings)
+                            episode.new_messages, usage=decision.usage, native=decision.native, timings=timings)
         episode.history.append(record)
         if not on_step(record, observation):
             return Outcome(ExitCode.CANCELLED, error="the task was ended while its step ran")
@@ -188,6 +189,10 @@ def run_episode(
         if failed_in_a_row >= MAX_FAILED_STEPS:
             last_error = results[-1].error
             return Outcome(ExitCode.FAILED, error=f"{MAX_FAILED_STEPS} failed steps in a row; last: {last_error}")
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
 
 
 def describe(action: Action) -> str:

@@ -205,9 +205,11 @@ def busy() -> Iterator[None]:
 
 
 def observe_step(kind: str, timings: Mapping[str, float] | None) -> None:
-    """Record one step's phase timings (``{"observe", "decide", "act"}`` seconds; None: none measured)."""
-    for phase, seconds in (timings or {}).items():
-        metrics().step.labels(kind, phase).observe(seconds)
+    """Record one step's phase timings (``StepRecord.timings``: ``{"observe_ms", "decide_ms", "act_ms"}`` in
+    milliseconds; empty or None: none measured, as for a human step) as seconds, phase ``observe`` / ``decide`` /
+    ``act``."""
+    for key, ms in (timings or {}).items():
+        metrics().step.labels(kind, key.removesuffix("_ms")).observe(ms / 1000)
 
 
 def observe_queue_wait(kind: str, priority: str, seconds: float) -> None:

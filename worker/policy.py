@@ -40,7 +40,9 @@ class Decision:
     ``MAX_FAILED_STEPS`` ends a task that keeps failing). ``ask_user``: a question for the user (a safety check, a
     model's ``call_user``): the loop pauses the task with it and runs ``actions`` once the user resumes or answers
     with a message. ``usage``: this step's model usage ``{input_tokens, output_tokens, total_tokens, calls,
-    cost_usd}`` (tokens, calls, USD or None), summed on the task record by the worker.
+    cost_usd}`` (tokens, calls, USD or None), summed on the task record by the worker. ``native``: the model's
+    own action(s) the ``actions`` were read from (its tool calls, or its action text), as JSON, for trajectories;
+    None for offline agents.
     """
 
     actions: list[Action]
@@ -48,6 +50,7 @@ class Decision:
     error: str | None = None
     ask_user: str | None = None
     usage: dict[str, Any] | None = None
+    native: Any = None
 
 
 @dataclass
@@ -63,8 +66,13 @@ class StepRecord:
     """Injected user messages delivered to the policy at this step."""
     usage: dict[str, Any] | None = None
     """The decision's model usage (see :class:`Decision`), None for offline agents."""
-    timings: dict[str, float] | None = None
-    """Seconds the step's phases took: ``{"observe", "decide", "act"}`` (the worker's step latency metric)."""
+    native: Any = None
+    """The model's native action(s) (see :class:`Decision`), None for offline agents."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Milliseconds the step spent observing, deciding and acting: ``observe_ms``, ``decide_ms``, ``act_ms``."""
+    elements: list[dict[str, str] | None] = field(default_factory=list)
+    """What each click of the step hit, in order: ``{"role", "name"}`` from the accessibility tree (None: nothing
+    named there); filled in by the worker (``worker/replay.py``)."""
     human: bool = False
     """A human took over (the console, while the task was paused): the step's one action is the user's, and its
     screenshot was taken after it."""

@@ -9,6 +9,7 @@ holds its lease (fencing).
 
 from __future__ import annotations
 
+import gzip
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -17,6 +18,7 @@ from typing import Any, Protocol, cast
 from redis.exceptions import RedisError
 
 from shared import logs
+from shared.artifacts import aria_name
 from shared.control import ControlChannel, ControlState, HandBack
 from shared.queue import Dispatcher, task_ended
 from shared.secrets import SecretsError, redact, redact_value, unseal
@@ -24,6 +26,7 @@ from shared.settings import Settings
 from shared.states import EXIT_STATUS, ExitCode
 from shared.store import LeaseLost, TaskStore, now
 from shared.task import Task
+from shared.trajectory import step_events
 from worker import environments, lifecycle, metrics
 from worker.agents import make_policy
 from worker.browser import BrowserHost
@@ -33,6 +36,7 @@ from worker.lease import LeaseKeeper
 from worker.loop import Outcome, run_episode
 from worker.metering import TaskMeter
 from worker.policy import Episode, PolicyError, StepRecord
+from worker.replay import ElementProbe, RecordedStep, ReplayPolicy
 from worker.secrets import SecretsComputer
 
 log = logging.getLogger(__name__)
@@ -139,7 +143,8 @@ def _run(rt: Runtime, task: Task, keeper: LeaseKeeper) -> str:
     try:
         meter = TaskMeter(rt.store, task, rt.worker_id, control.poll, deadline)
         try:
-            policy = make_policy(task.agent_type, episode, rt.settings, meter=meter)
+            policy = replay_policy(rt.store, task) if task.replay_of else make_policy(
+                task.agent_type, episode, rt.settings, meter=meter)
         except PolicyError as exc:
             return end(rt, task, Outcome(ExitCode.FAILED, error=str(exc)))
         except Exception as exc:  # a bug in an agent must end the task, not leave it running
@@ -152,17 +157,21 @@ def _run(rt: Runtime, task: Task, keeper: LeaseKeeper) -> str:
         except Exception as exc:
             log.exception("environment for %s failed to start", task_id)
             return _environment_failed(rt, task, f"environment failed: {exc}")
-        agent_computer = cast(Computer, SecretsComputer(computer, secrets)) if secrets else computer
+        probe = ElementProbe(computer, check=policy.check_element if isinstance(policy, ReplayPolicy) else None)
+        if isinstance(policy, ReplayPolicy):
+            policy.settle = probe.settle_url
+        agent_computer = cast(Computer, SecretsComputer(cast(Computer, probe), secrets) if secrets else probe)
 
         def on_step(step: StepRecord, observation: Observation) -> bool:
+            step.elements = probe.take()
             metrics.observe_step(task.kind, step.timings)
             if secrets:  # the values never reach a record, even when an error or the page quotes them
-                step = redacted(step, secrets)
+                step = redacted(step, secrets)  # (the observation's text was redacted as it was made)
             return record_step(rt.store, task, rt.worker_id, step, observation)
 
         first = task.steps_taken + 1  # step numbers go on across attempts; each attempt has max_steps steps
-        try:
-            retries = 0 if task.agent_type else rt.settings.output_schema_retries  # offline agents cannot answer again
+        try:  # offline agents and replays cannot answer again
+            retries = 0 if task.agent_type or task.replay_of else rt.settings.output_schema_retries
             outcome = run_episode(agent_computer, policy, episode, control, on_step, deadline, first_step=first,
                                   last_step=first + task.max_steps - 1, answer_retries=retries)
         except HandBack as back:
@@ -192,6 +201,23 @@ def _run(rt: Runtime, task: Task, keeper: LeaseKeeper) -> str:
             rt.browsers.warm()  # the next task's context, ready before its message arrives
 
 
+def replay_policy(store: TaskStore, task: Task) -> ReplayPolicy:
+    """The policy of a replay (``task.replay_of``): the recorded task's steps (its ``step`` events), read now.
+
+    Raises:
+        PolicyError: the recorded task is gone (expired) or is another tenant's, or its steps do not parse.
+    """
+    source_id = task.replay_of or ""
+    source = store.get(source_id)
+    if source is None or source.tenant != task.tenant:
+        raise PolicyError(f"replay_of: the recorded task {source_id} does not exist (or expired)")
+    try:
+        steps = [RecordedStep.from_event(e) for e in step_events(store, source_id)]
+    except (KeyError, ValueError) as exc:
+        raise PolicyError(f"replay_of: the recording of {source_id} cannot be replayed: {exc}") from None
+    return ReplayPolicy(source_id, steps, start=task.steps_taken)
+
+
 def _open_computer(rt: Runtime, task: Task) -> Computer:
     host = rt.hosts.get(task.kind)
     if host is None:
@@ -205,18 +231,20 @@ def _open_computer(rt: Runtime, task: Task) -> Computer:
 
 
 def redacted(step: StepRecord, secrets: dict[str, str]) -> StepRecord:
-    """``step`` with every secret value in its thought, URL and results' errors replaced by its ``{{name}}``."""
+    """``step`` with every secret value in its thought, URL, results' errors and clicked elements' names replaced
+    by its ``{{name}}``."""
     results = [replace(r, error=redact(r.error, secrets)) if r.error else r for r in step.results]
+    elements = [{k: redact(v, secrets) for k, v in e.items()} if e else e for e in step.elements]
     return replace(step, thought=redact(step.thought, secrets) if step.thought else None,
-                   url=redact(step.url, secrets), results=results)
+                   url=redact(step.url, secrets), results=results, elements=elements)
 
 
 def record_step(store: TaskStore, task: Task, holder: str, step: StepRecord, observation: Observation) -> bool:
-    """Store the step's screenshot, bump ``steps_taken`` and append the ``step`` event (with the attempt it belongs
-    to, ``human`` and ``request_id`` for a user's action, and the step's model usage, already on the record since
-    its call returned: ``worker/metering.py``) in one
-    round trip, if ``holder`` (this worker) still holds the lease. Returns False when the task is no longer running
-    or paused (cancelled under us).
+    """Store the step's screenshot (and ARIA snapshot, when one was taken), bump ``steps_taken`` and append the
+    ``step`` event (with the attempt it belongs to, the native action, the elements clicked, the timings,
+    ``human`` and ``request_id`` for a user's action, and the step's model usage, already on the record since its
+    call returned: ``worker/metering.py``) in one round trip, if ``holder`` (this worker) still holds the lease.
+    Returns False when the task is no longer running or paused (cancelled under us).
 
     Raises:
         LeaseLost: the worker no longer holds the task.
@@ -232,8 +260,20 @@ def record_step(store: TaskStore, task: Task, holder: str, step: StepRecord, obs
         event["usage"] = step.usage
     if step.human:  # a user's action from the console (takeover): the API's POST .../actions waits for this event
         event.update(human=True, request_id=step.request_id)
+    if step.native is not None:
+        event["native"] = step.native
+    if step.timings:
+        event["timings"] = step.timings
+    if any(e is not None for e in step.elements):  # what each click hit (role and accessible name)
+        event["elements"] = step.elements
+    extra = []
+    if observation.accessibility:  # in the artifact store, not the event log: snapshots can be large
+        packed = gzip.compress(observation.accessibility.encode(), compresslevel=1)  # ~0.2 ms for 20 KB
+        extra.append((aria_name(step.step), packed, "application/gzip"))
+        event["aria"] = True
     fields = {"steps_taken": step.step, "message": thought, "current_url": step.url}
-    return store.record_step(task.task_id, step.step, observation.screenshot, fields, event, holder=holder).ok
+    return store.record_step(task.task_id, step.step, observation.screenshot, fields, event, holder=holder,
+                             extra=extra).ok
 
 
 def end(rt: Runtime, task: Task, outcome: Outcome) -> str:

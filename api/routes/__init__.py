@@ -9,12 +9,13 @@
 - ``environments.py`` the tenant's saved environments (persistent tasks): list, read, delete
 - ``takeover.py`` human actions in a paused task (takeover), share links
 - ``console.py``  the web console's pages (``/console``, ``/console/tasks/{id}``)
+- ``trajectory.py`` a task's trajectory (the episode as one JSON record: ``shared/trajectory.py``)
 """
 
 from __future__ import annotations
 
-from api.routes import artifacts, console, control, environments, events, metrics, takeover, tasks, tenant
+from api.routes import artifacts, console, control, environments, events, metrics, takeover, tasks, tenant, trajectory
 
 BLUEPRINTS = (tasks.bp, control.bp, events.bp, artifacts.bp, tenant.bp, environments.bp, metrics.bp, takeover.bp,
-              console.bp)
+              console.bp, trajectory.bp)
 sock = events.sock

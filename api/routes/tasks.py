@@ -30,10 +30,10 @@ bp.before_request(authenticate_or_shared)
 def _start_one() -> tuple[Task, bool]:
     """Validate, store and enqueue the request's task; returns ``(task, reused)``."""
     try:
-        params = state().start_schema.load(json_object())
+        task = submission.new_task(state().start_schema.load(json_object()))
     except ValidationError as exc:
         raise invalid(exc) from None
-    outcome = submission.start([submission.new_task(params)])[0]
+    outcome = submission.start([task])[0]
     if outcome.error is not None:
         raise outcome.error
     assert outcome.task is not None
@@ -110,6 +110,9 @@ def start_batch() -> tuple[Response, int]:
             messages = cast(dict[str, Any], exc.messages)
             errors.append({"index": i, "error": {"type": "invalid_request", "message": summarise(messages),
                                                  "fields": messages}})
+        except ApiError as exc:  # replay_of names no ended task of the caller's
+            errors.append({"index": i, "error": {"type": exc.kind, "message": exc.message,
+                                                 "fields": exc.fields or {}}})
     accepted: list[dict[str, Any]] = []
     if budget is not None and valid:
         state().store.budgets.set_batch_budget(batch_id, budget)

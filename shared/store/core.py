@@ -355,8 +355,10 @@ class TaskStore:
                   keys.message_key_field(idempotency_key) if idempotency_key else ""]))
 
     def record_step(self, task_id: str, step: int, jpeg: bytes, fields: Mapping[str, Any],
-                    event: Mapping[str, Any], holder: str | None = None) -> ApplyResult:
-        """A worker's step: store the screenshot (artifact :func:`~shared.artifacts.screenshot_name`), then (if the
+                    event: Mapping[str, Any], holder: str | None = None,
+                    extra: Sequence[tuple[str, bytes, str]] = ()) -> ApplyResult:
+        """A worker's step: store the screenshot (artifact :func:`~shared.artifacts.screenshot_name`) and the
+        ``extra`` artifacts (``(name, bytes, content type)``: the step's ARIA snapshot), then (if the
         task is still running or paused, and ``holder``, when given, still holds its lease) set ``fields`` and
         append ``event``: in one round trip with Redis artifacts; with S3 the object is written first, then the
         record, so a record never names a missing object (a step's model usage is on the record already: it is
@@ -367,10 +369,11 @@ class TaskStore:
             shared.artifacts.ArtifactError: the S3 store failed (nothing of the step is recorded).
         """
         pipe = self.redis.pipeline(transaction=False)
-        if isinstance(self.artifacts, RedisArtifacts):
-            self.artifacts.stage(pipe, task_id, screenshot_name(step), jpeg, "image/jpeg")
-        else:
-            self.artifacts.put(task_id, screenshot_name(step), jpeg, "image/jpeg")
+        for name, data, content_type in ((screenshot_name(step), jpeg, "image/jpeg"), *extra):
+            if isinstance(self.artifacts, RedisArtifacts):
+                self.artifacts.stage(pipe, task_id, name, data, content_type)
+            else:
+                self.artifacts.put(task_id, name, data, content_type)
         args = self._apply_args(task_id, (Status.RUNNING, Status.PAUSED), fields, event, 0, None, holder)
         self._scripts.apply(keys=self.keys.task_keys(task_id), args=args, client=pipe)
         result = ApplyResult.from_reply(pipe.execute()[-1])

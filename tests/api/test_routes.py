@@ -783,3 +783,58 @@ def test_the_documented_wait_reason_pattern_is_the_filters_rule(text: str) -> No
 
     rule = not text or any(r.startswith(text) or text.startswith(r) for r in REASONS)
     assert (re.fullmatch(WAIT_REASON_PATTERN[1:-1], text) is not None) is rule
+
+
+# --- trajectories and replays (end to end: tests/e2e/test_trajectory.py) --------------------------------------------
+def test_replay_of_names_an_ended_task_of_the_caller_and_takes_its_environment(client: FlaskClient,
+                                                                               store: TaskStore) -> None:
+    unknown = client.post("/agent/tasks", json={"instruction": "replay", "replay_of": "task_nope"}, headers=AUTH)
+    assert unknown.status_code == 404 and unknown.json is not None
+    assert unknown.json["error"]["fields"] == {"replay_of": ["no task task_nope (or it expired)"]}
+    source = start(client, viewport_width=800, viewport_height=600, start_url="https://a.test/")
+    early = client.post("/agent/tasks", json={"instruction": "replay", "replay_of": source}, headers=AUTH)
+    assert early.status_code == 409 and early.headers["x-should-retry"] == "true"
+    store.claim(source, "w:1")
+    assert store.finish(source, ExitCode.COMPLETED, result="ok", fields={"steps_taken": 4}).ok
+    other = client.post("/agent/tasks", json={"instruction": "replay", "replay_of": source},
+                        headers={"Authorization": f"Bearer {OTHER_KEY}"})
+    assert other.status_code == 404  # another tenant's task is as unknown as a missing one
+    replay_id = start(client, instruction="replay", replay_of=source, viewport_width=1024)
+    replay = store.get(replay_id)
+    assert replay is not None and replay.replay_of == source and replay.agent_type == "replay"
+    assert (replay.viewport_width, replay.viewport_height, replay.start_url, replay.max_steps) == (
+        800, 600, "https://a.test/", 5)
+    assert client.get(f"/agent/tasks/{replay_id}", headers=AUTH).json["replay_of"] == source  # type: ignore[index]
+
+
+def test_the_trajectory_is_the_task_and_its_recorded_steps(client: FlaskClient, store: TaskStore) -> None:
+    task_id = start(client)
+    store.claim(task_id, "w:1")
+    event = {"type": "step", "task_id": task_id, "step": 1, "attempt": 1, "ts": 1.0, "url": "https://a.test/",
+             "actions": [{"type": "click", "x": 5, "y": 6}], "results": [{"ok": True, "x": 5, "y": 6}],
+             "thought": "t", "messages": [], "screenshot": {"step": 1}, "native": [{"type": "computer_call"}],
+             "timings": {"observe_ms": 1.0, "decide_ms": 2.0, "act_ms": 3.0},
+             "elements": [{"role": "button", "name": "Go"}], "aria": True}
+    import gzip
+
+    from shared.artifacts import aria_name
+
+    assert store.record_step(task_id, 1, b"\xff\xd8jpeg", {"steps_taken": 1}, event, holder="w:1",
+                             extra=[(aria_name(1), gzip.compress(b'- button "Go"'), "application/gzip")]).ok
+    resp = client.get(f"/agent/tasks/{task_id}/trajectory", headers=AUTH)
+    assert resp.status_code == 200 and resp.json is not None
+    assert resp.json["format"] == "lodestar.trajectory/1" and resp.json["task"]["task_id"] == task_id
+    [step] = resp.json["steps"]
+    assert step["aria"] == '- button "Go"' and step["native_action"] == [{"type": "computer_call"}]
+    assert step["elements"] == [{"role": "button", "name": "Go"}] and step["timings"]["act_ms"] == 3.0
+    assert step["screenshot"]["step"] == 1 and "/screenshots/1?" in step["screenshot"]["url"]
+    assert client.get(step["screenshot"]["url"]).data == b"\xff\xd8jpeg"  # signed: no key needed
+    assert client.get(f"/agent/tasks/{task_id}/trajectory",
+                      headers={"Authorization": f"Bearer {OTHER_KEY}"}).status_code == 404
+
+
+def test_wait_reason_with_only_other_statuses_matches_nothing(client: FlaskClient) -> None:
+    start(client)
+    resp = client.get("/agent/tasks?status=running&wait_reason=queued", headers=AUTH)
+    assert resp.status_code == 200 and resp.json is not None and resp.json["data"] == []
+    assert client.get("/agent/tasks?wait_reason=bogus", headers=AUTH).status_code == 422

@@ -45,7 +45,7 @@ def test_every_field_round_trips_through_redis() -> None:
               "exit_code": 3, "attempt": 2, "worker": "h:1",
               "started_at": 2.5, "finished_at": 3.5, "steps_taken": 4, "message": "m", "result": "r", "error": "e",
               "current_url": "https://b.test/", "usage": {"calls": 1, "total_tokens": 10}, "cost": 0.25,
-              "messages_delivered": 1, "event_seq": 12, "max_cost_usd": 0.5,
+              "messages_delivered": 1, "event_seq": 12, "max_cost_usd": 0.5, "replay_of": "task_a",
               "output_schema": {"type": "object", "properties": {"n": {"type": "integer"}}}}
     task = Task(task_id="task_b", tenant="t1", instruction="x", created_at=1.0, **values)
     settable = {f.name for f in dataclasses.fields(Task)} - {"task_id", "tenant", "instruction", "created_at"}

@@ -709,6 +709,7 @@ def test_openai_computer_tool_runs_a_batch_and_acknowledges_auto_approved_checks
     assert (outcome.code, outcome.result) == (ExitCode.COMPLETED, "Signed up."), outcome
     assert site.wait_for_hit()["name"] == ["Grace Hopper"]
     assert [a.type for a in steps[0].actions] == ["click", "type", "click"] and all(r.ok for r in steps[0].results)
+    assert [item["type"] for item in steps[0].native] == ["computer_call"]  # the model's own action, recorded
     assert landed(steps[0], lay.name) and abs(steps[0].results[2].x - lay.submit[0]) <= 1.5  # type: ignore[operator]
     assert "auto-approved" in (steps[0].thought or "") and check["message"] in (steps[0].thought or "")
 
@@ -777,6 +778,9 @@ def test_anthropic_scales_the_screenshot_resends_the_history_and_drops_old_image
     assert landed(steps[0], lay.name) and abs(steps[1].results[1].x - lay.submit[0]) <= 1.5  # type: ignore[operator]
     assert steps[0].usage == {"input_tokens": 1000, "output_tokens": 50, "total_tokens": 1050, "calls": 1,
                               "cost_usd": 0.00375}
+    # the step records keep the model's own action next to the normalized one (trajectories), and the timings
+    assert [b["type"] for b in steps[0].native] == ["tool_use"] and steps[0].native[0]["name"] == "computer"
+    assert set(steps[0].timings) == {"observe_ms", "decide_ms", "act_ms"}
 
 
 @pytest.mark.browser

@@ -187,7 +187,7 @@ class ModelPolicy(ABC):
             decision = self._parse(answer, episode)
         except AnswerError as exc:
             decision = Decision([], error=f"{self.provider}: unusable answer: {exc}")
-        return replace(decision, usage=usage)
+        return replace(decision, usage=usage, native=native_of(answer))
 
     def _usage(self, answer: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -240,3 +240,24 @@ class ModelPolicy(ABC):
         if self.http_client is not None:
             options["http_client"] = self.http_client(event_hooks={"response": [self._saw_response]})
         return options
+
+
+NATIVE_TOOL_TYPES = ("computer_call", "function_call", "tool_use")
+"""Answer items that are a model's actions: OpenAI Responses' ``computer_call`` / ``function_call`` output items,
+Anthropic's ``tool_use`` content blocks."""
+
+
+def native_of(answer: dict[str, Any]) -> Any:
+    """The model's own action(s) in ``answer`` (a provider's JSON answer), for the step's record: the tool calls
+    (Responses ``output`` items, Anthropic ``content`` blocks), or a chat completion's message (its ``tool_calls``,
+    else its text: the action text of UI-TARS and Qwen). None when the answer has none of these."""
+    items = answer.get("output") if isinstance(answer.get("output"), list) else answer.get("content")
+    if isinstance(items, list):
+        calls = [i for i in items if isinstance(i, dict) and i.get("type") in NATIVE_TOOL_TYPES]
+        return calls or None
+    choices = answer.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        message = choices[0].get("message") or {}
+        if isinstance(message, dict):
+            return message.get("tool_calls") or message.get("content")
+    return None
