@@ -69,7 +69,8 @@ def replay_params(params: Mapping[str, Any]) -> dict[str, Any]:
         reason = f"task {source_id} is {source.status}: only an ended task's recording can be replayed"
         raise ApiError(409, "conflict", f"replay_of: {reason}", fields={"replay_of": [reason]},
                        headers={"x-should-retry": "true"})
-    return {**params, "kind": source.kind, "start_url": source.start_url, "viewport_width": source.viewport_width,
+    kept = {k: v for k, v in params.items() if k != KIND_DEFAULTED}  # the kind is the recording's, not an environment's
+    return {**kept, "kind": source.kind, "start_url": source.start_url, "viewport_width": source.viewport_width,
             "viewport_height": source.viewport_height, "max_steps": source.steps_taken + 1, "agent_type": "replay",
             "allowed_domains": params.get("allowed_domains") or source.allowed_domains, "output_schema": None,
             "max_cost_usd": None}

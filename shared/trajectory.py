@@ -37,7 +37,9 @@ STEP_SCHEMA: dict[str, Any] = {"type": "object", "required": ["step", "url", "sc
     "results": {"type": "array", "items": {"type": "object"}},
     "elements": {"type": "array", "items": _NULLABLE_OBJECT, "description": "What each click hit: {role, name}"},
     "thought": {"type": ["string", "null"]}, "messages": {"type": "array", "items": {"type": "string"}},
-    "timings": {"type": "object", "description": "observe_ms, decide_ms, act_ms"}, "usage": _NULLABLE_OBJECT}}
+    "timings": {"type": "object", "description": "observe_ms, decide_ms, act_ms"}, "usage": _NULLABLE_OBJECT,
+    "human": {"type": "boolean", "description": "A user's action in a takeover (the console), not the agent's; "
+                                                 "its screenshot was taken after it"}}}
 """JSON Schema of one step of a trajectory (the OpenAPI document's ``Trajectory.steps`` items)."""
 
 def step_events(store: TaskStore, task_id: str) -> list[dict[str, Any]]:
@@ -86,5 +88,6 @@ def trajectory(store: TaskStore, task: Task, screenshot_url: Callable[[Task, int
             "messages": event.get("messages") or [],
             "timings": event.get("timings") or {},
             "usage": event.get("usage"),
+            "human": bool(event.get("human")),  # a user's action in a takeover (its screenshot: after it)
         })
     return {"format": FORMAT, "task": task_part(task, screenshot_url), "steps": steps}

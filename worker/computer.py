@@ -114,10 +114,11 @@ class Action:
             raise ValueError(f"not an action: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form for events: only the fields that are set (``value``: whenever it is not None)."""
+        """JSON-ready form for events: only the fields that are set (``value``: whenever it is not None; ``x`` and
+        ``y`` also at 0, a point on the screen's edge)."""
         out: dict[str, Any] = {"type": self.type}
         for k, v in asdict(self).items():
-            if k != "type" and (v not in (None, 0, 0.0, "") or (k == "value" and v is not None)):
+            if k != "type" and (v not in (None, 0, 0.0, "") or (k in ("value", "x", "y") and v is not None)):
                 out[k] = v
         return out
 

@@ -197,8 +197,8 @@ def _ms(seconds: float) -> float:
 
 def describe(action: Action) -> str:
     """One line for a human action: ``click at (200, 150)``, ``type "hello"``, ``key Enter``..."""
-    if action.type == "type":
-        return f'type "{action.text}"'
+    if action.type == "type":  # the text itself stays out: a user taking over often types a password
+        return f"type {len(action.text or '')} characters"
     if action.type == "key":
         return f"key {action.keys}"
     if action.type == "navigate":

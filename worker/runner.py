@@ -231,12 +231,15 @@ def _open_computer(rt: Runtime, task: Task) -> Computer:
 
 
 def redacted(step: StepRecord, secrets: dict[str, str]) -> StepRecord:
-    """``step`` with every secret value in its thought, URL, results' errors and clicked elements' names replaced
-    by its ``{{name}}``."""
+    """``step`` with every secret value in its thought, URL, results' errors, clicked elements' names, typed text
+    (a user's, in a takeover: an agent's holds the ``{{name}}`` it wrote) and messages replaced by its
+    ``{{name}}``."""
     results = [replace(r, error=redact(r.error, secrets)) if r.error else r for r in step.results]
     elements = [{k: redact(v, secrets) for k, v in e.items()} if e else e for e in step.elements]
+    actions = [replace(a, text=redact(a.text, secrets)) if a.text else a for a in step.actions]
     return replace(step, thought=redact(step.thought, secrets) if step.thought else None,
-                   url=redact(step.url, secrets), results=results, elements=elements)
+                   url=redact(step.url, secrets), results=results, elements=elements, actions=actions,
+                   messages=[redact(m, secrets) for m in step.messages])
 
 
 def record_step(store: TaskStore, task: Task, holder: str, step: StepRecord, observation: Observation) -> bool:

@@ -53,14 +53,18 @@ def human_action(task_id: str) -> Response:
 
     Raises:
         ApiError: 404 (no such task of the caller's); 422 (a bad action, naming the field); 409 when the task is
-            not paused, or is paused with no worker holding it (released after ``pause_timeout``: resume it) or
-            ended while the action waited; 504 when its worker did not answer within ``takeover_timeout``.
+            not paused, is a replay (``replay_of``), or is paused with no worker holding it (released after
+            ``pause_timeout``: resume it) or ended while the action waited; 504 when its worker did not answer
+            within ``takeover_timeout``.
     """
     task = load_task(task_id)
     st = state()
     store, hub = st.store, st.events
     if task.status != Status.PAUSED:  # before the body's own rules: acting is only for paused tasks
         raise _not_paused(str(task.status), "not_paused")
+    if task.replay_of:  # a replay checks every step against its recording: a user's step would be a divergence
+        raise ApiError(409, "conflict", "a replay (replay_of) cannot be taken over: cancel it, or take over the "
+                       "recorded task's own run", headers={"x-should-retry": "false"})
     try:
         action = _action_schema.load(json_object())
     except ValidationError as exc:

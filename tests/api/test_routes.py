@@ -838,3 +838,19 @@ def test_wait_reason_with_only_other_statuses_matches_nothing(client: FlaskClien
     resp = client.get("/agent/tasks?status=running&wait_reason=queued", headers=AUTH)
     assert resp.status_code == 200 and resp.json is not None and resp.json["data"] == []
     assert client.get("/agent/tasks?wait_reason=bogus", headers=AUTH).status_code == 422
+
+
+def test_a_replay_keeps_its_recordings_kind_whatever_environment_it_names(client: FlaskClient,
+                                                                          store: TaskStore) -> None:
+    # Given a browser recording and a desktop environment of the tenant
+    source = start(client)
+    store.claim(source, "w:1")
+    assert store.finish(source, ExitCode.COMPLETED, result="ok", fields={"steps_taken": 2}).ok
+    desktop = store.get(start(client, persistent=True, kind="desktop"))
+    assert desktop is not None and desktop.environment_id
+    client.post(f"/agent/tasks/{desktop.task_id}/cancel", headers=AUTH)
+    # When a replay names that environment and no kind, then it is not moved to a desktop: the environment is of
+    # the other kind (a 422 naming it), as for any task of a given kind
+    resp = client.post("/agent/tasks", json={"instruction": "replay", "replay_of": source,
+                                             "environment_id": desktop.environment_id}, headers=AUTH)
+    assert resp.status_code == 422 and "environment_id" in resp.json["error"]["fields"], resp.json  # type: ignore[index]

@@ -193,3 +193,19 @@ def test_a_share_link_without_a_body_lasts_the_default_and_a_malformed_one_is_a_
     assert resp.status_code == 200
     assert resp.get_json()["expires_at"] - time.time() == pytest.approx(settings.share_ttl, abs=5)
     assert client.get(f"/console/tasks/{task_id}?expires=soon&sig=x").status_code == 422
+
+
+def test_a_replay_cannot_be_taken_over(client: FlaskClient, store: TaskStore) -> None:
+    # Given an ended recording and its replay, claimed and paused
+    from shared.states import ExitCode
+
+    source = start(client)
+    store.claim(source, "w-test")
+    assert store.finish(source, ExitCode.COMPLETED, result="ok", fields={"steps_taken": 2}).ok
+    replay = start(client, instruction="replay", replay_of=source)
+    assert store.claim(replay, "w-test")[0] == "started"
+    assert client.post(f"/agent/tasks/{replay}/pause", headers=AUTH).get_json() == {"status": "paused"}
+    # Then a user's action is a 409 (each replayed step is checked against the recording) and nothing is queued
+    resp = client.post(f"/agent/tasks/{replay}/actions", json=CLICK, headers=AUTH)
+    assert "replay" in error_of(resp, 409)["message"] and resp.headers["x-should-retry"] == "false"
+    assert store.takeover.take(replay) == []

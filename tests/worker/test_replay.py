@@ -43,7 +43,8 @@ def test_the_element_under_a_click_is_its_nearest_clickable_ancestor_else_its_ne
 def test_actions_read_back_from_their_event_form() -> None:
     for action in (Action("click", x=3, y=4), Action("click", target=Target("text", "Go", nth=1)),
                    Action("type", text="Ada", target=Target("label", "Name")), Action("done", text="ok", value="ok"),
-                   Action("scroll", dy=-500), Action("wait", seconds=0.2)):
+                   Action("scroll", dy=-500), Action("wait", seconds=0.2), Action("click", x=0, y=7),
+                   Action("click", x=5, y=0)):  # a point on the screen's edge keeps its 0
         assert action_from_dict(action.to_dict()) == action
     with pytest.raises(ValueError, match="not a recorded action"):
         action_from_dict({"type": "click", "bogus": 1})
@@ -174,3 +175,16 @@ def test_the_probe_warns_the_computer_before_a_click_on_a_link() -> None:
     assert inner.expected == 0
     probe.click(1, 1)
     assert inner.expected == 1 and inner.clicks == [(2, 2), (1, 1)]
+
+
+def test_a_takeover_step_is_recorded_without_the_secrets_the_user_typed() -> None:
+    # A user taking over a task with secrets types a value (a password) by hand: the record keeps its {{name}}
+    from worker.computer import ActionResult
+    from worker.policy import StepRecord
+    from worker.runner import redacted
+
+    step = StepRecord(7, [Action("type", text="hunter2-secret")], [ActionResult(True)], "human takeover: type",
+                      "https://a.test/", messages=["the user typed hunter2-secret"], human=True)
+    clean = redacted(step, {"password": "hunter2-secret"})
+    assert clean.actions[0].text == "{{password}}" and clean.messages == ["the user typed {{password}}"]
+    assert "hunter2-secret" not in repr(clean)
