@@ -93,6 +93,8 @@ class Guard:
         if not state.paused:
             self._paused_since = None
             return
+        if state.actions:  # a user taking over is at the task: the pause timeout counts from their last action
+            self._paused_since = None
         self._paused_since = self._paused_since or time.monotonic()
         limit = self._settings.pause_timeout
         if limit > 0 and time.monotonic() - self._paused_since >= limit:
