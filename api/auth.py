@@ -59,6 +59,7 @@ def authenticate_or_shared() -> None:
         g.tenant = check_share_link(str((request.view_args or {}).get("task_id", "")))
         g.principal = None
         g.shared = True
+        logs.bind(tenant=g.tenant)
         return
     authenticate()
 
