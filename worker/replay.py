@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.states import ExitCode
-from worker.computer import Action, ActionError, Computer, Observation, Target
+from worker.computer import Action, ActionError, Computer, Observation
 from worker.policy import Decision, Episode, PolicyError
 
 Element = dict[str, str]
@@ -81,20 +81,6 @@ class ElementProbe:
         return getattr(self._computer, name)
 
 
-def action_from_dict(data: Mapping[str, Any]) -> Action:
-    """An ``Action`` from its event form (``Action.to_dict``).
-
-    Raises:
-        ValueError: not an action (unknown fields, a bad target).
-    """
-    values = dict(data)
-    target = values.pop("target", None)
-    try:
-        return Action(**values, target=Target(**target) if target else None)
-    except TypeError as exc:
-        raise ValueError(f"not a recorded action: {data!r} ({exc})") from None
-
-
 @dataclass(frozen=True)
 class RecordedStep:
     """One step of a recorded task as a replay needs it: its number, the URL it acted on, its normalized actions,
@@ -109,7 +95,7 @@ class RecordedStep:
     @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> RecordedStep:
         """From a ``step`` event (or a trajectory's step). Raises ValueError for a malformed one."""
-        actions = [action_from_dict(a) for a in event.get("actions") or []]
+        actions = [Action.from_dict(a) for a in event.get("actions") or []]
         ok = [bool(r.get("ok")) for r in event.get("results") or []]
         return cls(int(event["step"]), str(event.get("url") or ""), actions, ok, list(event.get("elements") or []))
 

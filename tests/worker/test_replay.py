@@ -13,7 +13,7 @@ from worker.browser import named_ancestor
 from worker.computer import Action, ActionError, ActionResult, Observation, Target
 from worker.policy import Episode, PolicyError, StepRecord
 from worker.providers.base import native_of
-from worker.replay import ElementProbe, RecordedStep, ReplayPolicy, action_from_dict, same_element
+from worker.replay import ElementProbe, RecordedStep, ReplayPolicy, same_element
 
 
 def ax(node_id: str, role: str, name: str = "", parent: str | None = None, backend: int = 0,
@@ -45,9 +45,9 @@ def test_actions_read_back_from_their_event_form() -> None:
                    Action("type", text="Ada", target=Target("label", "Name")), Action("done", text="ok", value="ok"),
                    Action("scroll", dy=-500), Action("wait", seconds=0.2), Action("click", x=0, y=7),
                    Action("click", x=5, y=0)):  # a point on the screen's edge keeps its 0
-        assert action_from_dict(action.to_dict()) == action
-    with pytest.raises(ValueError, match="not a recorded action"):
-        action_from_dict({"type": "click", "bogus": 1})
+        assert Action.from_dict(action.to_dict()) == action
+    with pytest.raises(ValueError, match="not an action"):
+        Action.from_dict({"type": "click", "bogus": 1})
 
 
 def observation(url: str) -> Observation:
