@@ -216,17 +216,37 @@ def test_a_batch_budget_is_shared_by_its_tasks_and_ends_them_with_exit_code_8(ca
 
 # --- where is my task ---------------------------------------------------------------------------------------------
 def test_queued_tasks_show_their_position_and_why_they_wait(caps: Caps) -> None:
-    live, other = caps.live, OTHER_KEY
+    other = OTHER_KEY
     tenant_b = env_tenant(other)
     # Given tenant B limited to one running task, with two started: the second is deferred by a free slot's claim
     caps.store.tenants.set_limits(tenant_b, max_running=1)
-    b_running, b_deferred = caps.submit(other, **long_script()), caps.submit(other, **long_script())
-    live.wait_until(b_running, lambda t: t["status"] == "running", key=other)
+    started = [caps.submit(other, **long_script()), caps.submit(other, **long_script())]
+    ids: list[str] = list(started)
+    try:
+        _queued_tasks_show_their_position_and_why_they_wait(caps, started, ids)
+    finally:  # the running ones stop within a step (0.3 s); the next tests need the slots and tenant B unlimited
+        caps.cancel(*ids[2:])
+        caps.cancel(*started, key=other)
+        caps.store.tenants.set_limits(tenant_b, max_running=0)
+        caps.store.redis.delete(caps.store.keys.blocked(BLOCKY))
+
+
+def _queued_tasks_show_their_position_and_why_they_wait(caps: Caps, started: list[str], ids: list[str]) -> None:
+    live, other = caps.live, OTHER_KEY
+    # (either of B's two may be claimed first, by whichever slot is quicker: the other is the deferred one)
+    deadline = time.monotonic() + 60
+    rows = [caps.get(t, other) for t in started]
+    while time.monotonic() < deadline and sorted(r["status"] for r in rows) != ["queued", "running"]:
+        time.sleep(0.1)
+        rows = [caps.get(t, other) for t in started]
+    assert sorted(r["status"] for r in rows) == ["queued", "running"], rows
+    b_deferred = started[1] if rows[0]["status"] == "running" else started[0]
     deferred = live.wait_until(b_deferred, lambda t: t["wait_reason"] is not None
                                and t["wait_reason"].startswith("tenant"), key=other)
     assert (deferred["queue_position"], deferred["wait_reason"]) == (None, "tenant max_running reached")
     # And tenant A's long task on the other slot: both slots are now busy
     a_running = caps.submit(**long_script())
+    ids.append(a_running)
     live.wait_until(a_running, lambda t: t["status"] == "running")
     # When tasks queue up: low, two normal, high; a desktop task (no desktop worker); a model whose provider said
     # to wait (retry-after)
@@ -235,6 +255,7 @@ def test_queued_tasks_show_their_position_and_why_they_wait(caps: Caps) -> None:
     desktop = caps.submit(agent_type="scripted", instruction="done", kind="desktop")
     caps.store.limits.block(BLOCKY, 120)
     blocked = caps.submit(instruction="[caps-never] go", model=BLOCKY)
+    ids.extend([low, first, second, high, desktop, blocked])
     # Then each shows where it stands (the blocked one is counted in the browser queue too)
     rows = {t: caps.get(t) for t in (high, first, second, blocked, low, desktop)}
     assert [(rows[t]["queue_position"], rows[t]["wait_reason"]) for t in (high, first, second, blocked, low)] == [
@@ -259,11 +280,6 @@ def test_queued_tasks_show_their_position_and_why_they_wait(caps: Caps) -> None:
     assert [t["task_id"] for t in listed.json()["data"]] == [b_deferred]
     bad = live.http().get(f"{live.base_url}/agent/tasks", params={"wait_reason": "bored"}, timeout=30)
     assert bad.status_code == 422 and list(bad.json()["error"]["fields"]) == ["wait_reason"]
-    # cleanup: the running ones stop within a step (0.3 s)
-    caps.cancel(a_running, low, first, second, high, desktop, blocked)
-    caps.cancel(b_running, b_deferred, key=other)
-    caps.store.tenants.set_limits(tenant_b, max_running=0)
-    caps.store.redis.delete(caps.store.keys.blocked(BLOCKY))
 
 
 # --- provider rate limits ------------------------------------------------------------------------------------------
@@ -296,9 +312,9 @@ def test_rpm_is_shared_by_the_workers_and_a_waiting_task_says_why(caps: Caps) ->
 
 
 def test_a_providers_retry_after_holds_back_every_worker_calling_it(caps: Caps) -> None:
-    retry_after = 10
+    retry_after = 20  # room for the second task to be claimed while it holds, on a loaded machine
     fake = caps.chat
-    # Given a task whose first call gets a 429 asking to wait 10 s (the SDK retries it after that)
+    # Given a task whose first call gets a 429 asking to wait 20 s (the SDK retries it after that)
     first = fake.script("[caps-429-a]", [fake.error(429, "slow down", retry_after=str(retry_after)),
                                          *hotkeys(fake, 0)])
     a = caps.submit(instruction="[caps-429-a] go", model=BLOCKY)
