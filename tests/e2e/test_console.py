@@ -115,9 +115,12 @@ def test_watch_pause_take_over_resume_replay_share(browser: Any, live: LiveStack
 
     # And click the task page's button on the live screenshot (a human takeover)
     expect(shot).to_be_visible(timeout=LONG)
-    page.wait_for_function("() => document.getElementById('screenshot').naturalWidth > 0", timeout=LONG)
+    # (read in one go: the image may be swapped for the next screenshot between two reads, its size 0 meanwhile)
+    natural_w, natural_h = page.wait_for_function(
+        "() => { const i = document.getElementById('screenshot'); "
+        "return i.naturalWidth > 0 && i.naturalHeight > 0 && [i.naturalWidth, i.naturalHeight]; }",
+        timeout=LONG).json_value()
     box = shot.bounding_box()
-    natural_w, natural_h = shot.evaluate("i => [i.naturalWidth, i.naturalHeight]")
     shot.click(position={"x": BUTTON[0] * box["width"] / natural_w, "y": BUTTON[1] * box["height"] / natural_h})
 
     # Then the click ran in the task's own browser: the page reported it, and the log shows a human step
