@@ -31,7 +31,8 @@ def create_app(test_config: Settings | None = None) -> Flask:
 
     Raises:
         ValueError: a setting is unusable (a malformed default rate limit or model registry, a URL signing key
-            shorter than 32 characters, a log format other than text or json).
+            shorter than 32 characters, a log format other than text or json, garbage-collector thresholds that
+            are not three integers).
     """
     settings = test_config or load_settings()
     try:
@@ -43,6 +44,7 @@ def create_app(test_config: Settings | None = None) -> Flask:
     except SecretsError as exc:
         raise ValueError(str(exc)) from None
     signing.check_settings(settings)
+    gc_thresholds = parse_gc_thresholds(settings.api_gc_thresholds)
     logs.configure(settings.log_format, ("gunicorn.error",))
     _raise_open_file_limit()
     app = Flask(__name__)
@@ -91,7 +93,26 @@ def create_app(test_config: Settings | None = None) -> Flask:
     # (measured with 1000 open streams; ~30 ms after this)
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*gc_thresholds)
     return app
+
+
+def parse_gc_thresholds(value: str) -> tuple[int, int, int]:
+    """``LODESTAR_API_GC_THRESHOLDS`` (``"10000,20,100"``) as ``gc.set_threshold``'s three arguments.
+
+    Raises:
+        ValueError: not three integers, or one below 1 (a 0 for generation 0 would turn the collector off);
+            the message names the variable.
+    """
+    parts = [part.strip() for part in value.split(",")]
+    try:
+        numbers = [int(part) for part in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) != 3 or min(numbers) < 1:
+        raise ValueError(f"LODESTAR_API_GC_THRESHOLDS: expected three integers >= 1 (generation 0, 1, 2 of "
+                         f"gc.set_threshold, e.g. 10000,20,100), got {value!r}")
+    return numbers[0], numbers[1], numbers[2]
 
 
 def _raise_open_file_limit() -> None:

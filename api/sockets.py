@@ -25,26 +25,23 @@ class SocketWriter:
         raw: the non-blocking OS socket under it (gevent's ``_sock``; written by the hub: never blocks).
         frame: the SSE frame of a delivery (memoized per process by the route).
         chunked: wrap each frame as an HTTP/1.1 chunk.
-        key: the memo key of the chunk in :meth:`Delivery.rendered`: the same for every stream whose ``frame``
-            gives the same bytes.
+        key: the rendering's name: the same for every stream whose ``frame`` gives the same bytes (the hub renders
+            once per key and event); the chunked and the plain framing get different keys here.
+
+    ``send`` is the OS socket's own ``send`` (no Python frame in the hub's loop): bytes taken, BlockingIOError when
+    the buffer is full, another OSError when the connection is gone.
     """
 
     def __init__(self, sock: Any, raw: _socket.socket, frame: Callable[[Delivery], bytes], chunked: bool, key: str):
-        self._sock, self._raw, self._frame, self._chunked, self._key = sock, raw, frame, chunked, key
+        self._sock, self._frame, self._chunked = sock, frame, chunked
+        self.key = ("chunked " if chunked else "plain ") + key
+        self.send: Callable[[bytes], int] = raw.send
 
     def frame(self, delivery: Delivery) -> bytes | None:
-        """The frame, as a chunk when the response is chunked (rendered once per process for all streams)."""
+        """The frame, as a chunk when the response is chunked (the hub renders it once per process for all
+        streams of the same key)."""
         data = self._frame(delivery)
-        if not self._chunked:
-            return data
-        return delivery.rendered(self._key, lambda: b"%X\r\n%s\r\n" % (len(data), data))
-
-    def try_send(self, data: bytes) -> int:
-        """One non-blocking ``send``: bytes taken, 0 when the buffer is full. Raises OSError (connection gone)."""
-        try:
-            return self._raw.send(data)
-        except BlockingIOError:
-            return 0
+        return b"%X\r\n%s\r\n" % (len(data), data) if self._chunked else data
 
     def send_all(self, data: bytes) -> None:
         """``sendall`` on the gevent socket (waits cooperatively). Raises OSError (connection gone)."""

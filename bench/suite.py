@@ -287,39 +287,13 @@ def bench_pickup(args: argparse.Namespace) -> Row:
 
 
 class _SSEClient:
-    """A minimal SSE reader for the events row (asyncio.Protocol over raw HTTP/1.1): it only timestamps what
-    arrives, and the events are parsed after the run, so a thousand streams in one client process cost the
-    measurement little (httpx parsing every line of every stream added tens of ms to the p99)."""
+    """One stream's bytes as the events row's reader got them: ``chunks`` of ``(arrival time.time(), bytes)``,
+    parsed after the run (:meth:`latencies`)."""
 
-    def __init__(self, path: str, ended: Any):
-        self.path = path
-        self.chunks: list[tuple[float, bytes]] = []
-        self.ended = ended
-        self.connected = False
-        self.error: str | None = None
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        transport.write(f"GET {self.path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {KEY}\r\n"
-                        f"Last-Event-ID: 1\r\nAccept: text/event-stream\r\n\r\n".encode())
-
-    def data_received(self, data: bytes) -> None:
-        self.chunks.append((time.time(), data))
-        if not self.connected and data.startswith(b"HTTP/1.1 "):
-            self.connected = True
-            if not data.startswith(b"HTTP/1.1 200"):
-                self.error = data[:60].decode(errors="replace")
-        if b'"type":"end"' in data:
-            self.transport.close()
-
-    def eof_received(self) -> None:
-        pass
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None and self.error is None:
-            self.error = f"{type(exc).__name__}: {exc}"
-        if not self.ended.done():
-            self.ended.set_result(None)
+    def __init__(self, chunks: list[tuple[float, bytes]], error: str | None):
+        self.chunks = chunks
+        self.error = error
+        self.connected = bool(chunks) and chunks[0][1].startswith(b"HTTP/1.1 ")
 
     def latencies(self) -> list[float]:
         """ms from each bench event's ``sent`` to the arrival of the packet that completed it."""
@@ -338,14 +312,70 @@ class _SSEClient:
         return out
 
 
+
+
+def _stream_reader(port: int, paths: list[str], ready: Any, go: Any, out: Any) -> None:
+    """The events row's SSE clients, in a process of their own (spawned): one non-blocking socket per path, read
+    in one epoll loop that only timestamps what arrives (``time.time()`` after each ``recv``: an upper bound on
+    the arrival), until every stream has its end event or 300 s pass. Sets ``ready`` once every response's
+    head is in, waits for ``go``, and puts ``[(chunks, error)]`` in path order on ``out``.
+
+    Why not asyncio or httpx: the reader shares the 2 cores with the API it measures, so its cost per read is
+    added to every latency (asyncio's protocol callbacks doubled it; httpx parsing every line added tens of ms).
+    """
+    import select
+    import socket
+
+    gc.disable()  # it keeps every chunk: a full collection would stall its readings
+    poller = select.epoll()
+    socks: dict[int, socket.socket] = {}
+    chunks: dict[int, list[tuple[float, bytes]]] = {}
+    errors: dict[int, str] = {}
+    order = []
+    for path in paths:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {KEY}\r\n"
+                     f"Last-Event-ID: 1\r\nAccept: text/event-stream\r\n\r\n".encode())
+        sock.setblocking(False)
+        fd = sock.fileno()
+        socks[fd], chunks[fd] = sock, []
+        order.append(fd)
+        poller.register(fd, select.EPOLLIN)
+    signalled = False
+    deadline = time.monotonic() + 300
+    while socks and time.monotonic() < deadline:
+        if not signalled and all(chunks[fd] for fd in order):
+            ready.set()
+            signalled = True
+            go.wait(600)
+        for fd, _ in poller.poll(0.5):
+            sock = socks[fd]
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                data, errors[fd] = b"", f"{type(exc).__name__}: {exc}"
+            if data:
+                chunks[fd].append((time.time(), data))
+                if len(chunks[fd]) == 1 and not data.startswith(b"HTTP/1.1 200"):
+                    errors[fd] = data[:60].decode(errors="replace")
+            if not data or b'"type":"end"' in data:
+                poller.unregister(fd)
+                sock.close()
+                del socks[fd]
+    for fd in socks:
+        errors.setdefault(fd, "no end event within 300 s")
+    if not signalled:
+        ready.set()
+    out.put([(chunks[fd], errors.get(fd)) for fd in order])
+
+
 def _events_row(args: argparse.Namespace, name: str, n_tasks: int, interval: float, n_events: int,
                 processes: int = 1) -> Row:
     """``args.streams`` SSE streams on ``processes`` API processes (gunicorn hands each connection to one of them)
     spread over ``n_tasks`` tasks; each task gets ``args.events`` events, one every ``interval`` s per task (the
-    producer runs in a thread of its own)."""
-    import asyncio
-    import threading
-
+    producer runs here, the streams' reader in a process of its own: :func:`_stream_reader`)."""
     from shared.store import TaskStore, new_task_id
     from shared.tenants import env_tenant
 
@@ -360,8 +390,18 @@ def _events_row(args: argparse.Namespace, name: str, n_tasks: int, interval: flo
             store.create_many(pipe, [bench_task(t, env_tenant(KEY), Status.RUNNING) for t in tasks])
             pipe.execute()
             port = int(base.rsplit(":", 1)[1])
-
-            def produce() -> None:
+            api_group = _api_process_group(port)
+            ctx = mp.get_context("spawn")
+            ready, go, out = ctx.Event(), ctx.Event(), ctx.Queue()
+            paths = [f"/agent/tasks/{tasks[i % n_tasks]}/events" for i in range(streams)]
+            reader = ctx.Process(target=_stream_reader, args=(port, paths, ready, go, out), daemon=True)
+            reader.start()
+            try:
+                if not ready.wait(120):
+                    raise RuntimeError("events row: the streams did not connect within 120 s")
+                time.sleep(1)
+                cpu = [_group_cpu_seconds(api_group), 0.0]
+                go.set()
                 gap = interval / n_tasks  # the tasks take turns: n_tasks / interval events per second in all
                 started = time.perf_counter()
                 for i in range(n_events * n_tasks):
@@ -369,38 +409,18 @@ def _events_row(args: argparse.Namespace, name: str, n_tasks: int, interval: flo
                     if delay > 0:
                         time.sleep(delay)
                     store.append_event(tasks[i % n_tasks], {"type": "bench", "sent": time.time()})
+                # the ends keep the same pace: 1000 streams ending (each response finished, each socket closed on
+                # both sides) in the middle of the last event's burst would be measured as that event's latency
+                time.sleep(max(0.0, started + n_events * n_tasks * gap - time.perf_counter()))
                 for t in tasks:
                     store.finish(t, ExitCode.COMPLETED)
-
-            async def main() -> list[_SSEClient]:
-                loop = asyncio.get_running_loop()
-                clients = []
-                for i in range(streams):
-                    client = _SSEClient(f"/agent/tasks/{tasks[i % n_tasks]}/events", loop.create_future())
-                    await loop.create_connection(lambda c=client: c, "127.0.0.1", port)  # type: ignore[misc]
-                    clients.append(client)
-                for _ in range(600):
-                    if all(c.connected for c in clients):
-                        break
-                    await asyncio.sleep(0.05)
-                await asyncio.sleep(1)
-                producer = threading.Thread(target=produce, daemon=True)
-                cpu[0] = _group_cpu_seconds(api_group)
-                producer.start()
-                await asyncio.wait_for(asyncio.gather(*(c.ended for c in clients)), 300)
-                producer.join()
+                results = out.get(timeout=330)
                 cpu[1] = _group_cpu_seconds(api_group)
-                return clients
-
-            api_group = _api_process_group(port)
-            cpu = [0.0, 0.0]
-
-            gc.collect()
-            gc.disable()  # the client's own full collections (it keeps every chunk) must not stall its readings
-            try:
-                clients = asyncio.run(main())
             finally:
-                gc.enable()
+                reader.join(10)
+                if reader.is_alive():
+                    reader.kill()
+    clients = [_SSEClient(chunks, error) for chunks, error in results]
     latencies = [ms for c in clients for ms in c.latencies()]
     errors = [c.error for c in clients if c.error or not c.connected]
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)

@@ -100,6 +100,11 @@ class Settings:
     """Base URL clients use to reach the API (for absolute screenshot URLs). Empty: taken from each request."""
     sse_keepalive: float = 15.0
     """Seconds between SSE comment lines on an idle stream (keeps proxies from closing it)."""
+    api_gc_thresholds: str = "10000,20,100"
+    """The API processes' garbage-collector thresholds (``gc.set_threshold``: generation 0, 1, 2), as three
+    comma-separated integers. A full collection walks every object of every open stream and stops all streams of
+    the process meanwhile (~50-90 ms with 1000 streams); Python's defaults (700,10,10) ran one within a second of a
+    burst of events, these about 30x less often (docs/performance.md, the events rows). ``700,10,10``: Python's."""
     sse_direct_writes: bool = True
     """Under gunicorn's gevent worker, let the process's event hub write each event to the sockets of the streams
     that are caught up itself, instead of waking every stream's greenlet to write it (``api/sockets.py``: about a

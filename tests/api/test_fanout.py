@@ -3,6 +3,7 @@ subscribers, many subscribers, a lost Redis connection, and the end of a task.""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -10,9 +11,12 @@ from typing import Any
 
 import pytest
 
+from api import create_app, parse_gc_thresholds
 from api.fanout import EventHub
+from shared.settings import Settings
 from shared.states import ExitCode, Status
 from shared.store import TaskStore
+from tests.api.test_routes import api_settings
 from tests.conftest import make_task
 
 pytestmark = pytest.mark.redis
@@ -213,17 +217,15 @@ class PairWriter:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.ours.setblocking(False)
         self.size = size
+        self.key = f"pair {size}"
         self.direct_frames = 0
 
     def frame(self, delivery: Any) -> bytes:
         return f"{delivery.seq} {delivery.event['type']}".encode().ljust(self.size - 1, b".") + b"\n"
 
-    def try_send(self, data: bytes) -> int:
+    def send(self, data: bytes) -> int:
         self.direct_frames += 1
-        try:
-            return self.ours.send(data)
-        except BlockingIOError:
-            return 0
+        return self.ours.send(data)
 
     def send_all(self, data: bytes) -> None:
         import select
@@ -308,3 +310,114 @@ def test_a_finished_task_replays_its_tail_and_closes(store: TaskStore, hub: Even
     # events: 1 status (running), 2-4 bench, 5 end
     seen = [(d.seq, d.event["type"]) for d in hub.frames(task_id, 2, keepalive=3600) if d is not None]
     assert seen == [(3, "bench"), (4, "bench"), (5, "end")]
+
+
+class CountingWriter(PairWriter):
+    """A PairWriter that counts the frames the hub's own thread renders, and can be told to fail rendering."""
+
+    def __init__(self, key: str, fail: bool = False):
+        super().__init__(size=200)
+        self.key, self.fail, self.hub_renders = key, fail, 0
+
+    def frame(self, delivery: Any) -> bytes:
+        if threading.current_thread().name == "event-hub":
+            self.hub_renders += 1
+            if self.fail:
+                raise RuntimeError("a rendering bug")
+        return super().frame(delivery)
+
+
+def follow_with(hub: EventHub, task_id: str, writer: PairWriter, done: threading.Event,
+                keepalive: float = 0.3) -> None:
+    def follow() -> None:
+        for delivery in hub.frames(task_id, 0, keepalive=keepalive, writer=writer):
+            if delivery is not None:
+                writer.send_all(writer.frame(delivery))
+        done.set()
+
+    threading.Thread(target=follow, daemon=True).start()
+
+
+def lines_of(writer: PairWriter, done: threading.Event) -> list[bytes]:
+    writer.theirs.settimeout(0.2)
+    received = bytearray()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            chunk = writer.theirs.recv(65536)
+        except TimeoutError:
+            if done.is_set():
+                break
+            continue
+        if not chunk:
+            break
+        received.extend(chunk)
+    return [line for line in bytes(received).split(b"\n") if line]
+
+
+def test_the_hub_renders_each_event_once_for_every_writer_of_the_same_key(store: TaskStore, hub: EventHub) -> None:
+    # Given three subscribers of one task the hub writes to: two whose writers share a rendering (key), one not
+    task_id = running_task(store)
+    writers = [CountingWriter("a"), CountingWriter("a"), CountingWriter("b")]
+    done = [threading.Event() for _ in writers]
+    for writer, event in zip(writers, done):
+        follow_with(hub, task_id, writer, event)
+    wait_for(lambda: hub.subscribers == 3)
+    sent = 0
+    while not all(writer.direct_frames for writer in writers):  # until the hub writes to all three itself
+        assert sent < 50, "the subscribers never all got an event from the hub"
+        bench_events(store, task_id, 1, start=sent)
+        sent += 1
+        time.sleep(0.05)
+    renders = [writer.hub_renders for writer in writers]
+    frames = [writer.direct_frames for writer in writers]
+    # When five more events arrive, one at a time, and the task ends
+    for i in range(5):
+        bench_events(store, task_id, 1, start=sent + i)
+        wait_for(lambda i=i: all(w.direct_frames >= n + i + 1 for w, n in zip(writers, frames)))
+    store.finish(task_id, ExitCode.COMPLETED)
+    # Then the hub rendered each of them once per key, not once per subscriber; and each client got every event
+    first, second, own = (writer.hub_renders - n for writer, n in zip(writers, renders))
+    assert (first + second, own) == (5, 5), (first, second, own)
+    for writer, event in zip(writers, done):
+        seqs = [int(line.split()[0]) for line in lines_of(writer, event)]
+        assert seqs == list(range(1, store.last_seq(task_id) + 1)), seqs
+
+
+def test_a_rendering_failure_hands_the_subscriber_back_without_stopping_the_hub(
+        store: TaskStore, hub: EventHub) -> None:
+    # Given two caught-up subscribers of one task, one whose rendering fails on the hub's thread (keepalives of a
+    # minute: a hub that died would leave both streams silent that long)
+    task_id = running_task(store)
+    broken, fine = CountingWriter("broken", fail=True), CountingWriter("fine")
+    done = [threading.Event(), threading.Event()]
+    follow_with(hub, task_id, broken, done[0], keepalive=60)
+    follow_with(hub, task_id, fine, done[1], keepalive=60)
+    wait_for(lambda: hub.subscribers == 2)
+    # When events arrive and the task ends
+    bench_events(store, task_id, 3)
+    store.finish(task_id, ExitCode.COMPLETED)
+    # Then both clients got every event in order at once (the broken one's written by its own subscriber)
+    for writer, event in ((broken, done[0]), (fine, done[1])):
+        seqs = [int(line.split()[0]) for line in lines_of(writer, event)]
+        assert seqs == [1, 2, 3, 4, 5], seqs
+    assert broken.hub_renders >= 1 and fine.direct_frames >= 1
+
+
+def test_the_api_sets_its_garbage_collector_thresholds_from_the_setting(settings: Settings) -> None:
+    before = gc.get_threshold()
+    try:
+        create_app(test_config=api_settings(settings, api_gc_thresholds=" 5000, 15,50 "))
+        assert gc.get_threshold() == (5000, 15, 50)
+    finally:
+        gc.set_threshold(*before)
+
+
+@pytest.mark.parametrize("value", ["", "10000,20", "10000,20,100,5", "a,b,c", "0,10,10", "10000,-1,10", "1.5,2,3"])
+def test_unusable_gc_thresholds_are_refused_naming_the_variable(settings: Settings, value: str) -> None:
+    with pytest.raises(ValueError, match="LODESTAR_API_GC_THRESHOLDS"):
+        parse_gc_thresholds(value)
+    before = gc.get_threshold()
+    with pytest.raises(ValueError, match="LODESTAR_API_GC_THRESHOLDS"):
+        create_app(test_config=api_settings(settings, api_gc_thresholds=value))
+    assert gc.get_threshold() == before
