@@ -152,9 +152,13 @@ def flower_argv(args: argparse.Namespace, env: dict[str, str]) -> list[str]:
 def _flower(args: argparse.Namespace) -> int:
     require("lodestar flower", "flower")
     argv = flower_argv(args, dict(os.environ))
+    from lodestar import flower_queues
     from shared.queue import make_celery
+    from shared.store import TaskStore
 
-    app = make_celery(_settings())  # the broker and queues only: Flower learns the tasks from the workers' events
+    settings = _settings()
+    app = make_celery(settings)  # the broker and queues only: Flower learns the tasks from the workers' events
+    flower_queues.install(TaskStore.from_settings(settings))  # queue lengths per priority, from the store
     app.start(argv)
     return 0
 

@@ -4,17 +4,22 @@ on a loopback address; with ``--basic-auth`` a real Flower answers 401 without c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 import requests
 
+from api import create_app
 from lodestar.cli import main
 from lodestar.stack import free_port
+from shared.settings import Settings
+from tests.api.test_routes import AUTH, api_settings
 
 FLOWER_ENV = ("FLOWER_BASIC_AUTH", "FLOWER_AUTH")
 
@@ -55,11 +60,12 @@ def test_flower_auth_may_come_from_flowers_own_environment(monkeypatch: pytest.M
     assert flower_argv(loopback, {})[:3] == ["flower", "--port=5555", "--address=::1"]
 
 
-@pytest.mark.redis
-def test_flower_with_basic_auth_answers_401_without_credentials_and_200_with_them(redis_url: str) -> None:
-    # Given Flower started by `lodestar flower` with basic auth on a free port
+@contextlib.contextmanager
+def running_flower(redis_url: str, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """``lodestar flower --basic-auth=ops:s3cret`` on a free port, on ``redis_url``; yields its base URL once it
+    answers (within 60 s), and stops it (SIGTERM, then SIGKILL) afterwards."""
     port = free_port()
-    env = {**os.environ, "LODESTAR_REDIS_URL": redis_url}
+    env = {**os.environ, "LODESTAR_REDIS_URL": redis_url, **(extra_env or {})}
     for name in FLOWER_ENV:
         env.pop(name, None)
     proc = subprocess.Popen([sys.executable, "-m", "lodestar.cli", "flower", f"--port={port}",
@@ -75,14 +81,7 @@ def test_flower_with_basic_auth_answers_401_without_credentials_and_200_with_the
                 break
             assert time.monotonic() < deadline, "Flower did not answer within 60 s"
             time.sleep(0.2)
-        # When the dashboard and the API are asked without credentials, with wrong ones, and with the right ones
-        # (Flower leaves /metrics and /healthcheck open by design, for Prometheus: README says so)
-        for path in ("/", "/api/workers", "/tasks"):
-            assert requests.get(base + path, timeout=10).status_code == 401, path
-            assert requests.get(base + path, auth=("ops", "wrong"), timeout=10).status_code == 401, path
-        # Then only the right credentials get in
-        assert requests.get(base + "/", auth=("ops", "s3cret"), timeout=10).status_code == 200
-        assert requests.get(base + "/api/workers", auth=("ops", "s3cret"), timeout=30).status_code == 200
+        yield base
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -91,3 +90,69 @@ def test_flower_with_basic_auth_answers_401_without_credentials_and_200_with_the
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
+
+@pytest.mark.redis
+def test_flower_with_basic_auth_answers_401_without_credentials_and_200_with_them(redis_url: str) -> None:
+    # Given Flower started by `lodestar flower` with basic auth on a free port
+    with running_flower(redis_url) as base:
+        # When the dashboard and the API are asked without credentials, with wrong ones, and with the right ones
+        # (Flower leaves /metrics and /healthcheck open by design, for Prometheus: README says so)
+        for path in ("/", "/api/workers", "/tasks"):
+            assert requests.get(base + path, timeout=10).status_code == 401, path
+            assert requests.get(base + path, auth=("ops", "wrong"), timeout=10).status_code == 401, path
+        # Then only the right credentials get in
+        assert requests.get(base + "/", auth=("ops", "s3cret"), timeout=10).status_code == 200
+        assert requests.get(base + "/api/workers", auth=("ops", "s3cret"), timeout=10).status_code == 200
+
+
+@pytest.mark.redis
+def test_flower_shows_each_queue_s_length_per_priority(settings: Settings, broker: str) -> None:
+    # Given tasks queued through the API with no worker running: browser 2 high, 3 normal, 1 low; desktop 1 low
+    settings = dataclasses.replace(settings, broker_url=broker)
+    client = create_app(test_config=api_settings(settings)).test_client()
+    queued = {("browser", "high"): 2, ("browser", "normal"): 3, ("browser", "low"): 1, ("desktop", "low"): 1}
+    for (kind, priority), n in queued.items():
+        for _ in range(n):
+            resp = client.post("/agent/tasks", headers=AUTH, json={
+                "instruction": 'done "ok"', "agent_type": "scripted", "kind": kind, "priority": priority})
+            assert resp.status_code == 200, resp.get_data(as_text=True)
+    with running_flower(settings.redis_url, {"LODESTAR_BROKER_URL": broker}) as base:
+        # When an operator reads the queue lengths from Flower's API and its Broker page
+        def lengths() -> dict[str, int]:
+            resp = requests.get(base + "/api/queues/length", auth=("ops", "s3cret"), timeout=30)
+            assert resp.status_code == 200, resp.text
+            return {row["name"]: row["messages"] for row in resp.json()["active_queues"]}
+
+        deadline = time.monotonic() + 30
+        rows = lengths()
+        while not broker and rows.get("browser") != 6 and time.monotonic() < deadline:  # the messages are sent
+            time.sleep(0.2)
+            rows = lengths()
+        page = requests.get(base + "/broker", auth=("ops", "s3cret"), timeout=30)
+    # Then each Lodestar queue has a row per priority (on RabbitMQ too, whose management API has no such count),
+    # under Flower's own row where the broker gives one (Redis: the sum of kombu's priority lists)
+    assert {name: n for name, n in rows.items() if "[" in name} == {
+        "browser [high]": 2, "browser [normal]": 3, "browser [low]": 1,
+        "desktop [high]": 0, "desktop [normal]": 0, "desktop [low]": 1}, rows
+    if not broker:
+        assert (rows["browser"], rows["desktop"], rows["webhooks"]) == (6, 1, 0), rows
+        assert list(rows).index("browser") < list(rows).index("browser [high]") < list(rows).index("desktop")
+    assert page.status_code == 200
+    for name in ("browser [high]", "browser [normal]", "browser [low]", "desktop [low]"):
+        assert f"<td>{name}</td>" in page.text, name
+
+
+def test_flower_keeps_its_own_rows_when_the_store_is_unreachable() -> None:
+    import asyncio
+
+    from lodestar.flower_queues import PriorityQueues
+    from shared.settings import load_settings
+    from shared.store import TaskStore
+
+    class Broker:
+        async def queues(self, names: list[str]) -> list[dict[str, object]]:
+            return [{"name": name, "messages": 4} for name in names]
+
+    store = TaskStore.from_settings(load_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    rows = asyncio.run(PriorityQueues(Broker(), store).queues(["browser", "webhooks"]))
+    assert rows == [{"name": "browser", "messages": 4}, {"name": "webhooks", "messages": 4}]
