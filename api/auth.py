@@ -100,10 +100,17 @@ def base_url() -> str:
     return state().settings.public_base_url.rstrip("/") or request.host_url.rstrip("/")
 
 
+def share_expiry() -> int | None:
+    """When this request came through a share link (:func:`authenticate_or_shared`), the link's ``expires``
+    (epoch seconds, checked already), else None."""
+    return int(request.args["expires"]) if g.get("shared") else None
+
+
 def urls() -> Callable[[Task, int], str]:
     """The screenshot URL maker for ``Task.to_json`` in this request: signed, expiring URLs under
-    :func:`base_url` that load without the bearer key (``shared/signing.py``)."""
-    return state().signer.screenshot_urls(base_url())
+    :func:`base_url` that load without the bearer key (``shared/signing.py``); through a share link they expire
+    with it."""
+    return state().signer.screenshot_urls(base_url(), share_expiry())
 
 
 def task_bodies(tasks: list[Task]) -> list[dict[str, Any]]:

@@ -127,13 +127,16 @@ class UrlSigner:
             return "this link has expired; fetch the task again for a fresh one"
         return None
 
-    def screenshot_urls(self, base_url: str) -> Callable[[Task, int], str]:
+    def screenshot_urls(self, base_url: str, not_after: int | None = None) -> Callable[[Task, int], str]:
         """The ``screenshot_url(task, step)`` maker for ``Task.to_json``: the step's screenshot URL under
-        ``base_url``, signed for the task's tenant (``resource`` from :func:`screenshot_resource`)."""
+        ``base_url``, signed for the task's tenant (``resource`` from :func:`screenshot_resource`), expiring at
+        :meth:`expiry` or at ``not_after`` (epoch seconds) if that comes first: what is seen through a share link
+        expires with the link."""
         base = base_url.rstrip("/")
 
         def url(task: Task, step: int) -> str:
-            query = self.query(task.tenant, screenshot_resource(task.task_id, step))
+            expires = self.expiry() if not_after is None else min(self.expiry(), not_after)
+            query = self.query(task.tenant, screenshot_resource(task.task_id, step), expires)
             return f"{base}/agent/tasks/{task.task_id}/screenshots/{step}?{query}"
 
         return url

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 from flask_sock import Sock
 
-from api.auth import authenticate_or_shared, base_url, load_task
+from api.auth import authenticate_or_shared, base_url, load_task, share_expiry
 from api.errors import ApiError, invalid_field
 from api.fanout import Delivery
 from api.sockets import socket_writer
@@ -27,11 +27,11 @@ sock = Sock()  # the WebSocket route lives on the blueprint; create_app calls so
 
 
 def render_event(store: TaskStore, signer: UrlSigner, task: Task, seq: int, event: dict[str, Any],
-                 base: str) -> dict[str, Any]:
+                 base: str, not_after: int | None = None) -> dict[str, Any]:
     """An event as clients see it: ``seq`` added, the stored screenshot reference turned into ``screenshot_url``
-    (a signed, expiring URL under ``base``) or a base64 data URL in ``screenshot_mode: base64``, and the details
-    dropped in ``stream_mode: concise``. Runs outside the request context (while streaming): everything it needs
-    is passed in."""
+    (a signed URL under ``base``, expiring after ``url_ttl`` or at ``not_after``, epoch seconds, if sooner: a share
+    link's expiry) or a base64 data URL in ``screenshot_mode: base64``, and the details dropped in
+    ``stream_mode: concise``. Runs outside the request context (while streaming): everything it needs is passed in."""
     event = {"seq": seq, **event}
     shot = event.pop("screenshot", None)
     if isinstance(shot, dict) and "step" in shot:
@@ -39,38 +39,47 @@ def render_event(store: TaskStore, signer: UrlSigner, task: Task, seq: int, even
             data = store.get_screenshot(task.task_id, shot["step"])
             event["screenshot"] = "data:image/jpeg;base64," + base64.b64encode(data).decode() if data else None
         else:
-            event["screenshot_url"] = signer.screenshot_urls(base)(task, int(shot["step"]))
+            event["screenshot_url"] = signer.screenshot_urls(base, not_after)(task, int(shot["step"]))
     if task.stream_mode == "concise" and event["type"] == "step":
         for detail in ("results", "messages", "url"):
             event.pop(detail, None)
     return event
 
 
-def _event_json(st: AppState, task: Task, delivery: Delivery, base: str) -> bytes:
-    """The event as compact JSON, rendered once per API process and base URL (a screenshot URL it signs stays
-    valid for ``url_ttl`` from the event's first rendering: live events are rendered as they happen)."""
-    return delivery.rendered(base, lambda: json.dumps(
-        render_event(st.store, st.signer, task, delivery.seq, delivery.event, base), separators=(",", ":")).encode())
+def _rendering(base: str, not_after: int | None) -> str:
+    """The memo key of an event's rendering for streams under ``base`` whose URLs expire by ``not_after``."""
+    return base if not_after is None else f"{base} until {not_after}"
 
 
-def _sse_frame(st: AppState, task: Task, delivery: Delivery, base: str) -> bytes:
-    """The event as one SSE frame (``id:`` and ``data:`` lines), rendered once per API process and base URL."""
-    return delivery.rendered("sse " + base, lambda: b"id: %d\ndata: %s\n\n" % (
-        delivery.seq, _event_json(st, task, delivery, base)))
+def _event_json(st: AppState, task: Task, delivery: Delivery, base: str, not_after: int | None = None) -> bytes:
+    """The event as compact JSON, rendered once per API process, base URL and share-link expiry (a screenshot URL
+    it signs stays valid for ``url_ttl`` from the event's first rendering: live events are rendered as they
+    happen)."""
+    return delivery.rendered(_rendering(base, not_after), lambda: json.dumps(
+        render_event(st.store, st.signer, task, delivery.seq, delivery.event, base, not_after),
+        separators=(",", ":")).encode())
+
+
+def _sse_frame(st: AppState, task: Task, delivery: Delivery, base: str, not_after: int | None = None) -> bytes:
+    """The event as one SSE frame (``id:`` and ``data:`` lines), rendered once per API process, base URL and
+    share-link expiry."""
+    return delivery.rendered("sse " + _rendering(base, not_after), lambda: b"id: %d\ndata: %s\n\n" % (
+        delivery.seq, _event_json(st, task, delivery, base, not_after)))
 
 
 def sse(task: Task, after: int) -> Response:
-    """The SSE answer streaming ``task``'s events with seq > ``after`` until its ``end`` event."""
-    st, base = state(), base_url()
+    """The SSE answer streaming ``task``'s events with seq > ``after`` until its ``end`` event (through a share
+    link, its screenshot URLs expire with the link)."""
+    st, base, not_after = state(), base_url(), share_expiry()
     hub, keepalive = st.events, st.settings.sse_keepalive
 
     def frame(delivery: Delivery) -> bytes:
-        return _sse_frame(st, task, delivery, base)
+        return _sse_frame(st, task, delivery, base, not_after)
 
     # under gunicorn's gevent worker the hub writes the frames of a caught-up stream itself (api/sockets.py); not
     # for base64 screenshots, whose rendering reads the artifact store (the hub does no I/O but sends)
     direct = st.settings.sse_direct_writes and task.screenshot_mode != "base64"
-    writer = socket_writer(request.environ, frame, "chunk " + base) if direct else None
+    writer = socket_writer(request.environ, frame, "chunk " + _rendering(base, not_after)) if direct else None
 
     def generate() -> Iterator[bytes]:
         yield b": stream of task events\n\n"
