@@ -6,6 +6,7 @@
 - ``lodestar flower``   Flower, Celery's monitoring UI, on the same broker
 - ``lodestar submit``   submit a file of tasks in batches and follow them to the end
 - ``lodestar tasks``    list, get, wait for and cancel tasks, stream their events
+- ``lodestar environments``  list, get and delete saved environments (persistent tasks)
 - ``lodestar keys``     create, list and revoke API keys; set tenant limits
 - ``lodestar export``   a batch's trajectories as one archive (JSONL + screenshots; docs/trajectories.md)
 - ``lodestar bench miniwob``  run MiniWoB++ episodes through the API and print the success table
@@ -185,6 +186,12 @@ def _tasks(args: argparse.Namespace) -> int:
     return tasks(args)
 
 
+def _environments(args: argparse.Namespace) -> int:
+    from lodestar.client import environments
+
+    return environments(args)
+
+
 def _export(args: argparse.Namespace) -> int:
     from lodestar.export import export
 
@@ -289,7 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="passed to Flower as they are, e.g. -- --url_prefix=flower")
     p.set_defaults(func=_flower)
 
-    from lodestar.client import add_keys_arguments, add_submit_arguments, add_tasks_arguments
+    from lodestar.client import (
+        add_environments_arguments,
+        add_keys_arguments,
+        add_submit_arguments,
+        add_tasks_arguments,
+    )
 
     p = sub.add_parser("submit", help="submit a file of tasks (NDJSON or JSON array) and follow them to the end")
     add_submit_arguments(p)
@@ -298,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tasks", help="list, get, wait for, cancel tasks, or stream their events (HTTP client)")
     add_tasks_arguments(p)
     p.set_defaults(func=_tasks)
+
+    p = sub.add_parser("environments", help="list, get, delete saved environments of persistent tasks (HTTP client)")
+    add_environments_arguments(p)
+    p.set_defaults(func=_environments)
 
     from lodestar.export import add_export_arguments
 

@@ -228,3 +228,34 @@ def add_tasks_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--timeout", type=float, default=300)
     sub.add_parser("cancel", help="cancel tasks").add_argument("task_ids", nargs="+")
     sub.add_parser("events", help="stream a task's events (one JSON per line)").add_argument("task_id")
+
+
+def environments(args: argparse.Namespace) -> int:
+    """``lodestar environments list|get|delete``: the tenant's saved environments (``/agent/environments``, JSON
+    output); exit code 1 when the API refuses (404 unknown, 409 in use by a persistent task), else 0."""
+    base = args.url.rstrip("/")
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {args.key}"
+    command = args.environments_command
+    if command == "list":
+        params = {k: v for k, v in {"kind": args.kind, "limit": args.limit, "cursor": args.cursor}.items() if v}
+        resp = session.get(f"{base}/agent/environments", params=params, timeout=60)
+    elif command == "get":
+        resp = session.get(f"{base}/agent/environments/{args.environment_id}", timeout=60)
+    else:
+        resp = session.delete(f"{base}/agent/environments/{args.environment_id}", timeout=60)
+    print(json.dumps(resp.json(), indent=2))
+    return 0 if resp.ok else 1
+
+
+def add_environments_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=os.environ.get("LODESTAR_URL", "http://127.0.0.1:8000"))
+    p.add_argument("--key", default=os.environ.get("LODESTAR_API_KEY", ""))
+    sub = p.add_subparsers(dest="environments_command", required=True)
+    q = sub.add_parser("list", help="the tenant's environments, last used first")
+    q.add_argument("--kind", choices=("browser", "desktop"))
+    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--cursor", help="the next_cursor of the previous page")
+    sub.add_parser("get", help="one environment").add_argument("environment_id")
+    sub.add_parser("delete", help="delete an environment and its saved state (refused while a persistent task "
+                                  "holds it)").add_argument("environment_id")

@@ -147,7 +147,7 @@ sys.meta_path.insert(0, Refuse())
 from lodestar.cli import build_parser, main
 parser = build_parser()
 for argv in (["api", "--port", "1"], ["worker"], ["bench", "miniwob", "--url", "http://h:1"], ["bench", "step"],
-             ["up"], ["submit", "-"], ["tasks", "list"]):
+             ["up"], ["submit", "-"], ["tasks", "list"], ["environments", "list"]):
     parser.parse_args(argv)
 
 from api import create_app

@@ -194,3 +194,47 @@ def test_the_document_describes_the_environment_fields_and_routes(client: FlaskC
     assert {"environment_id", "persistent"} <= set(spec["components"]["schemas"]["Task"]["properties"])
     assert set(spec["paths"]["/agent/environments/{id}"]) == {"get", "delete"}
     assert "404" in spec["paths"]["/agent/tasks"]["post"]["responses"]
+
+
+def test_lodestar_environments_cli_lists_gets_and_deletes(redis_base: str) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import requests
+
+    from tests.api.server import api_process
+
+    with api_process(redis_base) as api:
+        def cli(*args: str) -> tuple[int, Any]:
+            out = subprocess.run([sys.executable, "-m", "lodestar.cli", "environments", "--url", api.base_url,
+                                  "--key", api.key, *args], capture_output=True, text=True, timeout=90)
+            return out.returncode, json.loads(out.stdout)
+
+        # Given two persistent tasks queued (no worker), each holding an environment of its own
+        http = requests.Session()
+        http.headers["Authorization"] = f"Bearer {api.key}"
+        ids = [http.post(f"{api.base_url}/agent/tasks", json={"instruction": 'done "x"', "agent_type": "scripted",
+                                                               "persistent": True}, timeout=30).json()["task_id"]
+               for _ in range(2)]
+        tasks = [http.get(f"{api.base_url}/agent/tasks/{task_id}", timeout=30).json() for task_id in ids]
+        env_ids = {t["environment_id"] for t in tasks}
+        # When the CLI lists, gets and deletes them
+        code, listed = cli("list", "--kind", "browser")
+        assert code == 0 and {e["environment_id"] for e in listed["data"]} == env_ids
+        code, page = cli("list", "--limit", "1")
+        assert code == 0 and len(page["data"]) == 1 and page["has_more"] and page["next_cursor"]
+        code, rest = cli("list", "--limit", "1", "--cursor", page["next_cursor"])
+        assert code == 0 and {page["data"][0]["environment_id"], rest["data"][0]["environment_id"]} == env_ids
+        first = tasks[0]
+        code, one = cli("get", first["environment_id"])
+        assert code == 0 and one["in_use_by"] == first["task_id"]
+        # Then an environment held by its persistent task is refused (exit 1, the API's 409 printed), and deleted
+        # once the task is cancelled; an unknown one is exit 1 with the API's 404
+        code, refused = cli("delete", first["environment_id"])
+        assert code == 1 and refused["error"]["type"] == "environment_in_use", refused
+        assert http.post(f"{api.base_url}/agent/tasks/{first['task_id']}/cancel", timeout=30).status_code == 200
+        assert cli("delete", first["environment_id"]) == (0, {"environment_id": first["environment_id"],
+                                                              "deleted": True})
+        code, missing = cli("get", first["environment_id"])
+        assert code == 1 and missing["error"]["type"] == "not_found", missing
