@@ -125,6 +125,36 @@ def test_a_killed_worker_s_task_runs_again_on_another_worker(fleet_factory: Call
     assert_ran_once_per_attempt(evs)
 
 
+def test_a_persistent_task_whose_worker_is_killed_restores_the_last_save_and_saves_once(
+        fleet_factory: Callable[..., Fleet], site: Site) -> None:
+    # Given an environment a persistent task saved signed in to the site
+    fleet = fleet_factory()
+    page = site.url("login.html")
+    first = start(fleet, f'goto {page}\nexpect "Signed out"\ntype "ada" into "Username"\nclick "Sign in"\n'
+                         'expect "Signed in as ada"\ndone "in"', persistent=True)
+    saved = wait_for(fleet, first, lambda t: t["exit_code"] is not None)
+    assert (saved["status"], saved["result"]) == ("completed", "in"), saved
+    env_id = saved["environment_id"]
+    # and a persistent task on it, signed in, running on one of the two workers
+    waits = "\n".join(["wait 0.5"] * 8)
+    task_id = start(fleet, f'goto {page}\nexpect "Signed in as ada"\n{waits}\ndone "kept"', persistent=True,
+                    environment_id=env_id)
+    worker = running_on(fleet, task_id, steps=3)
+    # When its worker is SIGKILLed mid-task
+    fleet.signal_worker(worker, signal.SIGKILL)
+    # Then the environment stays the task's while it is requeued: another persistent task naming it is refused
+    resp = fleet.http().post(f"{fleet.base_url}/agent/tasks", timeout=30, json={
+        "instruction": 'done "x"', "agent_type": "scripted", "persistent": True, "environment_id": env_id})
+    assert resp.status_code == 409 and resp.json()["error"]["type"] == "environment_in_use", resp.text
+    # and attempt 2, on the other worker, starts from the last save (signed in) and saves once when it completes
+    task = wait_for(fleet, task_id, lambda t: t["exit_code"] is not None)
+    assert (task["status"], task["result"], task["attempt"]) == ("completed", "kept", 2), task
+    assert task["worker"] != worker
+    env = fleet.http().get(f"{fleet.base_url}/agent/environments/{env_id}", timeout=30).json()
+    assert (env["saves"], env["source_task_id"], env["in_use_by"]) == (2, task_id, None), env
+    assert_ran_once_per_attempt(events(fleet, task_id))
+
+
 def test_a_task_whose_worker_is_lost_on_its_last_attempt_fails_with_exit_code_6(
         fleet_factory: Callable[..., Fleet], site: Site) -> None:
     fleet = fleet_factory(LODESTAR_MAX_ATTEMPTS="1")
