@@ -83,21 +83,24 @@ class ElementProbe:
 
 @dataclass(frozen=True)
 class RecordedStep:
-    """One step of a recorded task as a replay needs it: its number, the URL it acted on, its normalized actions,
-    whether each succeeded, and the elements its clicks hit (in order; None where nothing was named)."""
+    """One step of a recorded task as a replay needs it: its number, the URL it acted on (for a ``human`` step of a
+    takeover, the URL after its action: worker/loop.py records it after acting), its normalized actions, whether
+    each succeeded, and the elements its clicks hit (in order; None where nothing was named)."""
 
     step: int
     url: str
     actions: list[Action]
     ok: list[bool] = field(default_factory=list)
     elements: list[Element | None] = field(default_factory=list)
+    human: bool = False
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> RecordedStep:
         """From a ``step`` event (or a trajectory's step). Raises ValueError for a malformed one."""
         actions = [Action.from_dict(a) for a in event.get("actions") or []]
         ok = [bool(r.get("ok")) for r in event.get("results") or []]
-        return cls(int(event["step"]), str(event.get("url") or ""), actions, ok, list(event.get("elements") or []))
+        return cls(int(event["step"]), str(event.get("url") or ""), actions, ok, list(event.get("elements") or []),
+                   bool(event.get("human")))
 
 
 def same_element(a: Element | None, b: Element | None) -> bool:
@@ -145,22 +148,30 @@ class ReplayPolicy:
                 if recorded_ok and not result.ok:
                     raise self._diverged(done, result.error or "an action failed")
         if self._next >= len(self.steps):
+            final = self.steps[-1] if self.steps else None
+            if final is not None and final.human:  # where the user's last action left the page
+                self._check_url(final, {final.url}, observation)
             return Decision([Action("done", text=f"replayed {len(self.steps)} steps of {self.source}")],
                             thought="end of the recording")
         step = self.steps[self._next]
         # a navigation the previous action started commits a little sooner or later than it did when recorded:
-        # the URL may be the one recorded at this step or at the next, once the page settles
-        later = self.steps[self._next + 1].url if self._next + 1 < len(self.steps) else step.url
-        allowed = {step.url, later}
+        # the URL may be the one recorded at this step or at the next, once the page settles. A human step's URL
+        # is the page after its action: the step after it (or the end) checks it, not this one
+        if not step.human:
+            later = self.steps[self._next + 1].url if self._next + 1 < len(self.steps) else step.url
+            self._check_url(step, {step.url, later}, observation)
+        self._next += 1
+        self._current = step
+        self._expected = list(step.elements)
+        return Decision(list(step.actions), thought=f"replay of step {step.step}")
+
+    def _check_url(self, step: RecordedStep, allowed: set[str], observation: Observation) -> None:
+        """Raises the divergence of ``step`` unless the page is at one of ``allowed`` (after settling)."""
         url = observation.url
         if url not in allowed and self.settle is not None:
             url = self.settle(allowed)
         if url not in allowed:
             raise self._diverged(step, f"the page is {url}, the recording was at {step.url}")
-        self._next += 1
-        self._current = step
-        self._expected = list(step.elements)
-        return Decision(list(step.actions), thought=f"replay of step {step.step}")
 
     def check_element(self, x: int, y: int, found: Element | None) -> None:
         """Refuse a click (``ActionError``) whose point holds another element than the recorded click's."""

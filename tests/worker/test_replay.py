@@ -95,6 +95,35 @@ def test_a_replay_diverges_on_another_url_naming_the_step_after_waiting_for_the_
     assert asked == [{"http://a/", "http://a/next"}]
 
 
+def test_a_human_step_s_url_is_checked_after_its_action_not_before() -> None:
+    # Given a recording where the user, in a takeover, clicked a link from /a to /b, then the agent finished; and
+    # one that ends with such a step (its recorded URL is the page after the click: worker/loop.py's human_step)
+    click = Action("click", x=5, y=5)
+    steps = [recorded(1, "http://a/", Action("wait", seconds=0.1)),
+             RecordedStep(2, "http://b/", [click], [True], [], human=True),
+             recorded(3, "http://b/", Action("done", text="ok"))]
+    policy, episode = ReplayPolicy("task_src", steps), Episode("task_r", "replay")
+    run_step(policy, episode, "http://a/", [ActionResult(True)])
+    # Then the human click is replayed on /a (the page it was made on), and the next step expects /b
+    assert run_step(policy, episode, "http://a/", [ActionResult(True)]).actions == [click]
+    with pytest.raises(PolicyError, match="diverged at step 3: the page is http://a/, the recording was at "
+                                          "http://b/"):
+        policy.decide(observation("http://a/"), episode)
+    policy, episode = ReplayPolicy("task_src", steps), Episode("task_r", "replay")
+    run_step(policy, episode, "http://a/", [ActionResult(True)])
+    run_step(policy, episode, "http://a/", [ActionResult(True)])
+    assert policy.decide(observation("http://b/"), episode).actions == [Action("done", text="ok")]
+    # and a recording that ends with a human step checks where it left the page
+    policy, episode = ReplayPolicy("task_src", steps[:2]), Episode("task_r", "replay")
+    run_step(policy, episode, "http://a/", [ActionResult(True)])
+    run_step(policy, episode, "http://a/", [ActionResult(True)])
+    with pytest.raises(PolicyError, match="diverged at step 2: the page is http://c/"):
+        policy.decide(observation("http://c/"), episode)
+    assert policy.decide(observation("http://b/"), episode).actions[0].type == "done"
+    assert RecordedStep.from_event({"step": 2, "url": "http://b/", "actions": [click.to_dict()],
+                                    "results": [{"ok": True}], "human": True}).human
+
+
 def test_a_replay_diverges_when_an_action_that_succeeded_fails_or_a_click_hits_another_element() -> None:
     policy, episode = ReplayPolicy("task_src", STEPS), Episode("task_r", "replay")
     run_step(policy, episode, "about:blank", [ActionResult(True)])
