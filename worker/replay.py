@@ -147,31 +147,45 @@ class ReplayPolicy:
                 recorded_ok = done.ok[i] if i < len(done.ok) else True
                 if recorded_ok and not result.ok:
                     raise self._diverged(done, result.error or "an action failed")
+        allowed, recorded = self._expected_urls(self._next)
         if self._next >= len(self.steps):
-            final = self.steps[-1] if self.steps else None
-            if final is not None and final.human:  # where the user's last action left the page
-                self._check_url(final, {final.url}, observation)
+            if allowed:  # the recording ends with a human step: where the user's last action left the page
+                self._check_url(self.steps[-1], allowed, recorded, observation)
             return Decision([Action("done", text=f"replayed {len(self.steps)} steps of {self.source}")],
                             thought="end of the recording")
         step = self.steps[self._next]
-        # a navigation the previous action started commits a little sooner or later than it did when recorded:
-        # the URL may be the one recorded at this step or at the next, once the page settles. A human step's URL
-        # is the page after its action: the step after it (or the end) checks it, not this one
-        if not step.human:
-            later = self.steps[self._next + 1].url if self._next + 1 < len(self.steps) else step.url
-            self._check_url(step, {step.url, later}, observation)
+        if allowed:
+            self._check_url(step, allowed, recorded, observation)
         self._next += 1
         self._current = step
         self._expected = list(step.elements)
         return Decision(list(step.actions), thought=f"replay of step {step.step}")
 
-    def _check_url(self, step: RecordedStep, allowed: set[str], observation: Observation) -> None:
+    def _expected_urls(self, index: int) -> tuple[set[str], str]:
+        """The URLs the page may be at before step ``index`` (``len(steps)``: the end; empty: not checked), and the
+        one the recording was at there (for the divergence's message).
+
+        An agent step recorded the URL it acted on; a navigation the previous action started commits a little
+        sooner or later than it did when recorded, so the next agent step's URL is allowed too. A human step
+        recorded the page after its action, so the page before the step after it must be that one, and the page
+        before a human step that follows an agent step is not known (the agent's action may have moved it)."""
+        steps = self.steps
+        previous = steps[index - 1] if index > 0 else None
+        allowed, recorded = ({previous.url}, previous.url) if previous is not None and previous.human else (set(), "")
+        if index < len(steps) and not steps[index].human:
+            step = steps[index]
+            later = steps[index + 1] if index + 1 < len(steps) else None
+            allowed |= {step.url, later.url if later is not None and not later.human else step.url}
+            recorded = recorded or step.url
+        return allowed, recorded
+
+    def _check_url(self, step: RecordedStep, allowed: set[str], recorded: str, observation: Observation) -> None:
         """Raises the divergence of ``step`` unless the page is at one of ``allowed`` (after settling)."""
         url = observation.url
         if url not in allowed and self.settle is not None:
             url = self.settle(allowed)
         if url not in allowed:
-            raise self._diverged(step, f"the page is {url}, the recording was at {step.url}")
+            raise self._diverged(step, f"the page is {url}, the recording was at {recorded}")
 
     def check_element(self, x: int, y: int, found: Element | None) -> None:
         """Refuse a click (``ActionError``) whose point holds another element than the recorded click's."""

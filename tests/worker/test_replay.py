@@ -124,6 +124,30 @@ def test_a_human_step_s_url_is_checked_after_its_action_not_before() -> None:
                                     "results": [{"ok": True}], "human": True}).human
 
 
+def test_each_of_several_human_steps_in_a_row_is_checked_by_the_next() -> None:
+    # Given a takeover of three clicks in a row, /a -> /b -> /c -> /c, then the agent finishing on /c
+    click = Action("click", x=5, y=5)
+    steps = [recorded(1, "http://a/", Action("wait", seconds=0.1)),
+             *(RecordedStep(n, url, [click], [True], [], human=True)
+               for n, url in ((2, "http://b/"), (3, "http://c/"), (4, "http://c/"))),
+             recorded(5, "http://c/", Action("done", text="ok"))]
+    # When the second click is replayed on a page other than the one the first click led to, it diverges there
+    policy, episode = ReplayPolicy("task_src", steps), Episode("task_r", "replay")
+    run_step(policy, episode, "http://a/", [ActionResult(True)])
+    run_step(policy, episode, "http://a/", [ActionResult(True)])
+    with pytest.raises(PolicyError, match="diverged at step 3: the page is http://wrong/, the recording was at "
+                                          "http://b/"):
+        policy.decide(observation("http://wrong/"), episode)
+    # Then on the recorded pages every step replays; before the last agent step only /c is right (the URL an agent
+    # step before a human step recorded is not the page after the human's action)
+    policy, episode = ReplayPolicy("task_src", steps), Episode("task_r", "replay")
+    for url in ("http://a/", "http://a/", "http://b/", "http://c/"):
+        run_step(policy, episode, url, [ActionResult(True)])
+    assert policy.decide(observation("http://c/"), episode).actions == [Action("done", text="ok")]
+    assert ReplayPolicy("task_src", steps[:2])._expected_urls(1) == (set(), "")  # a human step after an agent step
+    assert ReplayPolicy("task_src", steps)._expected_urls(0) == ({"http://a/"}, "http://a/")  # not /b: human next
+
+
 def test_a_replay_diverges_when_an_action_that_succeeded_fails_or_a_click_hits_another_element() -> None:
     policy, episode = ReplayPolicy("task_src", STEPS), Episode("task_r", "replay")
     run_step(policy, episode, "about:blank", [ActionResult(True)])
