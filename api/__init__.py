@@ -101,17 +101,17 @@ def parse_gc_thresholds(value: str) -> tuple[int, int, int]:
     """``LODESTAR_API_GC_THRESHOLDS`` (``"10000,20,100"``) as ``gc.set_threshold``'s three arguments.
 
     Raises:
-        ValueError: not three integers, or one below 1 (a 0 for generation 0 would turn the collector off);
-            the message names the variable.
+        ValueError: not three integers from 1 to 2**31 - 1 (a 0 for generation 0 would turn the collector off;
+            the collector's counters are C ints); the message names the variable.
     """
     parts = [part.strip() for part in value.split(",")]
     try:
         numbers = [int(part) for part in parts]
     except ValueError:
         numbers = []
-    if len(numbers) != 3 or min(numbers) < 1:
-        raise ValueError(f"LODESTAR_API_GC_THRESHOLDS: expected three integers >= 1 (generation 0, 1, 2 of "
-                         f"gc.set_threshold, e.g. 10000,20,100), got {value!r}")
+    if len(numbers) != 3 or not all(1 <= n <= 2**31 - 1 for n in numbers):
+        raise ValueError(f"LODESTAR_API_GC_THRESHOLDS: expected three integers from 1 to 2147483647 (generation "
+                         f"0, 1, 2 of gc.set_threshold, e.g. 10000,20,100), got {value!r}")
     return numbers[0], numbers[1], numbers[2]
 
 

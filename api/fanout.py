@@ -349,6 +349,10 @@ class EventHub:
                         direct.done = True
                         back.append(direct)
                         continue
+                    except Exception:  # a writer's bug must not stop the hub: the subscriber writes it itself
+                        log.exception("event hub: a direct write failed; handing the subscriber back")
+                        back.append(direct)
+                        continue
                     direct.after = seq
                     if sent < len(data):  # the socket is full: the subscriber sends the rest, blocking itself
                         direct.pending = data[sent:]

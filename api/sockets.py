@@ -49,7 +49,8 @@ class SocketWriter:
 
 
 def socket_writer(environ: dict[str, Any], frame: Callable[[Delivery], bytes], key: str) -> DirectWriter | None:
-    """A :class:`SocketWriter` for this request's connection (chunks memoized under ``key``) when it is served by
+    """A :class:`SocketWriter` for this request's connection (``key``: the name of ``frame``'s rendering, the same
+    for every stream ``frame`` gives the same bytes; the framing is added to it) when it is served by
     gunicorn's gevent worker with a body (a GET), else None (the test client, the gthread worker: the route yields
     every frame itself)."""
     sock = environ.get("gunicorn.socket")

@@ -79,7 +79,7 @@ def sse(task: Task, after: int) -> Response:
     # under gunicorn's gevent worker the hub writes the frames of a caught-up stream itself (api/sockets.py); not
     # for base64 screenshots, whose rendering reads the artifact store (the hub does no I/O but sends)
     direct = st.settings.sse_direct_writes and task.screenshot_mode != "base64"
-    writer = socket_writer(request.environ, frame, "chunk " + _rendering(base, not_after)) if direct else None
+    writer = socket_writer(request.environ, frame, _rendering(base, not_after)) if direct else None
 
     def generate() -> Iterator[bytes]:
         yield b": stream of task events\n\n"

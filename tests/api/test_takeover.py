@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 
 from api import create_app
 from shared.settings import Settings
-from shared.states import Status
+from shared.states import ExitCode, Status
 from shared.store import TaskStore
 from tests.api.test_routes import AUTH, OTHER, api_settings, error_of, start
 from tests.conftest import app_state
@@ -213,40 +213,56 @@ def test_a_replay_cannot_be_taken_over(client: FlaskClient, store: TaskStore) ->
 
 def test_screenshot_urls_seen_through_a_share_link_expire_with_it(client: FlaskClient, store: TaskStore,
                                                                    settings: Settings) -> None:
-    # Given a running task with a step and its screenshot, shared for 2 minutes (URLs last an hour: url_ttl)
+    # Given a running task shared for 2 minutes (URLs last an hour: url_ttl), followed by two event streams, one
+    # through the link and one with the key (each in a thread: a stream of a running task stays open)
     task_id = start(client)
     store.claim(task_id, "w-test")
-    event = {"type": "step", "task_id": task_id, "step": 1, "actions": [], "results": [],
-             "url": "http://example.test/", "screenshot": {"step": 1}}
-    store.record_step(task_id, 1, b"\xff\xd8jpeg", {"steps_taken": 1}, event, holder="w-test")
     link = urllib.parse.urlsplit(client.post(f"/agent/tasks/{task_id}/share", json={"expires_in": 120},
                                              headers=AUTH).get_json()["url"])
     share_expires = int(urllib.parse.parse_qs(link.query)["expires"][0])
+    hub = app_state(client.application).events
+    streamed: dict[str, str] = {}
+
+    def follow(name: str, query: str, headers: dict[str, str]) -> None:
+        resp = client.get(f"/agent/tasks/{task_id}/events?{query}", headers=headers)
+        try:
+            for chunk in resp.response:  # until the step event, or the end event the test sends at its end
+                match = re.search(rb'"screenshot_url":"([^"]+)"', chunk)
+                if match:
+                    streamed[name] = match.group(1).decode()
+                    return
+                if b'"type":"end"' in chunk:
+                    return
+        finally:
+            resp.close()
+
+    readers = [threading.Thread(target=follow, args=("keyed", "", AUTH), daemon=True),
+               threading.Thread(target=follow, args=("shared", link.query, {}), daemon=True)]
+    for reader in readers:
+        reader.start()
+    deadline = time.monotonic() + 30
+    while hub.subscribers < 2:
+        assert time.monotonic() < deadline, "the streams did not join"
+        time.sleep(0.02)
+    # When a step with a screenshot arrives: one delivery in the process for both streams (its rendering memoized)
+    event = {"type": "step", "task_id": task_id, "step": 1, "actions": [], "results": [],
+             "url": "http://example.test/", "screenshot": {"step": 1}}
+    store.record_step(task_id, 1, b"\xff\xd8jpeg", {"steps_taken": 1}, event, holder="w-test")
+    for reader in readers:
+        reader.join(30)
+    store.finish(task_id, ExitCode.COMPLETED)  # frees a reader that is still waiting (the test then fails below)
+    shared_record = client.get(f"/agent/tasks/{task_id}?{link.query}").get_json()
+    keyed_record = client.get(f"/agent/tasks/{task_id}", headers=AUTH).get_json()
 
     def expiry_of(url: str) -> int:
         return int(urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["expires"][0])
 
-    def streamed_url(query: str, headers: dict[str, str]) -> str:
-        resp = client.get(f"/agent/tasks/{task_id}/events?{query}", headers=headers)
-        try:
-            for chunk in resp.response:  # the stream stays open (the task runs): read up to the step event
-                match = re.search(rb'"screenshot_url":"([^"]+)"', chunk)
-                if match:
-                    return match.group(1).decode()
-            raise AssertionError("no step event with a screenshot URL")
-        finally:
-            resp.close()
-
-    # When the record and the events are read through the link, and with the key
-    shared_record = client.get(f"/agent/tasks/{task_id}?{link.query}").get_json()
-    keyed_record = client.get(f"/agent/tasks/{task_id}", headers=AUTH).get_json()
-    keyed_stream = streamed_url("after=0", AUTH)  # rendered first: the process keeps it for later keyed readers
-    shared_stream = streamed_url(link.query + "&after=0", {})
     # Then what the link shows expires with it, and what the key shows lasts url_ttl
+    assert set(streamed) == {"keyed", "shared"}, streamed
     assert expiry_of(shared_record["last_screenshot_url"]) == share_expires
-    assert expiry_of(shared_stream) == share_expires
-    for url in (keyed_record["last_screenshot_url"], keyed_stream):
+    assert expiry_of(streamed["shared"]) == share_expires
+    for url in (keyed_record["last_screenshot_url"], streamed["keyed"]):
         assert expiry_of(url) >= time.time() + settings.url_ttl - 60 > share_expires
     # and the capped URL still opens the screenshot without a key
-    shot = urllib.parse.urlsplit(shared_stream)
+    shot = urllib.parse.urlsplit(streamed["shared"])
     assert client.get(f"{shot.path}?{shot.query}").data == b"\xff\xd8jpeg"
