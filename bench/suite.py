@@ -342,12 +342,13 @@ def _stream_reader(port: int, paths: list[str], ready: Any, go: Any, out: Any) -
         order.append(fd)
         poller.register(fd, select.EPOLLIN)
     signalled = False
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 300  # to connect; then 300 s from ``go``
     while socks and time.monotonic() < deadline:
-        if not signalled and all(chunks[fd] for fd in order):
+        if not signalled and all(chunks[fd] or fd in errors for fd in order):  # every stream answered or failed
             ready.set()
             signalled = True
             go.wait(600)
+            deadline = time.monotonic() + 300
         for fd, _ in poller.poll(0.5):
             sock = socks[fd]
             try:
@@ -356,11 +357,14 @@ def _stream_reader(port: int, paths: list[str], ready: Any, go: Any, out: Any) -
                 continue
             except OSError as exc:
                 data, errors[fd] = b"", f"{type(exc).__name__}: {exc}"
+            tail = chunks[fd][-1][1][-16:] if chunks[fd] else b""  # the end event may be split over two reads
             if data:
                 chunks[fd].append((time.time(), data))
                 if len(chunks[fd]) == 1 and not data.startswith(b"HTTP/1.1 200"):
                     errors[fd] = data[:60].decode(errors="replace")
-            if not data or b'"type":"end"' in data:
+            else:  # closed (or failed) before its end event: a stream that had it was closed here already
+                errors.setdefault(fd, "the connection closed before the end event")
+            if not data or b'"type":"end"' in tail + data:
                 poller.unregister(fd)
                 sock.close()
                 del socks[fd]
@@ -409,10 +413,10 @@ def _events_row(args: argparse.Namespace, name: str, n_tasks: int, interval: flo
                     if delay > 0:
                         time.sleep(delay)
                     store.append_event(tasks[i % n_tasks], {"type": "bench", "sent": time.time()})
-                # the ends keep the same pace: 1000 streams ending (each response finished, each socket closed on
-                # both sides) in the middle of the last event's burst would be measured as that event's latency
-                time.sleep(max(0.0, started + n_events * n_tasks * gap - time.perf_counter()))
-                for t in tasks:
+                # the ends keep the same pace as the events: 1000 streams ending (each response finished, each
+                # socket closed on both sides) in the middle of an event's burst would be measured as its latency
+                for j, t in enumerate(tasks):
+                    time.sleep(max(0.0, started + (n_events * n_tasks + j) * gap - time.perf_counter()))
                     store.finish(t, ExitCode.COMPLETED)
                 results = out.get(timeout=330)
                 cpu[1] = _group_cpu_seconds(api_group)

@@ -3,17 +3,20 @@
 Flower's Broker page and its ``GET /api/queues/length`` show one row per Celery queue: on Redis the sum of kombu's
 priority lists, on RabbitMQ what the management API says of the queue (which does not count by priority). Lodestar
 knows more: every queued task sits in its kind's queue in the store, scored by priority band
-(``shared/store/queueinfo.py``). :func:`install` makes Flower list, after each Lodestar queue's own row, one row
-per priority, ``"<queue> [<priority>]"``, counted from the store (the figures of ``lodestar_queue_depth``: tasks
-waiting for a worker, deferred ones left out)::
+(``shared/store/queueinfo.py``). :func:`install` adds those counts (the figures of ``lodestar_queue_depth``: tasks
+waiting for a worker, deferred ones left out):
 
-    {"active_queues": [{"name": "browser", "messages": 7},
-                       {"name": "browser [high]", "messages": 2, "messages_ready": 2},
-                       {"name": "browser [normal]", "messages": 5, "messages_ready": 5},
-                       {"name": "browser [low]", "messages": 0, "messages_ready": 0}, ...]}
+- on the Broker page, one row per priority after each Lodestar queue's own row, named ``"<queue> [<priority>]"``;
+- in ``GET /api/queues/length``, a ``priorities`` field on each Lodestar queue's own row (so that a script summing
+  ``messages`` over the rows counts each message once)::
 
-The broker's own rows are left as Flower made them. Flower has no plug-in point for this: :func:`install` wraps
-``flower.views.BaseHandler.get_broker`` (Flower 2.x), which both the page and the API call.
+    {"active_queues": [{"name": "browser", "messages": 7, "priorities": {"high": 2, "normal": 5, "low": 0}},
+                       {"name": "desktop", "messages": 1, "priorities": {"high": 0, "normal": 0, "low": 1}},
+                       {"name": "webhooks", "messages": 0}]}
+
+A Lodestar queue the broker gave no row for (RabbitMQ without its management API) gets one with only its name and
+``priorities``. Flower has no plug-in point for this: :func:`install` wraps ``flower.views.BaseHandler.get_broker``
+(Flower 2.x), which both the page and the API call, and tells the two apart by the handler's class.
 """
 
 from __future__ import annotations
@@ -33,48 +36,54 @@ PRIORITIES = tuple(sorted(QUEUE_BANDS, key=QUEUE_BANDS.__getitem__))
 
 
 def priority_row(queue: str, priority: str, messages: int) -> dict[str, Any]:
-    """The row Flower shows for ``queue``'s tasks at ``priority`` (Flower's queue row keys)."""
-    return {"name": f"{queue} [{priority}]", "messages": messages, "messages_ready": messages}
+    """The Broker page's row for ``queue``'s tasks at ``priority`` (Flower's queue row keys)."""
+    return {"name": f"{queue} [{priority}]", "messages": messages}
 
 
 class PriorityQueues:
-    """A Flower broker (``flower.utils.broker.Broker``: ``await queues(names) -> [row]``) whose rows gain one per
-    priority under each Lodestar queue.
+    """A Flower broker (``flower.utils.broker.Broker``: ``await queues(names) -> [row]``) whose Lodestar queues
+    gain their counts per priority: as rows of their own (``as_rows``, the Broker page) or as a ``priorities``
+    field of the queue's row (the API).
 
     Args:
         broker: Flower's broker object for the request.
         store: the Lodestar store the counts come from.
+        as_rows: rows of their own (True) or a field (False).
     """
 
-    def __init__(self, broker: Any, store: TaskStore):
-        self._broker, self._store = broker, store
+    def __init__(self, broker: Any, store: TaskStore, as_rows: bool):
+        self._broker, self._store, self._as_rows = broker, store, as_rows
 
     async def queues(self, names: list[str]) -> list[dict[str, Any]]:
-        """Flower's rows for ``names`` (in its order), each Lodestar queue's followed by its priority rows; a
-        Lodestar queue the broker did not answer for (RabbitMQ without its management API) still gets them.
+        """Flower's rows for ``names`` (in its order) with the counts per priority of each Lodestar queue, which
+        gets a row even when the broker did not answer for it (RabbitMQ without its management API).
 
         Raises:
             whatever Flower's broker raises (Flower's handlers catch it), never a Redis error of the store: the
-            priority rows are then left out, and logged.
+            counts per priority are then left out, and logged.
         """
-        rows = list(await self._broker.queues(names))
+        rows = [dict(row) for row in await self._broker.queues(names)]
         try:
             depth = await asyncio.to_thread(self._store.metrics.queue_depth)
         except Exception as exc:  # redis.RedisError, or a store that cannot be reached: Flower's rows still show
             log.warning("queue lengths per priority unavailable: %s", exc)
             return rows
+        named = {row.get("name"): row for row in rows}
+        for name in names:  # a Lodestar queue the broker said nothing of still gets its row
+            if name in KINDS and name not in named:
+                named[name] = {"name": name}
+                rows.append(named[name])
         out: list[dict[str, Any]] = []
-        listed = set()
         for row in rows:
             out.append(row)
             name = row.get("name")
-            if name in KINDS and name not in listed:
-                listed.add(name)
-                out.extend(priority_row(name, p, depth.get((name, p), 0)) for p in PRIORITIES)
-        for name in names:
-            if name in KINDS and name not in listed:
-                listed.add(name)
-                out.extend(priority_row(name, p, depth.get((name, p), 0)) for p in PRIORITIES)
+            if name not in KINDS:
+                continue
+            counts = {p: depth.get((name, p), 0) for p in PRIORITIES}
+            if self._as_rows:
+                out.extend(priority_row(name, p, n) for p, n in counts.items())
+            else:
+                row["priorities"] = counts
         return out
 
 
@@ -86,13 +95,14 @@ def install(store: TaskStore) -> None:
         ImportError: Flower is not installed (the ``flower`` extra).
     """
     from flower.views import BaseHandler
+    from flower.views.broker import BrokerView
 
     original = BaseHandler.get_broker
     if getattr(original, "lodestar_priorities", False):
         return
 
     def get_broker(self: Any) -> PriorityQueues:
-        return PriorityQueues(original(self), store)
+        return PriorityQueues(original(self), store, as_rows=isinstance(self, BrokerView))
 
     get_broker.lodestar_priorities = True  # type: ignore[attr-defined]
     BaseHandler.get_broker = get_broker

@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -118,28 +120,34 @@ def test_flower_shows_each_queue_s_length_per_priority(settings: Settings, broke
             assert resp.status_code == 200, resp.get_data(as_text=True)
     with running_flower(settings.redis_url, {"LODESTAR_BROKER_URL": broker}) as base:
         # When an operator reads the queue lengths from Flower's API and its Broker page
-        def lengths() -> dict[str, int]:
+        def lengths() -> dict[str, dict[str, Any]]:
             resp = requests.get(base + "/api/queues/length", auth=("ops", "s3cret"), timeout=30)
             assert resp.status_code == 200, resp.text
-            return {row["name"]: row["messages"] for row in resp.json()["active_queues"]}
+            return {row["name"]: row for row in resp.json()["active_queues"]}
 
         deadline = time.monotonic() + 30
         rows = lengths()
-        while not broker and rows.get("browser") != 6 and time.monotonic() < deadline:  # the messages are sent
+        while not broker and rows["browser"].get("messages") != 6 and time.monotonic() < deadline:  # sent
             time.sleep(0.2)
             rows = lengths()
         page = requests.get(base + "/broker", auth=("ops", "s3cret"), timeout=30)
-    # Then each Lodestar queue has a row per priority (on RabbitMQ too, whose management API has no such count),
-    # under Flower's own row where the broker gives one (Redis: the sum of kombu's priority lists)
-    assert {name: n for name, n in rows.items() if "[" in name} == {
-        "browser [high]": 2, "browser [normal]": 3, "browser [low]": 1,
-        "desktop [high]": 0, "desktop [normal]": 0, "desktop [low]": 1}, rows
-    if not broker:
-        assert (rows["browser"], rows["desktop"], rows["webhooks"]) == (6, 1, 0), rows
-        assert list(rows).index("browser") < list(rows).index("browser [high]") < list(rows).index("desktop")
+    # Then the API gives each Lodestar queue's counts per priority on its own row (on RabbitMQ too, whose
+    # management API has no such count), and nothing else: one row per queue
+    assert set(rows) == {"browser", "desktop"} | ({"webhooks"} if not broker else set(rows) & {"webhooks"}), rows
+    assert rows["browser"]["priorities"] == {"high": 2, "normal": 3, "low": 1}, rows
+    assert rows["desktop"]["priorities"] == {"high": 0, "normal": 0, "low": 1}, rows
+    assert "priorities" not in rows.get("webhooks", {})
+    if not broker:  # Flower's own count: the sum of kombu's priority lists
+        assert [rows[q]["messages"] for q in ("browser", "desktop", "webhooks")] == [6, 1, 0], rows
+    # and the Broker page shows a row per priority under each Lodestar queue's own
     assert page.status_code == 200
-    for name in ("browser [high]", "browser [normal]", "browser [low]", "desktop [low]"):
-        assert f"<td>{name}</td>" in page.text, name
+    shown = dict(re.findall(r'<td>([^<]+)</td>\s*<td class="broker-secondary-column">([^<]*)</td>', page.text))
+    names = list(shown)
+    for queue, counts in (("browser", ["2", "3", "1"]), ("desktop", ["0", "0", "1"])):
+        under = [f"{queue} [{p}]" for p in ("high", "normal", "low")]
+        assert [shown[name] for name in under] == counts, shown
+        if not broker:  # under the broker's own row for the queue
+            assert names[names.index(queue) + 1:names.index(queue) + 4] == under, names
 
 
 def test_flower_keeps_its_own_rows_when_the_store_is_unreachable() -> None:
@@ -154,5 +162,6 @@ def test_flower_keeps_its_own_rows_when_the_store_is_unreachable() -> None:
             return [{"name": name, "messages": 4} for name in names]
 
     store = TaskStore.from_settings(load_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
-    rows = asyncio.run(PriorityQueues(Broker(), store).queues(["browser", "webhooks"]))
-    assert rows == [{"name": "browser", "messages": 4}, {"name": "webhooks", "messages": 4}]
+    for as_rows in (True, False):
+        rows = asyncio.run(PriorityQueues(Broker(), store, as_rows).queues(["browser", "webhooks"]))
+        assert rows == [{"name": "browser", "messages": 4}, {"name": "webhooks", "messages": 4}]
