@@ -76,12 +76,12 @@ class PriorityQueues:
         out: list[dict[str, Any]] = []
         for row in rows:
             out.append(row)
-            name = row.get("name")
-            if name not in KINDS:
+            queue = str(row.get("name"))
+            if queue not in KINDS:
                 continue
-            counts = {p: depth.get((name, p), 0) for p in PRIORITIES}
+            counts = {p: depth.get((queue, p), 0) for p in PRIORITIES}
             if self._as_rows:
-                out.extend(priority_row(name, p, n) for p, n in counts.items())
+                out.extend(priority_row(queue, p, n) for p, n in counts.items())
             else:
                 row["priorities"] = counts
         return out
