@@ -1,7 +1,7 @@
-"""``lodestar submit`` and ``lodestar keys``: the command-line side of task management.
+"""``lodestar submit``, ``tasks``, ``environments`` and ``keys``: the command-line side of task management.
 
-``submit`` is an HTTP client (it needs only the API's URL and a key); ``keys`` administers API keys directly in
-Redis (it needs ``LODESTAR_REDIS_URL``), as an operator on a trusted machine would.
+``submit``, ``tasks`` and ``environments`` are HTTP clients (they need only the API's URL and a key); ``keys``
+administers API keys directly in Redis (it needs ``LODESTAR_REDIS_URL``), as an operator on a trusted machine would.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,37 @@ def read_tasks(path: str) -> list[dict[str, Any]]:
     return tasks
 
 
-def submit(args: argparse.Namespace) -> int:
-    """Submit a file of tasks in batches (progress bar), then follow them to the end with a live summary."""
-    base = args.url.rstrip("/")
+def add_connection_arguments(p: argparse.ArgumentParser) -> None:
+    """``--url`` and ``--key`` of the HTTP client commands (defaults: ``LODESTAR_URL``, ``LODESTAR_API_KEY``)."""
+    p.add_argument("--url", default=os.environ.get("LODESTAR_URL", "http://127.0.0.1:8000"))
+    p.add_argument("--key", default=os.environ.get("LODESTAR_API_KEY", ""))
+
+
+def api_session(args: argparse.Namespace) -> tuple[requests.Session, str]:
+    """A session sending ``args.key`` as the bearer key, and the API's base URL without a trailing slash."""
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {args.key}"
+    return session, args.url.rstrip("/")
+
+
+def print_answer(call: Callable[[], requests.Response]) -> int:
+    """Make the request, print its JSON answer (indented; the body as it is when it is not JSON, e.g. a proxy's
+    error page); exit code 0 for a 2xx answer, else 1. A connection error is one line on stderr, exit code 1."""
+    try:
+        resp = call()
+    except requests.RequestException as exc:
+        print(f"lodestar: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print(json.dumps(resp.json(), indent=2))
+    except ValueError:
+        print(resp.text)
+    return 0 if resp.ok else 1
+
+
+def submit(args: argparse.Namespace) -> int:
+    """Submit a file of tasks in batches (progress bar), then follow them to the end with a live summary."""
+    session, base = api_session(args)
     try:
         tasks = read_tasks(args.file)
     except (OSError, ValueError) as exc:
@@ -146,8 +173,7 @@ def _keys(tenants: Any, args: argparse.Namespace) -> int:
 
 def add_submit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="tasks as NDJSON (one JSON object per line) or a JSON array; - for stdin")
-    p.add_argument("--url", default=os.environ.get("LODESTAR_URL", "http://127.0.0.1:8000"))
-    p.add_argument("--key", default=os.environ.get("LODESTAR_API_KEY", ""))
+    add_connection_arguments(p)
     p.add_argument("--chunk", type=int, default=10_000, help="tasks per batch request (at most 10 000)")
     p.add_argument("--no-follow", action="store_true", help="return once submitted")
 
@@ -179,41 +205,41 @@ def add_keys_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def tasks(args: argparse.Namespace) -> int:
-    """``lodestar tasks list|get|wait|cancel|events``: the task-management calls from a shell (JSON output)."""
-    base = args.url.rstrip("/")
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {args.key}"
+    """``lodestar tasks list|get|wait|cancel|events``: the task-management calls from a shell (JSON output; exit
+    code 1 when the API refuses or cannot be reached)."""
+    session, base = api_session(args)
     command = args.tasks_command
+    if command == "events":
+        try:
+            with session.get(f"{base}/agent/tasks/{args.task_id}/events", stream=True, timeout=None) as stream:
+                if not stream.ok:
+                    print(stream.text, file=sys.stderr)
+                    return 1
+                for line in stream.iter_lines(decode_unicode=True):
+                    if line.startswith("data: "):
+                        print(line[6:], flush=True)
+        except requests.RequestException as exc:
+            print(f"lodestar: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        return 0
     if command == "list":
         params = {k: v for k, v in {"status": args.status, "kind": args.kind, "model": args.model,
-                                    "batch_id": args.batch_id, "limit": args.limit}.items() if v}
+                                    "batch_id": args.batch_id, "limit": args.limit}.items() if v is not None}
         for pair in args.metadata or []:
             key, _, value = pair.partition("=")
             params[f"metadata.{key}"] = value
-        resp = session.get(f"{base}/agent/tasks", params=params, timeout=60)
-    elif command == "get":
-        resp = session.get(f"{base}/agent/tasks/{args.task_id}", timeout=60)
-    elif command == "wait":
-        resp = session.get(f"{base}/agent/tasks/{args.task_id}/wait", params={"timeout": args.timeout},
-                           timeout=args.timeout + 30)
-    elif command == "cancel":
-        resp = session.post(f"{base}/agent/tasks/cancel", json={"task_ids": args.task_ids}, timeout=60)
-    else:
-        with session.get(f"{base}/agent/tasks/{args.task_id}/events", stream=True, timeout=None) as stream:
-            if not stream.ok:
-                print(stream.text, file=sys.stderr)
-                return 1
-            for line in stream.iter_lines(decode_unicode=True):
-                if line.startswith("data: "):
-                    print(line[6:], flush=True)
-        return 0
-    print(json.dumps(resp.json(), indent=2))
-    return 0 if resp.ok else 1
+        return print_answer(lambda: session.get(f"{base}/agent/tasks", params=params, timeout=60))
+    if command == "get":
+        return print_answer(lambda: session.get(f"{base}/agent/tasks/{args.task_id}", timeout=60))
+    if command == "wait":
+        return print_answer(lambda: session.get(f"{base}/agent/tasks/{args.task_id}/wait",
+                                                params={"timeout": args.timeout}, timeout=args.timeout + 30))
+    return print_answer(lambda: session.post(f"{base}/agent/tasks/cancel", json={"task_ids": args.task_ids},
+                                             timeout=60))
 
 
 def add_tasks_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=os.environ.get("LODESTAR_URL", "http://127.0.0.1:8000"))
-    p.add_argument("--key", default=os.environ.get("LODESTAR_API_KEY", ""))
+    add_connection_arguments(p)
     sub = p.add_subparsers(dest="tasks_command", required=True)
     q = sub.add_parser("list", help="the newest tasks, filtered")
     q.add_argument("--status", help="comma-separated statuses")
@@ -232,25 +258,22 @@ def add_tasks_arguments(p: argparse.ArgumentParser) -> None:
 
 def environments(args: argparse.Namespace) -> int:
     """``lodestar environments list|get|delete``: the tenant's saved environments (``/agent/environments``, JSON
-    output); exit code 1 when the API refuses (404 unknown, 409 in use by a persistent task), else 0."""
-    base = args.url.rstrip("/")
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {args.key}"
+    output); exit code 1 when the API refuses (404 unknown, 409 in use by a persistent task) or cannot be reached,
+    else 0."""
+    session, base = api_session(args)
     command = args.environments_command
     if command == "list":
-        params = {k: v for k, v in {"kind": args.kind, "limit": args.limit, "cursor": args.cursor}.items() if v}
-        resp = session.get(f"{base}/agent/environments", params=params, timeout=60)
-    elif command == "get":
-        resp = session.get(f"{base}/agent/environments/{args.environment_id}", timeout=60)
-    else:
-        resp = session.delete(f"{base}/agent/environments/{args.environment_id}", timeout=60)
-    print(json.dumps(resp.json(), indent=2))
-    return 0 if resp.ok else 1
+        params = {k: v for k, v in {"kind": args.kind, "limit": args.limit, "cursor": args.cursor}.items()
+                  if v is not None}
+        return print_answer(lambda: session.get(f"{base}/agent/environments", params=params, timeout=60))
+    url = f"{base}/agent/environments/{args.environment_id}"
+    if command == "get":
+        return print_answer(lambda: session.get(url, timeout=60))
+    return print_answer(lambda: session.delete(url, timeout=60))
 
 
 def add_environments_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=os.environ.get("LODESTAR_URL", "http://127.0.0.1:8000"))
-    p.add_argument("--key", default=os.environ.get("LODESTAR_API_KEY", ""))
+    add_connection_arguments(p)
     sub = p.add_subparsers(dest="environments_command", required=True)
     q = sub.add_parser("list", help="the tenant's environments, last used first")
     q.add_argument("--kind", choices=("browser", "desktop"))

@@ -172,3 +172,39 @@ def test_api_refuses_a_short_url_signing_key_in_one_line(monkeypatch: pytest.Mon
     assert main(["api"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("lodestar: LODESTAR_URL_SIGNING_KEY: use at least 32")
+
+
+@pytest.mark.parametrize("argv", [["tasks", "get", "task_x"], ["tasks", "events", "task_x"],
+                                  ["environments", "list"], ["environments", "delete", "env_x"]])
+def test_an_unreachable_api_is_one_line_and_exit_code_1(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from lodestar.stack import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    assert main([argv[0], "--url", url, "--key", "k", *argv[1:]]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "ConnectionError" in captured.err
+
+
+def test_an_answer_that_is_not_json_is_printed_as_it_is(capsys: pytest.CaptureFixture[str]) -> None:
+    import http.server
+    import threading
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # a proxy's error page in front of the API
+            body = b"<html>502 Bad Gateway</html>"
+            self.send_response(502)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert main(["environments", "--url", url, "--key", "k", "get", "env_x"]) == 1
+        assert capsys.readouterr().out == "<html>502 Bad Gateway</html>\n"
+    finally:
+        server.shutdown()
