@@ -7,7 +7,7 @@ what to compare across machines (these are noisy, 2-core machines). Rows:
 - batch:   POST /agent/tasks/batch of 10 000 (tasks/s) vs the same raw ``send_task``
 - control: pause/inject published by the API code -> seen by a worker's ControlChannel (p50/p99 ms)
            vs raw Redis pub/sub between two processes
-- events:  worker event -> SSE client with N concurrent streams of one task on one API process (p50/p99 ms, errors)
+- events:  worker event -> SSE client with N concurrent streams of one task on 2 API processes (p50/p99 ms, errors)
 - events-many: the same with each stream following its own task, each task emitting an event per second
 - step:    loop overhead per step, scripted agent in real Chromium vs a bare Playwright loop (screenshot + click)
 - pickup:  submit -> first step event with an idle worker (p50/p99 ms)
