@@ -111,7 +111,8 @@ def run_claimed(rt: Runtime, task_id: str) -> str:
     task = store.get(task_id)
     if task is None:
         return "lost"
-    logs.bind(tenant=task.tenant, attempt=task.attempt, kind=task.kind, agent=task.agent_type or task.model)
+    logs.bind(tenant=task.tenant, attempt=task.attempt, kind=task.kind, agent=task.agent_type or task.model,
+              model=None if task.agent_type else task.model)
     keeper = LeaseKeeper(store, task_id, rt.worker_id)
     keeper.start()
     try:

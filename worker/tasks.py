@@ -86,9 +86,9 @@ def runtime(app: Celery) -> Runtime:
 
 def run_task(self: Any, task_id: str) -> dict[str, Any]:
     """``lodestar.run_task``: claim the task and run it to one of its ends; returns what happened, for Flower's
-    result column: ``{"outcome", "task_id", "kind", "agent", "tenant", "attempt"}``, outcome the claim's when the
-    message is dropped (then only the task id is known), else the runner's ("ended", "handed back", ...); agent is
-    the task's agent_type or model.
+    result column: ``{"outcome", "task_id", "kind", "model", "agent", "tenant", "attempt"}``, outcome the claim's
+    when the message is dropped (then only the task id is known), else the runner's ("ended", "handed back", ...);
+    model is the task's model (None for an offline agent), agent its agent_type or model.
 
     A Redis error before the claim retries the message after ``lease_ttl`` (nothing was taken); from the claim on,
     the lease and the reaper own the task, so the message is never retried: a task whose worker is cut off from
@@ -98,7 +98,8 @@ def run_task(self: Any, task_id: str) -> dict[str, Any]:
     with logs.bound(task_id=task_id, worker=rt.worker_id):
         outcome = _run_task(self, rt, task_id)
         seen = logs.current()
-    return {"outcome": outcome, **{k: seen.get(k) for k in ("task_id", "kind", "agent", "tenant", "attempt")}}
+    return {"outcome": outcome,
+            **{k: seen.get(k) for k in ("task_id", "kind", "model", "agent", "tenant", "attempt")}}
 
 
 def _run_task(self: Any, rt: Runtime, task_id: str) -> str:

@@ -21,7 +21,9 @@ from api import create_app
 from lodestar.cli import main
 from lodestar.stack import free_port
 from shared.settings import Settings
+from shared.tenants import env_tenant
 from tests.api.test_routes import AUTH, api_settings
+from tests.conftest import KEY, Site, start_stack
 
 FLOWER_ENV = ("FLOWER_BASIC_AUTH", "FLOWER_AUTH")
 
@@ -165,3 +167,48 @@ def test_flower_keeps_its_own_rows_when_the_store_is_unreachable() -> None:
     for as_rows in (True, False):
         rows = asyncio.run(PriorityQueues(Broker(), store, as_rows).queues(["browser", "webhooks"]))
         assert rows == [{"name": "browser", "messages": 4}, {"name": "webhooks", "messages": 4}]
+
+
+@pytest.mark.worker
+@pytest.mark.browser
+def test_flower_names_each_agent_task_by_its_id_kind_model_and_tenant(redis_base: str, site: Site) -> None:
+    # Given the stack (API, a browser worker) and Flower on its broker, Flower following the worker's events
+    stack, live = start_stack(f"{redis_base}/8", site, concurrency=1)
+    try:
+        with running_flower(live.redis_url) as base:
+            auth = ("ops", "s3cret")
+            deadline = time.monotonic() + 60
+            while not requests.get(base + "/api/workers?refresh=1", auth=auth, timeout=30).json():
+                assert time.monotonic() < deadline, "Flower never saw the worker"
+                time.sleep(0.5)
+            # When a task of an offline agent and a task of a model (whose provider has no key: it fails) run
+            http = live.http()
+            scripted = http.post(f"{live.base_url}/agent/tasks", timeout=30,
+                                 json={"instruction": 'done "ok"', "agent_type": "scripted"}).json()["task_id"]
+            model = http.post(f"{live.base_url}/agent/tasks", timeout=30,
+                              json={"instruction": "open the page", "model": "tzafon.northstar-cua-fast",
+                                    "max_steps": 1}).json()["task_id"]
+            for task_id in (scripted, model):
+                live.wait_ended(task_id, timeout=120)
+
+            def info(task_id: str) -> dict[str, Any]:
+                end = time.monotonic() + 60
+                while True:
+                    resp = requests.get(f"{base}/api/task/info/{task_id}", auth=auth, timeout=30)
+                    if resp.status_code == 200 and resp.json().get("state") == "SUCCESS":
+                        return dict(resp.json())
+                    assert time.monotonic() < end, f"Flower never showed {task_id} done: {resp.text[:300]}"
+                    time.sleep(0.5)
+
+            shown = {task_id: info(task_id) for task_id in (scripted, model)}
+    finally:
+        stack.stop()
+    # Then Flower shows each by its Lodestar id (the Celery task id and argument), kind, model or agent, and tenant
+    tenant = env_tenant(KEY)
+    for task_id, model_shown, agent in ((scripted, "None", "'scripted'"),
+                                        (model, "'tzafon.northstar-cua-fast'", "'tzafon.northstar-cua-fast'")):
+        task = shown[task_id]
+        assert task["uuid"] == task_id and task["name"] == "lodestar.run_task" and task_id in task["args"], task
+        for part in (f"'task_id': '{task_id}'", "'kind': 'browser'", f"'model': {model_shown}",
+                     f"'agent': {agent}", f"'tenant': '{tenant}'", "'outcome': 'ended'"):
+            assert part in task["result"], (part, task["result"])
