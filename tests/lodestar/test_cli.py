@@ -119,7 +119,7 @@ def test_up_runs_the_stack_on_embedded_redis_and_stops_on_sigterm(tmp_path: Path
         # When the user runs the first command it suggests, it starts a task and prints the console link to watch it
         command = text[text.index("  curl "):text.index("\n\nCtrl-C")]
         first = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
-        link = re.fullmatch(rf"watch it: ({re.escape(base)}/console/tasks/(task_\w+))\n", first.stdout)
+        link = re.fullmatch(rf"watch it: ({re.escape(base)}/console/tasks/(task_[\w-]+))\n", first.stdout)
         assert link, (command, first.stdout, first.stderr)
         assert requests.get(link.group(1), timeout=10).status_code == 200
         # And a client's task runs to completion with the key
