@@ -143,8 +143,12 @@ def test_up_runs_the_stack_on_embedded_redis_and_stops_on_sigterm(tmp_path: Path
         leftovers = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, text=True).stdout
         assert leftovers.strip() == ""
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # a failure above: SIGTERM lets `lodestar up` stop the processes it started
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 @pytest.mark.redis
